@@ -1,0 +1,120 @@
+"""Composing the configuration (Hydra, from the top-level configs/) and validating it, so that a bad
+value ends with one line naming the key and what it accepts."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+
+GROUPS = ("mode", "method", "model", "dataset", "experiment")
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; str() is the one-line message for the user."""
+
+
+def config_dir() -> Path:
+    """configs/ beside the package (source checkout or editable install), or BMB_STREAM_CONFIGS."""
+    env = os.environ.get("BMB_STREAM_CONFIGS")
+    path = Path(env) if env else Path(__file__).resolve().parent.parent / "configs"
+    if not (path / "config.yaml").exists():
+        raise ConfigError(f"config folder {path} not found: install with 'pip install -e .' from the source "
+                          f"checkout, or set BMB_STREAM_CONFIGS to its configs/ folder")
+    return path
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
+
+
+def compose(overrides: list[str]) -> DictConfig:
+    """The configuration for these Hydra overrides, validated, with run.dir filled in."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
+            cfg = hydra_compose(config_name="config", overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConfigError(_hydra_message(e, overrides)) from None
+    validate(cfg)
+    if cfg.run.dir is None:
+        name = cfg.experiment_name or cfg.dataset.name
+        cfg.run.dir = str(Path("runs") / f"{name}-{cfg.method.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    return cfg
+
+
+def _hydra_message(error: Exception, overrides: list[str]) -> str:
+    text = str(error).strip().splitlines()[0]
+    for group in GROUPS:
+        if f"'{group}/" in text or f"{group}/" in text and "Could not find" in text:
+            chosen = next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+~") == group), "?")
+            return f"{group}={chosen}: unknown option; accepted: {', '.join(group_options(group))}"
+    return text
+
+
+def _check(cond: bool, key: str, accepted: str, cfg: DictConfig) -> None:
+    if not cond:
+        raise ConfigError(f"{key}={OmegaConf.select(cfg, key)}: must be {accepted}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise ConfigError on the first value out of range or missing."""
+    try:
+        OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as e:
+        key = e.full_key
+        hint = " (the folder of the dataset's files)" if key.endswith("root") else ""
+        raise ConfigError(f"{key} is required{hint}: add {key}=...") from None
+    _check(cfg.mode in ("offline",), "mode", "offline (stream mode is not in this version)", cfg)
+    _check(cfg.device in ("auto", "cpu", "cuda") or str(cfg.device).startswith("cuda:"), "device", "auto, cpu or cuda", cfg)
+    t = cfg.train
+    for key in ("steps", "eval_every", "batch_labeled", "batch_unlabeled", "log_every"):
+        _check(isinstance(t[key], int) and t[key] > 0, f"train.{key}", "a positive integer", cfg)
+    _check(isinstance(t.num_workers, int) and t.num_workers >= 0, "train.num_workers", "an integer >= 0", cfg)
+    _check(0 <= t.ema_decay < 1, "train.ema_decay", "in [0, 1) (0 turns the EMA model off)", cfg)
+    _check(cfg.optim.name in ("adam", "sgd"), "optim.name", "adam or sgd", cfg)
+    _check(cfg.optim.schedule in ("constant", "cosine"), "optim.schedule", "constant or cosine", cfg)
+    _check(cfg.optim.lr > 0, "optim.lr", "positive", cfg)
+    _check(cfg.optim.weight_decay >= 0 and cfg.optim.wd_shrink >= 0, "optim.weight_decay", ">= 0 (and optim.wd_shrink too)", cfg)
+    _check(cfg.eval.headline in ("final", "best", "mean_last_20", "median_last_20"), "eval.headline",
+           "final, best, mean_last_20 or median_last_20", cfg)
+    _check(cfg.eval.batch_size > 0, "eval.batch_size", "a positive integer", cfg)
+    m = cfg.method
+    _check(m.eval_head in ("std", "bal"), "method.eval_head", "std or bal", cfg)
+    if m.name != "supervised":
+        _check(0 < m.tau <= 1, "method.tau", "in (0, 1]", cfg)
+        _check(m.lambda_u >= 0, "method.lambda_u", ">= 0", cfg)
+        _check(m.warmup >= 0, "method.warmup", "an integer >= 0", cfg)
+    if m.name == "bmb":
+        _check(m.lambda_mb >= 0, "method.lambda_mb", ">= 0", cfg)
+        _check(m.bank.capacity > 0, "method.bank.capacity", "a positive integer", cfg)
+        _check(m.bank.draw > 0, "method.bank.draw", "a positive integer", cfg)
+        _check(m.bank.beta_put >= 0, "method.bank.beta_put", ">= 0", cfg)
+        _check(m.bank.beta_get >= 0, "method.bank.beta_get", ">= 0", cfg)
+        _check(m.bank.count_floor > 0, "method.bank.count_floor", "positive", cfg)
+        _check(m.bank.features in ("strong", "weak"), "method.bank.features", "strong or weak", cfg)
+        _check(m.weights.alpha >= 0, "method.weights.alpha", ">= 0", cfg)
+        _check(m.weights.unlabeled_source in ("estimate", "labeled"), "method.weights.unlabeled_source",
+               "estimate or labeled", cfg)
+        _check(m.estimate.kind in ("cumulative", "ema"), "method.estimate.kind", "cumulative or ema", cfg)
+        _check(0 <= m.estimate.momentum < 1, "method.estimate.momentum", "in [0, 1)", cfg)
+    d = cfg.dataset
+    _check(d.num_classes > 1, "dataset.num_classes", "an integer > 1", cfg)
+    _check(d.image_size > 0, "dataset.image_size", "a positive integer", cfg)
+    if d.get("labeled_ratio") is not None:
+        _check(0 < d.labeled_ratio <= 1, "dataset.labeled_ratio", "in (0, 1]", cfg)
+    else:
+        _check(d.n1 > 0, "dataset.n1", "a positive integer", cfg)
+        _check(d.m1 >= 0, "dataset.m1", "an integer >= 0", cfg)
+        _check(d.gamma_l != 0 and d.gamma_u != 0, "dataset.gamma_l", "non-zero (and dataset.gamma_u too)", cfg)
+    root = d.get("root")
+    if root is not None and not Path(str(root)).exists():
+        hint = " (apt-get install dataset-fashion-mnist)" if d.source == "fashion_mnist" else ""
+        raise ConfigError(f"dataset.root={root}: folder not found{hint}")

@@ -1,0 +1,109 @@
+"""From a dataset config to the three sets training uses: labeled, unlabeled (with the labeled
+images, as every reference protocol has it) and test, plus the per-class counts of each."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from torchvision.io import ImageReadMode, decode_image, read_file
+
+from bmb_stream.data import sources
+from bmb_stream.data.splits import class_histogram, split_by_counts, split_by_ratio
+from bmb_stream.data.transforms import MultiView, build_views
+
+
+class ImageSubset(Dataset):
+    """Items `(transform(image), target)` for the chosen indices of an image pool."""
+
+    def __init__(self, pool: sources.ImagePool, indices: np.ndarray, transform: Callable):
+        self.pool = pool
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.transform = transform
+        self.targets = pool.targets[self.indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def image(self, i: int) -> torch.Tensor:
+        j = int(self.indices[i])
+        if isinstance(self.pool.images, torch.Tensor):
+            return self.pool.images[j]
+        path = self.pool.images[j]
+        try:
+            return decode_image(read_file(path), mode=ImageReadMode.RGB)
+        except RuntimeError as e:
+            raise ValueError(f"cannot decode image {path}: {e}") from e
+
+    def __getitem__(self, i: int):
+        return self.transform(self.image(i)), int(self.targets[i])
+
+
+@dataclass
+class SplitData:
+    labeled: ImageSubset
+    unlabeled: ImageSubset
+    test: ImageSubset
+    num_classes: int
+    class_names: list[str] = field(default_factory=list)
+
+    @property
+    def labeled_per_class(self) -> list[int]:
+        return class_histogram(self.labeled.targets, self.num_classes)
+
+    @property
+    def unlabeled_per_class(self) -> list[int]:
+        return class_histogram(self.unlabeled.targets, self.num_classes)
+
+    @property
+    def test_per_class(self) -> list[int]:
+        return class_histogram(self.test.targets, self.num_classes)
+
+
+def _load_pools(cfg) -> tuple[sources.ImagePool, sources.ImagePool, list[str]]:
+    kind = cfg.source
+    if kind == "fashion_mnist":
+        train, test = sources.load_fashion_mnist(cfg.root)
+        names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+    elif kind in ("cifar10", "cifar100"):
+        train, test = sources.load_cifar(cfg.root, cfg.num_classes, download=bool(cfg.get("download", False)))
+        names = []
+    elif kind == "imagefolder":
+        train, test, names = sources.load_image_folder(cfg.root)
+    elif kind == "imagenet_lt":
+        train, test = sources.load_imagenet_lt(cfg.root, cfg.get("list_dir"), cfg.train_list, cfg.test_list)
+        names = []
+    elif kind == "small_imagenet127":
+        train, test = sources.load_small_imagenet127(cfg.root, cfg.image_size)
+        names = []
+    else:
+        raise ValueError(f"unknown dataset source {kind!r}")
+    return train, test, names
+
+
+def build_split(cfg, seed: int = 0) -> SplitData:
+    """Load the dataset named by `cfg` (the `dataset` config group) and cut its long-tailed split."""
+    train, test, names = _load_pools(cfg)
+    num_classes = int(cfg.num_classes)
+    seen = int(train.targets.max()) + 1 if len(train) else 0
+    if seen > num_classes or (len(test) and int(test.targets.max()) >= num_classes):
+        raise ValueError(f"dataset.num_classes={num_classes} but the data has labels up to {seen - 1}")
+    shuffle_seed = seed if cfg.get("split_shuffle", True) else None
+    if cfg.get("labeled_ratio") is not None:
+        labeled_idx, unlabeled_idx = split_by_ratio(train.targets, num_classes, float(cfg.labeled_ratio),
+                                                    cfg.get("ratio_rounding", "ceil"), shuffle_seed)
+    else:
+        labeled_idx, unlabeled_idx = split_by_counts(train.targets, num_classes, int(cfg.n1), int(cfg.m1),
+                                                     float(cfg.gamma_l), float(cfg.gamma_u), shuffle_seed)
+    views = build_views(int(cfg.image_size), cfg.mean, cfg.std, resize=isinstance(train.images, list))
+    unlabeled_views = MultiView(views["weak"], views["strong"], views["strong"])
+    return SplitData(
+        labeled=ImageSubset(train, labeled_idx, views["weak"]),
+        unlabeled=ImageSubset(train, unlabeled_idx, unlabeled_views),
+        test=ImageSubset(test, np.arange(len(test)), views["test"]),
+        num_classes=num_classes,
+        class_names=list(names) or [str(c) for c in range(num_classes)],
+    )

@@ -1,0 +1,158 @@
+"""The learner: model, EMA model, optimizer and schedule, memory bank, pseudo-label estimate and
+step counter, with one `train_step` for every algorithm and one `state_dict` for all of it."""
+
+from __future__ import annotations
+
+import math
+import random
+from contextlib import nullcontext
+
+import torch
+from omegaconf import OmegaConf
+
+from bmb_stream.engine.ema import ModelEMA
+from bmb_stream.method.bank import MemoryBank
+from bmb_stream.method.steps import STEP_FUNCTIONS, Batch, StepContext
+from bmb_stream.method.weights import PseudoLabelEstimate, class_weights
+from bmb_stream.models import build_model
+from bmb_stream.models.heads import HeadPredictor
+
+
+def lr_factor(step: int, total_steps: int, schedule: str) -> float:
+    """constant, or FixMatch's cosine decay cos(7 pi t / 16 T)."""
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        return math.cos(7.0 * math.pi * min(step, total_steps) / (16.0 * max(1, total_steps)))
+    raise ValueError(f"unknown lr schedule {schedule!r}; accepted: constant, cosine")
+
+
+def build_optimizer(cfg, params) -> torch.optim.Optimizer:
+    if cfg.name == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay)
+    raise ValueError(f"unknown optimizer {cfg.name!r}; accepted: adam, sgd")
+
+
+class Learner:
+    def __init__(self, cfg, num_classes: int, labeled_per_class: list[int], device: torch.device):
+        self.cfg = cfg
+        self.method = cfg.method
+        self.device = device
+        self.num_classes = num_classes
+        model_options = {k: v for k, v in OmegaConf.to_container(cfg.model).items() if k != "name"}
+        self.model = build_model(cfg.model.name, num_classes, **model_options).to(device)
+        self.ema = ModelEMA(self.model, cfg.train.ema_decay, cfg.train.ema_warmup) if cfg.train.ema_decay > 0 else None
+        self.optimizer = build_optimizer(cfg.optim, self.model.parameters())
+        total = int(cfg.train.steps)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda t: lr_factor(t, total, cfg.optim.schedule))
+        self.labeled_counts = torch.tensor(labeled_per_class, dtype=torch.float32)
+        is_bmb = self.method.name == "bmb"
+        self.estimate = PseudoLabelEstimate(num_classes, self.method.estimate.kind,
+                                            self.method.estimate.momentum) if is_bmb else None
+        self.bank = None
+        if is_bmb and self.method.bank.enabled:
+            b = self.method.bank
+            self.bank = MemoryBank(int(b.capacity), self.model.feature_dim, num_classes, beta_put=b.beta_put,
+                                   beta_get=b.beta_get, count_floor=b.count_floor, seed=int(cfg.seed))
+        self.step_fn = STEP_FUNCTIONS[self.method.name]
+        self.step = 0
+        self.samples_seen = 0  # unlabeled images consumed (labeled ones for the supervised baseline)
+
+    @property
+    def needs_unlabeled(self) -> bool:
+        return self.method.name != "supervised"
+
+    @property
+    def eval_head(self) -> str:
+        return self.method.eval_head
+
+    def pseudo_label_stat(self) -> torch.Tensor | None:
+        """Nhat, or the labeled counts where the config says the unlabeled set is assumed alike."""
+        if self.estimate is None:
+            return None
+        if self.method.weights.unlabeled_source == "labeled":
+            return self.labeled_counts
+        return self.estimate.value()
+
+    def class_weights(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        if self.estimate is None or not self.method.weights.enabled:
+            return None, None
+        alpha = self.method.weights.alpha
+        return (class_weights(self.labeled_counts, alpha, self.num_classes),
+                class_weights(self.pseudo_label_stat(), alpha, self.num_classes))
+
+    def _on_warmup_end(self) -> None:
+        if self.estimate is not None:
+            self.estimate.reset()
+        if self.bank is not None and self.method.bank.reset_after_warmup:
+            self.bank.reset()
+
+    def train_step(self, batch: Batch) -> dict[str, float]:
+        if self.step == int(self.method.warmup or 0) and self.step > 0:
+            self._on_warmup_end()
+        labeled_w, unlabeled_w = self.class_weights()
+        ctx = StepContext(self.step, self.method, labeled_w, unlabeled_w, self.bank, self.pseudo_label_stat())
+        amp = torch.autocast("cuda", dtype=torch.bfloat16) if (self.cfg.train.amp and self.device.type == "cuda") else nullcontext()
+        with amp:
+            out = self.step_fn(self.model, batch, ctx)
+        self.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        self.optimizer.step()
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        if self.cfg.optim.wd_shrink:  # the reference's decoupled decay: w <- w * (1 - c * lr)
+            with torch.no_grad():
+                for p in self.model.parameters():
+                    p.mul_(1.0 - self.cfg.optim.wd_shrink * lr)
+        if self.ema is not None:
+            self.ema.update(self.model)
+        if self.estimate is not None and out.confident_counts is not None:
+            self.estimate.update(out.confident_counts)  # step t+1 sees statistics up to step t
+        self.step += 1
+        self.samples_seen += len(batch.u_weak) if batch.u_weak is not None else len(batch.x_labeled)
+        return {**out.terms, "loss": out.loss.item(), "lr": lr}
+
+    def evaluated_model(self) -> HeadPredictor:
+        """The model evaluation reports: the EMA model when there is one, through the method's head."""
+        return HeadPredictor(self.ema.module if self.ema is not None else self.model, self.eval_head)
+
+    def online_model(self) -> HeadPredictor:
+        return HeadPredictor(self.model, self.eval_head)
+
+    # --- persistence -------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "step": self.step,
+            "samples_seen": self.samples_seen,
+            "rng": {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+        }
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
+        if self.bank is not None:
+            state["bank"] = self.bank.state_dict()
+        if self.estimate is not None:
+            state["estimate"] = self.estimate.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = int(state["step"])
+        self.samples_seen = int(state["samples_seen"])
+        torch.set_rng_state(state["rng"]["torch"])
+        random.setstate((3, tuple(state["rng"]["python"]), None))
+        if state["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        for name in ("ema", "bank", "estimate"):
+            if getattr(self, name) is not None:
+                if name not in state:
+                    raise ValueError(f"checkpoint has no {name} state but the configuration uses one")
+                getattr(self, name).load_state_dict(state[name])

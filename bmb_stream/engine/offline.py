@@ -1,0 +1,148 @@
+"""Offline mode: a fixed long-tailed split, a fixed number of steps, evaluation every
+`train.eval_every` steps (the published protocols)."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import DataLoader, RandomSampler
+from tqdm import tqdm
+
+from bmb_stream.data import build_split
+from bmb_stream.engine.checkpoint import load_checkpoint, save_atomic
+from bmb_stream.engine.learner import Learner
+from bmb_stream.engine.run_dir import RunDir
+from bmb_stream.evaluation.evaluator import Evaluator
+from bmb_stream.evaluation.plots import write_plots
+from bmb_stream.evaluation.summary import summarize
+from bmb_stream.method.steps import Batch
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device=cuda but no CUDA device is available; use device=cpu or device=auto")
+    return torch.device(name)
+
+
+def endless_batches(dataset, batch_size: int, seed: int, num_workers: int) -> Iterator:
+    """Shuffled batches forever: each pass is a new permutation from one seeded generator."""
+    generator = torch.Generator().manual_seed(seed)
+    sampler = RandomSampler(dataset, num_samples=max(len(dataset), batch_size), generator=generator)
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True, num_workers=num_workers,
+                        persistent_workers=num_workers > 0, generator=generator)
+    while True:
+        yield from loader
+
+
+class StopFlag:
+    """SIGINT/SIGTERM finish the current step, then the loop checkpoints and exits cleanly."""
+
+    def __init__(self):
+        self.raised = None
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.raised = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def run_offline(cfg) -> dict:
+    device = resolve_device(cfg.device)
+    torch.manual_seed(int(cfg.seed))
+    split = build_split(cfg.dataset, seed=int(cfg.seed))
+    run = RunDir(cfg.run.dir)
+    run.write_config(cfg)
+    learner = Learner(cfg, split.num_classes, split.labeled_per_class, device)
+    history: list[dict] = []
+    if cfg.resume and run.last_checkpoint.exists():
+        state = load_checkpoint(run.last_checkpoint, map_location=device)
+        learner.load_state_dict(state["learner"])
+        history = list(state["history"])
+        print(f"resumed from {run.last_checkpoint} at step {learner.step}")
+    run.rewrite_evals(history)
+    train = cfg.train
+    evaluator = Evaluator(split.test, split.num_classes, split.labeled_per_class, run.path, device,
+                          batch_size=int(cfg.eval.batch_size), many_threshold=int(cfg.dataset.many_threshold),
+                          few_threshold=int(cfg.dataset.few_threshold))
+    # the data order after a resume continues from a generator reseeded with the step reached
+    data_seed = int(cfg.seed) * 1_000_003 + learner.step
+    labeled = endless_batches(split.labeled, int(train.batch_labeled), data_seed, int(train.num_workers))
+    unlabeled = (endless_batches(split.unlabeled, int(train.batch_unlabeled), data_seed + 1, int(train.num_workers))
+                 if learner.needs_unlabeled else None)
+    steps = int(train.steps)
+    start_wall = time.time() - (history[-1]["wall_s"] if history else 0.0)
+    train_time, train_images = 0.0, 0
+    bar = tqdm(total=steps, initial=learner.step, desc=f"{cfg.method.name} offline", unit="step",
+               dynamic_ncols=True, disable=not cfg.progress)
+    with StopFlag() as stop:
+        while learner.step < steps and stop.raised is None:
+            t = time.time()
+            x_l, y_l = next(labeled)
+            batch = Batch(x_l.to(device, non_blocking=True), y_l.to(device, non_blocking=True))
+            if unlabeled is not None:
+                (u_w, u_s1, u_s2), _ = next(unlabeled)  # the true labels are never used
+                batch.u_weak, batch.u_strong1, batch.u_strong2 = (v.to(device, non_blocking=True) for v in (u_w, u_s1, u_s2))
+            terms = learner.train_step(batch)
+            train_time += time.time() - t
+            train_images += len(x_l) + (len(batch.u_weak) if batch.u_weak is not None else 0)
+            bar.update(1)
+            if learner.step % int(train.log_every) == 0 or learner.step == steps:
+                shown = {k: f"{terms[k]:.3g}" for k in ("loss", "loss_u", "loss_mb", "mask") if k in terms}
+                bar.set_postfix(shown | {"img/s": f"{train_images / max(train_time, 1e-9):.0f}"})
+            if learner.step % int(train.eval_every) == 0 or learner.step == steps:
+                record = {"step": learner.step, "samples_seen": learner.samples_seen, **evaluator.evaluate(learner),
+                          **_method_state(learner), "wall_s": time.time() - start_wall}
+                history.append(record)
+                run.append_eval(record)
+                bar.write(f"step {learner.step}: balanced acc {record['balanced_acc']:.4f} "
+                          f"(online weights {record['raw_balanced_acc']:.4f})")
+                save_atomic({"learner": learner.state_dict(), "history": history}, run.last_checkpoint)
+    bar.close()
+    evaluator.close()
+    if stop.raised is not None:
+        save_atomic({"learner": learner.state_dict(), "history": history}, run.last_checkpoint)
+        print(f"stopped by {stop.raised} at step {learner.step}; checkpoint {run.last_checkpoint}\n"
+              f"resume with: bmb-stream --mode offline <same overrides> run.dir={run.path} resume=true")
+        return {}
+    summary = build_summary(cfg, split, learner, history, time.time() - start_wall,
+                            train_images / max(train_time, 1e-9))
+    run.write_summary(summary)
+    write_plots(history, run.path / "plots", split.class_names)
+    return summary
+
+
+def _method_state(learner: Learner) -> dict:
+    out = {}
+    if learner.bank is not None:
+        out["bank_class_counts"] = learner.bank.class_counts().tolist()
+    if learner.estimate is not None:
+        _, unlabeled_w = learner.class_weights()
+        out["class_weights"] = None if unlabeled_w is None else unlabeled_w.tolist()
+    return out
+
+
+def build_summary(cfg, split, learner: Learner, history: list[dict], wall_s: float, images_per_s: float) -> dict:
+    stats = summarize(history)
+    statistic = cfg.eval.headline
+    return {
+        "mode": cfg.mode, "method": cfg.method.name, "dataset": cfg.dataset.name, "model": cfg.model.name,
+        "experiment": cfg.get("experiment_name"), "seed": int(cfg.seed), "steps": learner.step,
+        "samples_seen": learner.samples_seen, "wall_s": wall_s, "train_images_per_s": images_per_s,
+        "device": str(learner.device), **stats,
+        "headline": {"statistic": statistic, "balanced_acc": stats[statistic]["balanced_acc"]},
+        "data": {"labeled_per_class": split.labeled_per_class, "unlabeled_per_class": split.unlabeled_per_class,
+                 "test_per_class": split.test_per_class},
+    }

@@ -1,0 +1,117 @@
+"""One training-step function per algorithm. Each takes the model, a batch and the method's state,
+and returns the total loss with every term visible; the learner does backward and the updates.
+
+Shared conventions: one forward pass over [x_L, u_w, u_s1, u_s2] so batch norm sees all four
+chunks; pseudo-labels come from the detached weak view; unlabeled means divide by 2 * B_U.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from bmb_stream.method.bank import MemoryBank
+from bmb_stream.method.losses import hard_pseudo_label_loss, labeled_loss, pseudo_labels, soft_pseudo_label_loss
+
+
+@dataclass
+class Batch:
+    x_labeled: torch.Tensor
+    y_labeled: torch.Tensor
+    u_weak: torch.Tensor | None = None
+    u_strong1: torch.Tensor | None = None
+    u_strong2: torch.Tensor | None = None
+
+
+@dataclass
+class StepContext:
+    """What a step reads besides the batch: schedule position, class weights, bank and settings."""
+
+    step: int
+    cfg: object                       # the `method` config group
+    labeled_weights: torch.Tensor | None = None
+    unlabeled_weights: torch.Tensor | None = None
+    bank: MemoryBank | None = None
+    nhat: torch.Tensor | None = None  # pseudo-label estimate for the bank's draw (None: uniform)
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor
+    terms: dict[str, float]
+    confident_counts: torch.Tensor | None = None  # per-class counts behind Nhat, after the step
+    extras: dict = field(default_factory=dict)
+
+
+def _forward_all(model, batch: Batch):
+    b, u = len(batch.x_labeled), len(batch.u_weak)
+    feats = model(torch.cat([batch.x_labeled, batch.u_weak, batch.u_strong1, batch.u_strong2]))
+    f_l, f_w, f_s1, f_s2 = feats.split([b, u, u, u])
+    return f_l, f_w, torch.cat([f_s1, f_s2])
+
+
+def _active(step: int, start) -> float:
+    return 1.0 if step >= int(start or 0) else 0.0
+
+
+def supervised_step(model, batch: Batch, ctx: StepContext) -> StepOutput:
+    loss = labeled_loss(model.head_std(model(batch.x_labeled)), batch.y_labeled)
+    return StepOutput(loss, {"loss_l": loss.item()})
+
+
+def fixmatch_step(model, batch: Batch, ctx: StepContext) -> StepOutput:
+    cfg = ctx.cfg
+    f_l, f_w, f_s = _forward_all(model, batch)
+    loss_l = labeled_loss(model.head_std(f_l), batch.y_labeled)
+    _, yhat, mask = pseudo_labels(model.head_std(f_w), cfg.tau)
+    loss_u = hard_pseudo_label_loss(model.head_std(f_s), yhat.repeat(2), mask.repeat(2))
+    loss = loss_l + _active(ctx.step, cfg.warmup) * cfg.lambda_u * loss_u
+    return StepOutput(loss, {"loss_l": loss_l.item(), "loss_u": loss_u.item(), "mask": mask.float().mean().item()})
+
+
+def bmb_step(model, batch: Batch, ctx: StepContext) -> StepOutput:
+    cfg = ctx.cfg
+    f_l, f_w, f_s = _forward_all(model, batch)
+    # standard head: FixMatch, unweighted, hard pseudo-labels; it trains the representation
+    loss_l_std = labeled_loss(model.head_std(f_l), batch.y_labeled)
+    _, yhat_std, mask_std = pseudo_labels(model.head_std(f_w), cfg.tau)
+    loss_u_std = hard_pseudo_label_loss(model.head_std(f_s), yhat_std.repeat(2), mask_std.repeat(2))
+    # balanced head: class-weighted, soft pseudo-labels
+    loss_l_bal = labeled_loss(model.head_bal(f_l), batch.y_labeled, ctx.labeled_weights)
+    p_bal, yhat_bal, mask_bal = pseudo_labels(model.head_bal(f_w), cfg.tau)
+    strong_logits_bal = model.head_bal(f_s)
+    loss_u_bal = soft_pseudo_label_loss(strong_logits_bal, p_bal.repeat(2, 1), mask_bal.repeat(2), ctx.unlabeled_weights)
+    # memory bank: enqueue this step's confident features, then draw a rebalanced set for head_bal
+    loss_mb = torch.zeros((), device=f_l.device)
+    admitted = 0
+    if ctx.bank is not None:
+        if cfg.bank.features == "strong":
+            _, cand_labels, cand_mask = pseudo_labels(strong_logits_bal, cfg.tau)
+            cand_feats = f_s
+        else:
+            cand_feats, cand_labels, cand_mask = f_w, yhat_bal, mask_bal
+        admitted = ctx.bank.put(cand_feats[cand_mask], cand_labels[cand_mask])
+        nhat = ctx.nhat if ctx.nhat is not None else torch.ones(ctx.bank.num_classes)
+        drawn = ctx.bank.draw(int(cfg.bank.draw), nhat)
+        if drawn is not None:
+            feats, labels = drawn
+            loss_mb = labeled_loss(model.head_bal(feats.to(f_l.device)), labels.to(f_l.device))
+    loss = (loss_l_std + loss_l_bal
+            + _active(ctx.step, cfg.warmup) * cfg.lambda_u * (loss_u_std + loss_u_bal)
+            + _active(ctx.step, cfg.bank_warmup if cfg.bank_warmup is not None else cfg.warmup) * cfg.lambda_mb * loss_mb)
+    # Nhat counts confident balanced-head predictions (or all of them, without the threshold)
+    counted = yhat_bal[mask_bal] if cfg.estimate.threshold else yhat_bal
+    counts = torch.bincount(counted, minlength=model.num_classes).cpu()
+    terms = {"loss_l": loss_l_std.item(), "loss_l_bal": loss_l_bal.item(), "loss_u": loss_u_std.item(),
+             "loss_u_bal": loss_u_bal.item(), "loss_mb": loss_mb.item(), "mask": mask_bal.float().mean().item(),
+             "bank_in": float(admitted)}
+    return StepOutput(loss, terms, confident_counts=counts)
+
+
+STEP_FUNCTIONS: dict[str, Callable[..., StepOutput]] = {
+    "supervised": supervised_step,
+    "fixmatch": fixmatch_step,
+    "bmb": bmb_step,
+}
