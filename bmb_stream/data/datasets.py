@@ -9,7 +9,8 @@ from typing import Callable
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from torchvision.io import ImageReadMode, decode_image, read_file
+from PIL import Image
+from torchvision.transforms.v2.functional import pil_to_tensor
 
 from bmb_stream.data import sources
 from bmb_stream.data.splits import class_histogram, split_by_counts, split_by_ratio
@@ -34,8 +35,9 @@ class ImageSubset(Dataset):
             return self.pool.images[j]
         path = self.pool.images[j]
         try:
-            return decode_image(read_file(path), mode=ImageReadMode.RGB)
-        except RuntimeError as e:
+            with Image.open(path) as img:
+                return pil_to_tensor(img.convert("RGB"))
+        except OSError as e:  # PIL's UnidentifiedImageError and truncated files are OSErrors
             raise ValueError(f"cannot decode image {path}: {e}") from e
 
     def __getitem__(self, i: int):

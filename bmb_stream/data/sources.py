@@ -73,20 +73,33 @@ def load_fashion_mnist(root: str) -> tuple[ImagePool, ImagePool]:
 
 # --- CIFAR-10/100 (torchvision's folder layout) ----------------------------------------------------
 
-def load_cifar(root: str, num_classes: int, download: bool = False) -> tuple[ImagePool, ImagePool]:
-    from torchvision.datasets import CIFAR10, CIFAR100
+CIFAR_FILES = {10: ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels"),
+               100: ("cifar-100-python", ["train"], ["test"], "fine_labels")}
 
-    cls = CIFAR10 if num_classes == 10 else CIFAR100
-    folder = Path(root) / cls.base_folder
-    if not folder.exists() and not download:
-        raise DataNotFound(f"{folder} not found: point dataset.root at the folder holding "
-                           f"{cls.base_folder}/ (torchvision's layout), or set dataset.download=true")
-    pools = []
-    for train in (True, False):
-        ds = cls(root, train=train, download=download)  # the user's own trusted copy (pickled batches)
-        pools.append(ImagePool(torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(),
-                               np.asarray(ds.targets, dtype=np.int64)))
-    return pools[0], pools[1]
+
+def _read_cifar_batches(folder: Path, names: list[str], label_key: str) -> ImagePool:
+    images, targets = [], []
+    for name in names:
+        with open(_require(folder / name, "expected the CIFAR python version (torchvision's layout)"), "rb") as f:
+            # the CIFAR python release is pickled; this is the user's own copy on local disk
+            batch = pickle.load(f, encoding="latin1")
+        images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        targets.append(np.asarray(batch[label_key], dtype=np.int64))
+    return ImagePool(torch.from_numpy(np.concatenate(images)), np.concatenate(targets))
+
+
+def load_cifar(root: str, num_classes: int, download: bool = False) -> tuple[ImagePool, ImagePool]:
+    """CIFAR-10/100 in torchvision's folder layout (<root>/cifar-10-batches-py or cifar-100-python)."""
+    base_folder, train_names, test_names, label_key = CIFAR_FILES[num_classes]
+    folder = Path(root) / base_folder
+    if not folder.exists():
+        if not download:
+            raise DataNotFound(f"{folder} not found: point dataset.root at the folder holding {base_folder}/ "
+                               f"(torchvision's layout), or set dataset.download=true where the network allows")
+        from torchvision.datasets import CIFAR10, CIFAR100
+
+        (CIFAR10 if num_classes == 10 else CIFAR100)(root, train=True, download=True)
+    return (_read_cifar_batches(folder, train_names, label_key), _read_cifar_batches(folder, test_names, label_key))
 
 
 # --- image folders: root/train/<class>/*, root/test/<class>/* --------------------------------------

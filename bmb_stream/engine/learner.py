@@ -91,7 +91,7 @@ class Learner:
             self.bank.reset()
 
     def train_step(self, batch: Batch) -> dict[str, float]:
-        if self.step == int(self.method.warmup or 0) and self.step > 0:
+        if self.step == int(self.method.get("warmup") or 0) and self.step > 0:
             self._on_warmup_end()
         labeled_w, unlabeled_w = self.class_weights()
         ctx = StepContext(self.step, self.method, labeled_w, unlabeled_w, self.bank, self.pseudo_label_stat())

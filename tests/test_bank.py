@@ -1,0 +1,125 @@
+import numpy as np
+import pytest
+import torch
+
+from bmb_stream.method.bank import MemoryBank, draw_probabilities, eviction_weights, put_probabilities
+
+
+def skewed_labels(n, num_classes, gamma, gen):
+    prior = torch.tensor([gamma ** (-k / (num_classes - 1)) for k in range(num_classes)])
+    return torch.multinomial(prior / prior.sum(), n, replacement=True, generator=gen)
+
+
+def tv_from_uniform(counts):
+    counts = np.asarray(counts, dtype=float)
+    p = counts / counts.sum()
+    return 0.5 * np.abs(p - 1.0 / len(p)).sum()
+
+
+def test_put_probabilities_formula_and_floor():
+    rho = put_probabilities(torch.tensor([10, 20, 40]), beta_put=2.0)
+    assert torch.allclose(rho, torch.tensor([1.0, 0.25, 0.0625]))
+    # an absent class is floored at 1e-3: present classes get ~0, the absent one 1
+    rho = put_probabilities(torch.tensor([0, 5]), beta_put=1.0)
+    assert rho[0] == pytest.approx(1.0) and rho[1] == pytest.approx(1e-3 / 5)
+    assert torch.all(put_probabilities(torch.tensor([3, 7, 100]), beta_put=0.0) == 1.0)
+
+
+def test_eviction_weights_prefer_head_classes():
+    rho = torch.tensor([1.0, 0.5, 0.1])
+    w = eviction_weights(rho, torch.tensor([0, 1, 2, 2]))
+    assert w[0] < 1e-9 and w[1] == pytest.approx(0.5) and w[2] == pytest.approx(0.9)
+
+
+def test_capacity_is_never_exceeded():
+    gen = torch.Generator().manual_seed(0)
+    bank = MemoryBank(64, 4, 5, beta_put=2.0, beta_get=1.0, seed=1)
+    for _ in range(300):
+        n = int(torch.randint(0, 200, (1,), generator=gen))
+        labels = torch.randint(0, 5, (n,), generator=gen)
+        admitted = bank.put(torch.randn(n, 4, generator=gen), labels)
+        assert 0 <= admitted <= n
+        assert bank.fill <= bank.capacity
+        assert int(bank.class_counts().sum()) == bank.fill
+
+
+def test_rebalancing_makes_a_skewed_stream_nearly_uniform():
+    """Candidates drawn from a gamma-100 prior over 10 classes: the candidate mix is far from uniform
+    (total variation ~0.45); after 2,000 steps the bank's mix is within 0.1 of uniform."""
+    gen = torch.Generator().manual_seed(0)
+    bank = MemoryBank(256, 2, 10, beta_put=2.0, beta_get=1.0, seed=0)
+    seen = torch.zeros(10)
+    for _ in range(2000):
+        labels = skewed_labels(64, 10, 100.0, gen)
+        seen += torch.bincount(labels, minlength=10)
+        bank.put(torch.randn(64, 2, generator=gen), labels)
+    tv_candidates, tv_bank = tv_from_uniform(seen), tv_from_uniform(bank.class_counts())
+    assert tv_candidates > 0.4
+    assert tv_bank < 0.1, bank.class_counts()
+    assert bank.fill == bank.capacity
+
+
+def test_without_rebalancing_the_bank_mirrors_the_candidates():
+    """beta_put = 0 admits everything: the bank keeps the skew (the ablation really switches it off)."""
+    gen = torch.Generator().manual_seed(0)
+    bank = MemoryBank(256, 2, 10, beta_put=0.0, beta_get=1.0, seed=0)
+    for _ in range(500):
+        bank.put(torch.randn(64, 2, generator=gen), skewed_labels(64, 10, 100.0, gen))
+    assert tv_from_uniform(bank.class_counts()) > 0.3
+
+
+def test_evictions_are_without_replacement():
+    """A full bank of head-class entries receives 200 tail candidates, all admitted (rho = 1):
+    every one of them must be in the bank afterwards; with replacement two would share a slot."""
+    bank = MemoryBank(256, 1, 2, beta_put=1.0, beta_get=1.0, seed=0)
+    bank.put(torch.full((256, 1), -1.0), torch.zeros(256, dtype=torch.long))
+    assert bank.fill == 256
+    ids = torch.arange(200, dtype=torch.float32).unsqueeze(1)
+    assert bank.put(ids, torch.ones(200, dtype=torch.long)) == 200
+    stored = set(bank.features[bank.labels == 1, 0].tolist())
+    assert stored == set(range(200))
+    assert bank.class_counts().tolist() == [56, 200]
+
+
+def test_draw_probabilities_follow_nhat():
+    nhat = torch.tensor([100.0, 10.0, 1.0, 0.0])
+    labels = torch.tensor([0, 1, 2, 3])
+    p = draw_probabilities(nhat, labels, beta_get=1.0)
+    expected = torch.tensor([1 / 100, 1 / 10, 1.0, 1 / 1e-3])
+    assert torch.allclose(p, expected / expected.sum())
+
+
+def test_bank_draws_match_the_probabilities_empirically():
+    bank = MemoryBank(30, 1, 3, beta_put=0.0, beta_get=1.5, seed=0)
+    bank.put(torch.randn(30, 1), torch.tensor([0] * 10 + [1] * 10 + [2] * 10))
+    nhat = torch.tensor([8.0, 2.0, 1.0])
+    counts = torch.zeros(3)
+    for _ in range(400):
+        _, labels = bank.draw(128, nhat)
+        counts += torch.bincount(labels, minlength=3)
+    expected = nhat ** -1.5
+    expected = expected / expected.sum()
+    assert torch.allclose(counts / counts.sum(), expected, atol=0.01)
+
+
+def test_draw_size_and_empty_bank():
+    bank = MemoryBank(16, 2, 2, beta_put=1.0, beta_get=1.0)
+    assert bank.draw(8, torch.ones(2)) is None
+    bank.put(torch.randn(5, 2), torch.tensor([0, 1, 0, 1, 0]))
+    feats, labels = bank.draw(8, torch.ones(2))
+    assert feats.shape == (5, 2) and labels.shape == (5,)
+
+
+def test_state_dict_round_trip_continues_the_same_random_stream():
+    gen = torch.Generator().manual_seed(3)
+    a = MemoryBank(32, 3, 4, beta_put=2.0, beta_get=1.0, seed=7)
+    for _ in range(20):
+        a.put(torch.randn(16, 3, generator=gen), torch.randint(0, 4, (16,), generator=gen))
+    b = MemoryBank(32, 3, 4, beta_put=2.0, beta_get=1.0, seed=99)
+    b.load_state_dict(a.state_dict())
+    cand = torch.randn(16, 3, generator=gen), torch.randint(0, 4, (16,), generator=gen)
+    a.put(*cand)
+    b.put(*cand)
+    assert torch.equal(a.labels[: a.fill], b.labels[: b.fill]) and torch.equal(a.features, b.features)
+    da, db = a.draw(10, torch.ones(4)), b.draw(10, torch.ones(4))
+    assert torch.equal(da[1], db[1])

@@ -1,0 +1,70 @@
+import pytest
+
+from bmb_stream.cli import main
+from bmb_stream.config import ConfigError, compose, group_options
+
+EXPERIMENTS = group_options("experiment")
+
+
+def test_every_published_setting_has_an_experiment_file():
+    expected = {"cifar10_lt_r50", "cifar10_lt_r100", "cifar10_lt_r150", "cifar10_lt_r100_uniform",
+                "cifar10_lt_r100_reversed", "cifar100_lt_r20", "cifar100_lt_r50", "cifar100_lt_r100",
+                "imagenet_lt_20", "imagenet_lt_50", "imagenet127_1pct_32px", "imagenet127_1pct_64px",
+                "imagenet127_10pct_32px", "imagenet127_10pct_64px", "fmnist_lt_r100", "demo"}
+    assert expected <= set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+@pytest.mark.parametrize("method", ["bmb", "fixmatch", "supervised"])
+def test_every_experiment_composes(experiment, method, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # configs are found from any working directory
+    cfg = compose([f"experiment={experiment}", f"method={method}", f"dataset.root={tmp_path}"])
+    assert cfg.method.name == method and cfg.mode == "offline"
+    assert cfg.run.dir.startswith("runs/")
+
+
+def test_reference_recipe_values_reach_the_config(tmp_path):
+    cfg = compose(["experiment=cifar10_lt_r100", f"dataset.root={tmp_path}"])
+    assert (cfg.model.name, cfg.dataset.gamma_l, cfg.dataset.n1, cfg.dataset.m1) == ("wrn28_2", 100, 1500, 3000)
+    b = cfg.method.bank
+    assert (b.capacity, b.draw, b.beta_put, b.beta_get) == (256, 128, 2.0, 1.0)
+    assert (cfg.method.weights.alpha, cfg.method.tau, cfg.train.ema_decay, cfg.optim.lr) == (1.5, 0.95, 0.999, 0.002)
+    cfg = compose(["experiment=imagenet_lt_50", f"dataset.root={tmp_path}"])
+    assert (cfg.method.bank.capacity, cfg.method.bank.draw, cfg.method.tau, cfg.optim.name) == (2048, 512, 0.7, "sgd")
+    assert cfg.dataset.many_threshold == 50 and cfg.dataset.few_threshold == 10
+    cfg = compose(["experiment=cifar10_lt_r100_reversed", f"dataset.root={tmp_path}"])
+    assert cfg.dataset.gamma_u == -100
+
+
+@pytest.mark.parametrize("override,message", [
+    ("method=nope", "method=nope: unknown option; accepted: bmb, fixmatch, supervised"),
+    ("model=vgg", "model=vgg: unknown option"),
+    ("method.tau=1.5", "method.tau=1.5: must be in (0, 1]"),
+    ("method.tau=0", "method.tau=0: must be in (0, 1]"),
+    ("train.batch_labeled=-4", "train.batch_labeled=-4: must be a positive integer"),
+    ("method.bank.capacity=0", "method.bank.capacity=0: must be a positive integer"),
+    ("dataset.root=/no/such/dir", "dataset.root=/no/such/dir: folder not found"),
+    ("optim.name=rmsprop", "optim.name=rmsprop: must be adam or sgd"),
+])
+def test_bad_values_name_the_key_and_what_is_accepted(override, message):
+    with pytest.raises(ConfigError) as err:
+        compose([override])
+    assert message in str(err.value)
+
+
+def test_missing_data_root_is_named():
+    with pytest.raises(ConfigError, match="dataset.root is required"):
+        compose(["experiment=cifar10_lt_r100"])
+
+
+def test_cli_bad_value_is_one_line_exit_2(capsys):
+    assert main(["method.tau=2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and "method.tau=2" in err
+
+
+def test_cli_unknown_flag_and_help(capsys):
+    assert main(["--frobnicate"]) == 2
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--mode" in out and "fmnist_lt_r100" in out and "examples:" in out

@@ -1,0 +1,48 @@
+import pytest
+import torch
+
+from bmb_stream.models import build_model
+from bmb_stream.models.heads import HeadPredictor
+
+
+def n_params(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_wrn28_2_matches_the_reference_size():
+    model = build_model("wrn28_2", 10)
+    assert model.feature_dim == 128
+    # 1,467,610 parameters with one 10-class head in the FixMatch-family WRN-28-2
+    assert n_params(model.backbone) + 128 * 10 + 10 == 1_467_610
+    bn = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bn and all(m.momentum == 0.001 for m in bn)
+
+
+@pytest.mark.parametrize("name,options,size,dim", [
+    ("small_cnn", {}, 32, 64), ("wrn28_2", {}, 32, 128), ("resnet50", {"small_stem": True}, 32, 2048),
+])
+def test_backbones_give_features_and_two_heads(name, options, size, dim):
+    model = build_model(name, 7, **options).eval()
+    with torch.no_grad():
+        feats = model(torch.randn(2, 3, size, size))
+        assert feats.shape == (2, dim)
+        assert model.head_std(feats).shape == model.head_bal(feats).shape == (2, 7)
+
+
+def test_heads_are_xavier_with_zero_bias_and_independent():
+    model = build_model("small_cnn", 5)
+    assert torch.all(model.head_bal.bias == 0) and torch.all(model.head_std.bias == 0)
+    assert not torch.equal(model.head_bal.weight, model.head_std.weight)
+
+
+def test_head_predictor_picks_the_head():
+    model = build_model("small_cnn", 3).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(HeadPredictor(model, "bal")(x), model.head_bal(model(x)))
+        assert torch.allclose(HeadPredictor(model, "std")(x), model.head_std(model(x)))
+
+
+def test_unknown_model_lists_the_registry():
+    with pytest.raises(ValueError, match="small_cnn"):
+        build_model("vgg", 10)
