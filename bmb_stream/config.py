@@ -52,6 +52,11 @@ def compose(overrides: list[str]) -> DictConfig:
 
 def _hydra_message(error: Exception, overrides: list[str]) -> str:
     text = str(error).strip().splitlines()[0]
+    if type(error).__name__ == "OverrideParseException":
+        return f"cannot parse the overrides ({text}); write KEY=VALUE, quoting lists: 'key=[1,2]'"
+    if text.startswith("Could not override '"):
+        key = text.split("'")[1]
+        return f"{key}: no such configuration key (see bmb-stream --help for the groups and common keys)"
     for group in GROUPS:
         if f"'{group}/" in text or f"{group}/" in text and "Could not find" in text:
             chosen = next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+~") == group), "?")
@@ -80,7 +85,8 @@ def validate(cfg: DictConfig) -> None:
     _check(isinstance(t.num_workers, int) and t.num_workers >= 0, "train.num_workers", "an integer >= 0", cfg)
     _check(0 <= t.ema_decay < 1, "train.ema_decay", "in [0, 1) (0 turns the EMA model off)", cfg)
     _check(cfg.optim.name in ("adam", "sgd"), "optim.name", "adam or sgd", cfg)
-    _check(cfg.optim.schedule in ("constant", "cosine"), "optim.schedule", "constant or cosine", cfg)
+    _check(cfg.optim.schedule in ("constant", "cosine", "fixmatch_cosine"), "optim.schedule",
+           "constant, cosine or fixmatch_cosine", cfg)
     _check(cfg.optim.lr > 0, "optim.lr", "positive", cfg)
     _check(cfg.optim.weight_decay >= 0 and cfg.optim.wd_shrink >= 0, "optim.weight_decay", ">= 0 (and optim.wd_shrink too)", cfg)
     _check(cfg.eval.headline in ("final", "best", "mean_last_20", "median_last_20"), "eval.headline",

@@ -64,6 +64,8 @@ def test_weights_off_and_labeled_source_switches():
     learner = Learner(tiny_cfg("method.weights.unlabeled_source=labeled"), 10, LABELED, torch.device("cpu"))
     wl, wu = learner.class_weights()
     assert torch.equal(wl, wu)
+    learner.train_step(batch(0))
+    assert learner.estimate.steps == 1  # Nhat is still estimated: the bank's draw follows it
     assert Learner(tiny_cfg("method.bank.enabled=false"), 10, LABELED, torch.device("cpu")).bank is None
 
 
@@ -87,9 +89,11 @@ def test_ema_decay_warmup_and_update():
     assert torch.allclose(ema.module.weight, torch.full_like(model.weight, 0.5))
 
 
-def test_cosine_schedule():
+def test_schedules():
     assert lr_factor(0, 100, "cosine") == 1.0
-    assert lr_factor(100, 100, "cosine") == pytest.approx(0.19509, abs=1e-4)  # cos(7 pi / 16)
+    assert lr_factor(50, 100, "cosine") == pytest.approx(0.5)
+    assert lr_factor(100, 100, "cosine") == pytest.approx(0.0, abs=1e-12)
+    assert lr_factor(100, 100, "fixmatch_cosine") == pytest.approx(0.19509, abs=1e-4)  # cos(7 pi / 16)
     assert lr_factor(50, 100, "constant") == 1.0
 
 

@@ -18,20 +18,27 @@ from bmb_stream.models import build_model
 from bmb_stream.models.heads import HeadPredictor
 
 
+SCHEDULES = ("constant", "cosine", "fixmatch_cosine")
+
+
 def lr_factor(step: int, total_steps: int, schedule: str) -> float:
-    """constant, or FixMatch's cosine decay cos(7 pi t / 16 T)."""
+    """constant; cosine annealing to 0 (0.5 (1 + cos(pi t / T))); or FixMatch's cos(7 pi t / 16 T)."""
+    t = min(step, total_steps) / max(1, total_steps)
     if schedule == "constant":
         return 1.0
     if schedule == "cosine":
-        return math.cos(7.0 * math.pi * min(step, total_steps) / (16.0 * max(1, total_steps)))
-    raise ValueError(f"unknown lr schedule {schedule!r}; accepted: constant, cosine")
+        return 0.5 * (1.0 + math.cos(math.pi * t))
+    if schedule == "fixmatch_cosine":
+        return math.cos(7.0 * math.pi * t / 16.0)
+    raise ValueError(f"unknown lr schedule {schedule!r}; accepted: {', '.join(SCHEDULES)}")
 
 
 def build_optimizer(cfg, params) -> torch.optim.Optimizer:
     if cfg.name == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                               weight_decay=cfg.weight_decay)
     raise ValueError(f"unknown optimizer {cfg.name!r}; accepted: adam, sgd")
 
 
@@ -94,7 +101,9 @@ class Learner:
         if self.step == int(self.method.get("warmup") or 0) and self.step > 0:
             self._on_warmup_end()
         labeled_w, unlabeled_w = self.class_weights()
-        ctx = StepContext(self.step, self.method, labeled_w, unlabeled_w, self.bank, self.pseudo_label_stat())
+        # the bank's draw always follows Nhat, whatever the unlabeled weights use
+        nhat = self.estimate.value() if self.estimate is not None else None
+        ctx = StepContext(self.step, self.method, labeled_w, unlabeled_w, self.bank, nhat)
         amp = torch.autocast("cuda", dtype=torch.bfloat16) if (self.cfg.train.amp and self.device.type == "cuda") else nullcontext()
         with amp:
             out = self.step_fn(self.model, batch, ctx)
@@ -103,12 +112,12 @@ class Learner:
         self.optimizer.step()
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
-        if self.cfg.optim.wd_shrink:  # the reference's decoupled decay: w <- w * (1 - c * lr)
+        if self.ema is not None:
+            self.ema.update(self.model)
+        if self.cfg.optim.wd_shrink:  # the reference's decoupled decay, after the EMA: w <- w * (1 - c * lr)
             with torch.no_grad():
                 for p in self.model.parameters():
                     p.mul_(1.0 - self.cfg.optim.wd_shrink * lr)
-        if self.ema is not None:
-            self.ema.update(self.model)
         if self.estimate is not None and out.confident_counts is not None:
             self.estimate.update(out.confident_counts)  # step t+1 sees statistics up to step t
         self.step += 1

@@ -68,7 +68,7 @@ def run_offline(cfg) -> dict:
     learner = Learner(cfg, split.num_classes, split.labeled_per_class, device)
     history: list[dict] = []
     if cfg.resume and run.last_checkpoint.exists():
-        state = load_checkpoint(run.last_checkpoint, map_location=device)
+        state = load_checkpoint(run.last_checkpoint)  # on the CPU: RNG states must stay there
         learner.load_state_dict(state["learner"])
         history = list(state["history"])
         print(f"resumed from {run.last_checkpoint} at step {learner.step}")

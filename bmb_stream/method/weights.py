@@ -56,5 +56,5 @@ class PseudoLabelEstimate:
         return {"total": self.total.clone(), "steps": self.steps, "kind": self.kind}
 
     def load_state_dict(self, state: dict) -> None:
-        self.total = state["total"].to(torch.float64)
+        self.total = state["total"].to("cpu", torch.float64)
         self.steps = int(state["steps"])
