@@ -14,11 +14,15 @@ EXAMPLES = """examples:
   bmb-stream --mode offline experiment=cifar10_lt_r100 dataset.root=/data/cifar
   bmb-stream experiment=cifar10_lt_r100 method=fixmatch dataset.root=/data/cifar seed=1
   bmb-stream experiment=demo method.bank.enabled=false      an ablation: BMB without the bank
-  bmb-stream experiment=demo run.dir=runs/a resume=true     continue a stopped run"""
+  bmb-stream experiment=demo run.dir=runs/a resume=true     continue a stopped run
+  bmb-stream simulate fmnist_lt_drift out=data/streams/drift seed=1
+  bmb-stream shards dataset=cifar10_lt dataset.root=/data/cifar out=data/shards/cifar10_lt max_samples=5000"""
 
 
 def usage() -> str:
-    lines = ["usage: bmb-stream [--mode offline] [KEY=VALUE ...]", "",
+    lines = ["usage: bmb-stream [--mode offline] [KEY=VALUE ...]",
+             "       bmb-stream simulate RECIPE [out=DIR] [overwrite=true] [KEY=VALUE ...]",
+             "       bmb-stream shards [dataset=NAME] [dataset.KEY=VALUE ...] out=DIR [max_samples=N] [max_bytes=N]", "",
              "Long-tailed semi-supervised learning with a Balanced Memory Bank (BMB).",
              "KEY=VALUE pairs are Hydra overrides of the configuration (configs/config.yaml).", "",
              "modes:", "  offline   a fixed long-tailed split, a fixed number of steps (the published protocols)", "",
@@ -27,6 +31,18 @@ def usage() -> str:
         lines += [f"  {g:<11}{', '.join(group_options(g))}" for g in GROUPS]
     except ConfigError as e:
         lines.append(f"  ({e})")
+    try:
+        from bmb_stream.data.simulate import recipe_dir
+
+        recipes = ", ".join(sorted(p.stem for p in recipe_dir().glob("*.yaml")))
+    except Exception:  # the recipes folder is optional for training
+        recipes = "?"
+    lines += ["", "subcommands:",
+              "  simulate   write a simulated long-tailed stream (shards, seed set, test set, manifest) from a",
+              f"             recipe in streams/: {recipes}",
+              "             KEY=VALUE overrides recipe keys (seed=1, shards=40, prior.gamma=50); root=... and",
+              "             list_dir=... set the dataset's folders",
+              "  shards     write a configured dataset split (labeled, unlabeled, test) as WebDataset shards"]
     lines += ["", "common keys: seed, device (auto/cpu/cuda), run.dir, resume, train.steps, train.eval_every,",
               "  train.batch_labeled, train.batch_unlabeled, train.ema_decay, train.ema_warmup, train.num_workers,",
               "  dataset.root, method.tau, method.bank.*, method.weights.*, method.estimate.*", "", EXAMPLES]
@@ -71,11 +87,94 @@ def print_headline(summary: dict, run_dir: str) -> None:
     print(f"run directory: {run_dir}")
 
 
+def _split_options(args: list[str], own: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    """Separate this subcommand's own KEY=VALUE options (`own`: key -> default) from the rest."""
+    options, rest = dict(own), []
+    for arg in args:
+        key, _, value = arg.partition("=")
+        if not _:
+            raise ConfigError(f"{arg!r} is not a KEY=VALUE argument; see bmb-stream --help")
+        if key in own:
+            options[key] = value
+        else:
+            rest.append(arg)
+    return options, rest
+
+
+def _flag(options: dict, key: str) -> bool:
+    value = str(options[key]).lower()
+    if value not in ("true", "false"):
+        raise ConfigError(f"{key}={options[key]}: must be true or false")
+    return value == "true"
+
+
+def _positive(options: dict, key: str) -> int | None:
+    value = options[key]
+    if value in ("", "null", "none"):
+        return None
+    if not value.isdigit() or int(value) <= 0:
+        raise ConfigError(f"{key}={value}: must be a positive integer")
+    return int(value)
+
+
+def simulate_command(args: list[str]) -> int:
+    from bmb_stream.data.simulate import load_recipe, simulate
+
+    if not args or "=" in args[0]:
+        raise ConfigError("simulate needs a recipe: bmb-stream simulate RECIPE [out=DIR] [KEY=VALUE ...]")
+    options, rest = _split_options(args[1:], {"out": "", "overwrite": "false", "progress": "true"})
+    # root= and list_dir= are short for the dataset's folders
+    rest = [f"dataset_overrides.{a}" if a.split("=", 1)[0] in ("root", "list_dir") else a for a in rest]
+    name, recipe = load_recipe(args[0], rest)
+    out = options["out"] or f"data/streams/{name}"
+    manifest = simulate(name, recipe, out, overwrite=_flag(options, "overwrite"), progress=_flag(options, "progress"))
+    n = sum(s["samples"] for s in manifest["shards"])
+    print(f"{len(manifest['shards'])} stream shards ({n} images, "
+          f"{sum(s['labeled'] for s in manifest['shards'])} labeled), seed set {manifest['labeled_set']['samples']}, "
+          f"test set {manifest['test_set']['samples']}" +
+          (f"; stopped early: {manifest['stopped_early']}" if manifest["stopped_early"] else ""))
+    print(f"stream: {out}  (manifest.json, plots/stream_prior.png)")
+    return 0
+
+
+def shards_command(args: list[str]) -> int:
+    from bmb_stream.data.export import export_split
+
+    options, rest = _split_options(args, {"out": "", "overwrite": "false", "max_samples": "10000", "max_bytes": "",
+                                          "workers": "0", "hide_labels": "false", "progress": "true"})
+    if not options["out"]:
+        raise ConfigError("shards needs out=DIR")
+    cfg = compose(rest)
+    workers = options["workers"]
+    if not workers.isdigit():
+        raise ConfigError(f"workers={workers}: must be an integer >= 0 (0: one per core)")
+    manifest = export_split(cfg.dataset, options["out"], seed=int(cfg.seed), max_samples=_positive(options, "max_samples"),
+                            max_bytes=_positive(options, "max_bytes"), workers=int(workers),
+                            overwrite=_flag(options, "overwrite"), keep_hidden_labels=not _flag(options, "hide_labels"),
+                            progress=_flag(options, "progress"))
+    for key in ("labeled_set", "unlabeled_set", "test_set"):
+        print(f"{key}: {manifest[key]['samples']} images in {len(manifest[key]['files'])} shards")
+    print(f"shards: {options['out']}")
+    return 0
+
+
+SUBCOMMANDS = {"simulate": simulate_command, "shards": shards_command}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help") for a in argv):
         print(usage())
         return 0
+    if argv and argv[0] in SUBCOMMANDS:
+        from bmb_stream.data.simulate import StreamError
+        from bmb_stream.data.sources import DataNotFound
+
+        try:
+            return SUBCOMMANDS[argv[0]](argv[1:])
+        except (ConfigError, StreamError, DataNotFound) as e:
+            print(f"bmb-stream {argv[0]}: error: {e}", file=sys.stderr)
+            return 2
     os.environ.setdefault("HYDRA_FULL_ERROR", "0")
     try:
         cfg = compose(parse_args(argv))

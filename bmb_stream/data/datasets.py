@@ -10,7 +10,6 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 from PIL import Image
-from torchvision.transforms.v2.functional import pil_to_tensor
 
 from bmb_stream.data import sources
 from bmb_stream.data.splits import class_histogram, split_by_counts, split_by_ratio
@@ -29,14 +28,14 @@ class ImageSubset(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def image(self, i: int) -> torch.Tensor:
+    def image(self, i: int) -> Image.Image:
         j = int(self.indices[i])
         if isinstance(self.pool.images, torch.Tensor):
-            return self.pool.images[j]
+            return Image.fromarray(self.pool.images[j].permute(1, 2, 0).numpy())
         path = self.pool.images[j]
         try:
             with Image.open(path) as img:
-                return pil_to_tensor(img.convert("RGB"))
+                return img.convert("RGB")
         except OSError as e:  # PIL's UnidentifiedImageError and truncated files are OSErrors
             raise ValueError(f"cannot decode image {path}: {e}") from e
 
@@ -65,7 +64,8 @@ class SplitData:
         return class_histogram(self.test.targets, self.num_classes)
 
 
-def _load_pools(cfg) -> tuple[sources.ImagePool, sources.ImagePool, list[str]]:
+def load_pools(cfg) -> tuple[sources.ImagePool, sources.ImagePool, list[str]]:
+    """The train and test pools of the dataset named by `cfg`, and its class names (may be empty)."""
     kind = cfg.source
     if kind == "fashion_mnist":
         train, test = sources.load_fashion_mnist(cfg.root)
@@ -86,20 +86,29 @@ def _load_pools(cfg) -> tuple[sources.ImagePool, sources.ImagePool, list[str]]:
     return train, test, names
 
 
-def build_split(cfg, seed: int = 0) -> SplitData:
-    """Load the dataset named by `cfg` (the `dataset` config group) and cut its long-tailed split."""
-    train, test, names = _load_pools(cfg)
+def split_indices(cfg, train_targets: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of the labeled and unlabeled sets in the train pool, by the config's protocol."""
     num_classes = int(cfg.num_classes)
-    seen = int(train.targets.max()) + 1 if len(train) else 0
-    if seen > num_classes or (len(test) and int(test.targets.max()) >= num_classes):
-        raise ValueError(f"dataset.num_classes={num_classes} but the data has labels up to {seen - 1}")
     shuffle_seed = seed if cfg.get("split_shuffle", True) else None
     if cfg.get("labeled_ratio") is not None:
-        labeled_idx, unlabeled_idx = split_by_ratio(train.targets, num_classes, float(cfg.labeled_ratio),
-                                                    cfg.get("ratio_rounding", "ceil"), shuffle_seed)
-    else:
-        labeled_idx, unlabeled_idx = split_by_counts(train.targets, num_classes, int(cfg.n1), int(cfg.m1),
-                                                     float(cfg.gamma_l), float(cfg.gamma_u), shuffle_seed)
+        return split_by_ratio(train_targets, num_classes, float(cfg.labeled_ratio),
+                              cfg.get("ratio_rounding", "ceil"), shuffle_seed)
+    return split_by_counts(train_targets, num_classes, int(cfg.n1), int(cfg.m1),
+                           float(cfg.gamma_l), float(cfg.gamma_u), shuffle_seed)
+
+
+def check_labels(train: sources.ImagePool, test: sources.ImagePool, num_classes: int) -> None:
+    top = max(int(train.targets.max()) if len(train) else -1, int(test.targets.max()) if len(test) else -1)
+    if top >= num_classes or min(train.targets.min(initial=0), test.targets.min(initial=0)) < 0:
+        raise ValueError(f"dataset.num_classes={num_classes} but the data has labels up to {top}")
+
+
+def build_split(cfg, seed: int = 0) -> SplitData:
+    """Load the dataset named by `cfg` (the `dataset` config group) and cut its long-tailed split."""
+    train, test, names = load_pools(cfg)
+    num_classes = int(cfg.num_classes)
+    check_labels(train, test, num_classes)
+    labeled_idx, unlabeled_idx = split_indices(cfg, train.targets, seed)
     views = build_views(int(cfg.image_size), cfg.mean, cfg.std, resize=isinstance(train.images, list))
     unlabeled_views = MultiView(views["weak"], views["strong"], views["strong"])
     return SplitData(

@@ -1,6 +1,7 @@
 """Weak, strong and test views (bmb-method section 7), built from torchvision's v2 transforms.
 
-Inputs are uint8 CHW tensors. Small images (32/64 px): weak = pad-and-crop + flip; strong = weak +
+Inputs are PIL images (RandAugment on a 32x32 PIL image is about ten times faster than on a tensor);
+outputs are normalised float tensors. Small images (32/64 px): weak = pad-and-crop + flip; strong = weak +
 RandAugment(3 ops, magnitude 4 of 30) + Cutout of half the image side. ImageNet-size images: weak =
 resize 256, random crop 224, flip; strong adds RandAugment; test = resize 256, center crop 224.
 """
@@ -32,7 +33,7 @@ class Cutout(nn.Module):
 
 
 def _normalize(mean, std) -> v2.Compose:
-    return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
+    return v2.Compose([v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
 
 
 def _geometric(image_size: int, large: bool, resize: bool) -> list:

@@ -1,0 +1,63 @@
+"""`bmb-stream shards`: a configured dataset split (labeled, unlabeled, test) written as shards.
+
+Shards of one set are written in parallel threads (image encoding and file reads release the GIL),
+JPEG files keep their bytes, and the manifest is written last.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from omegaconf import OmegaConf
+from tqdm import tqdm
+
+import bmb_stream
+from bmb_stream.data.datasets import check_labels, load_pools, split_indices
+from bmb_stream.data.shards import write_set
+from bmb_stream.data.simulate import MANIFEST, StreamError, _write_json
+
+FORMAT = "bmb-stream-split/1"
+
+
+def export_split(ds_cfg, out: str | Path, *, seed: int = 0, max_samples: int = 10_000, max_bytes: int | None = None,
+                 workers: int = 0,
+                 overwrite: bool = False, keep_hidden_labels: bool = True, progress: bool = True) -> dict:
+    """Write `labeled-*.tar` (with `cls`), `unlabeled-*.tar` (with `gt.cls` unless told not to) and
+    `test-*.tar` (with `cls`) for the split the dataset config defines; returns the manifest."""
+    out = Path(out)
+    if max_samples <= 0:
+        raise StreamError(f"max_samples={max_samples}: must be a positive integer")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise StreamError(f"{out} is not empty; choose another out= or add overwrite=true")
+    train, test, names = load_pools(ds_cfg)
+    num_classes = int(ds_cfg.num_classes)
+    check_labels(train, test, num_classes)
+    labeled_idx, unlabeled_idx = split_indices(ds_cfg, train.targets, seed)
+    out.mkdir(parents=True, exist_ok=True)
+    for p in out.glob("*.tar"):
+        p.unlink()
+    total = len(labeled_idx) + len(unlabeled_idx) + len(test)
+    bar = tqdm(total=total, desc=f"shards {ds_cfg.name}", unit="img", disable=not progress)
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        sets = {
+            "labeled_set": write_set(out, "labeled", train, labeled_idx, True, num_classes, max_samples, pool, bar,
+                                     max_bytes=max_bytes),
+            "unlabeled_set": write_set(out, "unlabeled", train, unlabeled_idx, False, num_classes, max_samples, pool,
+                                       bar, keep_hidden_labels, max_bytes=max_bytes),
+            "test_set": write_set(out, "test", test, np.arange(len(test)), True, num_classes, max_samples, pool, bar,
+                                  max_bytes=max_bytes),
+        }
+    bar.close()
+    manifest = {"format": FORMAT, "version": bmb_stream.__version__, "seed": seed,
+                "dataset": OmegaConf.to_container(ds_cfg, resolve=True), "num_classes": num_classes,
+                "class_names": list(names) or [str(c) for c in range(num_classes)], **sets}
+    _write_json(out / MANIFEST, manifest)
+    return manifest
+
+
+def read_manifest(folder: str | Path) -> dict:
+    return json.loads((Path(folder) / MANIFEST).read_text())

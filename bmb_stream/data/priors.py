@@ -1,0 +1,77 @@
+"""Class priors over a simulated stream: one probability vector per shard, from a named schedule.
+
+Schedules (the recipe's `prior.schedule`):
+- stationary: a long tail with ratio `gamma`, class 0 the head, the same for every shard;
+- uniform: every class alike;
+- reversed: the long tail turned around (the last class is the head);
+- rotation: the long tail whose class order rotates by `shift` classes every `period` shards;
+- drift: a linear blend from the `start` prior to the `end` prior over the stream;
+- class_incremental: `initial_classes` classes at first, `classes_per_step` more every `period`
+  shards, a long tail with ratio `gamma` over the classes present (gamma 1: uniform);
+- custom: explicit `weights`, one vector for all shards or one per shard;
+- natural: the source's own class mix, every remaining image once in a random order (the stream
+  planner handles it; here it is the mix of the images available).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+SCHEDULES = ("stationary", "uniform", "reversed", "rotation", "drift", "class_incremental", "custom", "natural")
+
+
+def long_tail(num_classes: int, gamma: float) -> np.ndarray:
+    """p_k proportional to gamma ** (-k / (C - 1)), k = 0..C-1 (the offline protocols' shape)."""
+    if gamma < 1:
+        raise ValueError(f"prior.gamma must be >= 1, got {gamma}")
+    k = np.arange(num_classes)
+    w = float(gamma) ** (-k / max(1, num_classes - 1))
+    return w / w.sum()
+
+
+def _named(name: str, num_classes: int, gamma: float) -> np.ndarray:
+    shapes = {"stationary": lambda: long_tail(num_classes, gamma), "uniform": lambda: np.full(num_classes, 1.0 / num_classes),
+              "reversed": lambda: long_tail(num_classes, gamma)[::-1].copy()}
+    if name not in shapes:
+        raise ValueError(f"drift endpoint {name!r}: accepted {', '.join(shapes)}")
+    return shapes[name]()
+
+
+def _normalised(w, what: str) -> np.ndarray:
+    w = np.asarray(w, dtype=float)
+    if np.any(w < 0) or not np.isfinite(w).all() or w.sum() <= 0:
+        raise ValueError(f"{what} must be non-negative with a positive sum, got {w.tolist()}")
+    return w / w.sum()
+
+
+def shard_priors(cfg, num_classes: int, num_shards: int, available_counts=None) -> np.ndarray:
+    """A (num_shards, num_classes) array whose rows are the class priors of each shard."""
+    kind = cfg.get("schedule")
+    gamma = float(cfg.get("gamma", 1.0))
+    rows = []
+    for i in range(num_shards):
+        if kind in ("stationary", "uniform", "reversed"):
+            p = _named(kind, num_classes, gamma)
+        elif kind == "rotation":
+            steps = i // int(cfg.get("period", 1))
+            p = np.roll(long_tail(num_classes, gamma), int(cfg.get("shift", 1)) * steps)
+        elif kind == "drift":
+            t = i / max(1, num_shards - 1)
+            p = (1 - t) * _named(cfg.get("start", "stationary"), num_classes, gamma) \
+                + t * _named(cfg.get("end", "reversed"), num_classes, gamma)
+        elif kind == "class_incremental":
+            present = min(num_classes, int(cfg.get("initial_classes", 2))
+                          + int(cfg.get("classes_per_step", 2)) * (i // int(cfg.get("period", 1))))
+            p = np.zeros(num_classes)
+            p[:present] = long_tail(present, gamma) if present > 1 else 1.0
+        elif kind == "natural":
+            p = np.ones(num_classes) if available_counts is None else np.asarray(available_counts, dtype=float)
+        elif kind == "custom":
+            weights = np.asarray(cfg.get("weights"), dtype=float)
+            p = weights[i] if weights.ndim == 2 else weights
+            if len(p) != num_classes:
+                raise ValueError(f"prior.weights has {len(p)} entries, the dataset {num_classes} classes")
+        else:
+            raise ValueError(f"unknown prior schedule {kind!r}; accepted: {', '.join(SCHEDULES)}")
+        rows.append(_normalised(p, f"the prior of shard {i}"))
+    return np.stack(rows)

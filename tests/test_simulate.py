@@ -1,0 +1,188 @@
+"""Simulated streams and split shards, read back with plain tarfile (not WebDataset)."""
+
+import hashlib
+import io
+import json
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bmb_stream.cli import main
+from bmb_stream.data.priors import long_tail, shard_priors
+from bmb_stream.data.simulate import StreamError, load_recipe, simulate
+from bmb_stream.data.splits import long_tailed_counts
+from tests.test_sources import write_idx
+
+PER_CLASS_TRAIN, PER_CLASS_TEST = 300, 20
+
+
+@pytest.fixture(scope="module")
+def tiny_fmnist(tmp_path_factory):
+    """A Fashion-MNIST-format dataset with 300 training and 20 test images per class."""
+    root = tmp_path_factory.mktemp("fmnist")
+    rng = np.random.default_rng(0)
+    for prefix, per_class in (("train", PER_CLASS_TRAIN), ("t10k", PER_CLASS_TEST)):
+        labels = rng.permutation(np.repeat(np.arange(10), per_class))
+        images = (labels[:, None, None] * 25 + rng.integers(0, 5, (len(labels), 28, 28))).astype(np.uint8)
+        write_idx(root / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(root / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    return root
+
+
+def recipe(name, root, *overrides):
+    return load_recipe(name, [f"dataset_overrides.root={root}", "dataset_overrides.n1=40", "dataset_overrides.m1=0",
+                              "dataset_overrides.gamma_l=10", "shards=8", "samples_per_shard=100", "prior.gamma=10",
+                              *overrides])
+
+
+def read_shard(path):
+    """{key: {ext: bytes}} from a tar file, with the standard library only."""
+    samples = {}
+    with tarfile.open(path) as tar:
+        for member in tar.getmembers():
+            key, ext = member.name.split(".", 1)
+            samples.setdefault(key, {})[ext] = tar.extractfile(member).read()
+    return samples
+
+
+def test_shards_read_back_match_the_manifest(tiny_fmnist, tmp_path):
+    name, rec = recipe("fmnist_lt_stationary", tiny_fmnist, "labeled_fraction=0.3")
+    manifest = simulate(name, rec, tmp_path / "s", progress=False)
+    assert len(manifest["shards"]) == 8
+    for entry in manifest["shards"]:
+        samples = read_shard(tmp_path / "s" / entry["file"])
+        hist = np.zeros(10, dtype=int)
+        labeled = 0
+        for fields in samples.values():
+            assert set(fields) <= {"png", "cls", "gt.cls", "json"} and "png" in fields
+            assert ("cls" in fields) != ("gt.cls" in fields)  # labeled xor hidden label
+            labeled += "cls" in fields
+            hist[int(fields.get("cls", fields.get("gt.cls")))] += 1
+            assert Image.open(io.BytesIO(fields["png"])).size == (32, 32)
+        assert len(samples) == entry["samples"] == 100
+        assert labeled == entry["labeled"] and hist.tolist() == entry["class_histogram"]
+    total_labeled = sum(e["labeled"] for e in manifest["shards"])
+    assert 0.2 * 800 < total_labeled < 0.4 * 800
+    seed = [read_shard(tmp_path / "s" / f) for f in manifest["labeled_set"]["files"]]
+    seed_hist = np.zeros(10, dtype=int)
+    for shard in seed:
+        for fields in shard.values():
+            assert "cls" in fields and "gt.cls" not in fields
+            seed_hist[int(fields["cls"])] += 1
+    assert seed_hist.tolist() == manifest["labeled_set"]["class_histogram"] == long_tailed_counts(40, 10, 10)
+    assert manifest["test_set"]["class_histogram"] == [PER_CLASS_TEST] * 10
+    assert (tmp_path / "s" / "plots" / "stream_prior.png").exists()
+    assert manifest["version"] and manifest["recipe"]["seed"] == 0
+
+
+def test_stream_never_repeats_a_seed_set_image_or_itself(tiny_fmnist, tmp_path):
+    name, rec = recipe("fmnist_lt_stationary", tiny_fmnist)
+    manifest = simulate(name, rec, tmp_path / "s", progress=False)
+    seen = []
+    for entry in manifest["shards"]:
+        seen += [json.loads(f["json"])["source_index"] for f in read_shard(tmp_path / "s" / entry["file"]).values()]
+    assert len(seen) == len(set(seen)) == 800
+    seed_keys = {k for f in manifest["labeled_set"]["files"] for k in read_shard(tmp_path / "s" / f)}
+    assert not {f"labeled-{i:08d}" for i in seen} & seed_keys
+
+
+def digests(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.tar"))}
+
+
+def test_same_seed_gives_identical_shards(tiny_fmnist, tmp_path):
+    for out in ("a", "b"):
+        simulate(*recipe("fmnist_lt_drift", tiny_fmnist), tmp_path / out, progress=False)
+    simulate(*recipe("fmnist_lt_drift", tiny_fmnist, "seed=1"), tmp_path / "c", progress=False)
+    a, b, c = digests(tmp_path / "a"), digests(tmp_path / "b"), digests(tmp_path / "c")
+    assert a == b and len(a) == 8 + 2
+    assert a["stream-000000.tar"] != c["stream-000000.tar"]
+
+
+def test_schedules_give_the_priors_they_promise():
+    p = shard_priors({"schedule": "drift", "gamma": 100, "start": "stationary", "end": "reversed"}, 10, 20)
+    assert p[0].argmax() == 0 and p[-1].argmax() == 9 and np.allclose(p.sum(1), 1)
+    assert np.allclose(p[0], long_tail(10, 100)) and p[0][0] / p[0][9] == pytest.approx(100)
+    p = shard_priors({"schedule": "reversed", "gamma": 100}, 10, 3)
+    assert all(row.argmax() == 9 for row in p)
+    p = shard_priors({"schedule": "rotation", "gamma": 100, "period": 5, "shift": 3}, 10, 20)
+    assert [row.argmax() for row in p[::5]] == [0, 3, 6, 9]
+    p = shard_priors({"schedule": "class_incremental", "initial_classes": 2, "classes_per_step": 2, "period": 4,
+                      "gamma": 10}, 10, 20)
+    assert [int((row > 0).sum()) for row in p[::4]] == [2, 4, 6, 8, 10]
+    assert np.allclose(shard_priors({"schedule": "uniform"}, 4, 2), 0.25)
+
+
+def test_drift_stream_head_class_moves(tiny_fmnist, tmp_path):
+    manifest = simulate(*recipe("fmnist_lt_drift", tiny_fmnist), tmp_path / "s", progress=False)
+    first, last = manifest["shards"][0]["class_histogram"], manifest["shards"][-1]["class_histogram"]
+    assert np.argmax(first) == 0 and np.argmax(last) == 9
+    manifest = simulate(*recipe("fmnist_class_incremental", tiny_fmnist), tmp_path / "ci", progress=False)
+    assert np.flatnonzero(manifest["shards"][0]["class_histogram"]).tolist() == [0, 1]
+
+
+def test_exhausted_source_stops_or_reuses_as_told(tiny_fmnist, tmp_path):
+    # a uniform stream of 12 x 300 images needs 360 per class; only 300 - seed-set images exist
+    name, rec = recipe("fmnist_lt_stationary", tiny_fmnist, "prior.schedule=uniform", "shards=12", "samples_per_shard=300")
+    stopped = simulate(name, rec, tmp_path / "stop", progress=False)
+    assert stopped["stopped_early"]["before_shard"] < 12 and len(stopped["shards"]) == stopped["stopped_early"]["before_shard"]
+    name, rec = recipe("fmnist_lt_stationary", tiny_fmnist, "prior.schedule=uniform", "shards=12",
+                       "samples_per_shard=300", "on_exhausted=reuse")
+    reused = simulate(name, rec, tmp_path / "reuse", progress=False)
+    assert len(reused["shards"]) == 12 and reused["reused_samples"] > 0 and reused["stopped_early"] is None
+
+
+def test_bad_recipes_are_one_line_errors(tiny_fmnist, tmp_path):
+    with pytest.raises(StreamError, match="unknown prior schedule 'zigzag'"):
+        simulate(*recipe("fmnist_lt_stationary", tiny_fmnist, "prior.schedule=zigzag"), tmp_path / "x", progress=False)
+    with pytest.raises(StreamError, match="positive sum"):
+        simulate(*recipe("fmnist_lt_stationary", tiny_fmnist, "prior.schedule=custom", "prior.weights=[0,0,0,0,0,0,0,0,0,0]"),
+                 tmp_path / "x", progress=False)
+    with pytest.raises(StreamError, match="not found; shipped recipes"):
+        load_recipe("no_such_recipe")
+    with pytest.raises(StreamError, match="nonexistent_key"):
+        load_recipe("fmnist_lt_stationary", ["nonexistent_key=1"])
+
+
+def test_a_different_stream_is_never_overwritten_silently(tiny_fmnist, tmp_path):
+    out = tmp_path / "s"
+    simulate(*recipe("fmnist_lt_stationary", tiny_fmnist), out, progress=False)
+    before = digests(out)
+    with pytest.raises(StreamError, match="already holds a different stream"):
+        simulate(*recipe("fmnist_lt_drift", tiny_fmnist), out, progress=False)
+    assert digests(out) == before
+    again = simulate(*recipe("fmnist_lt_stationary", tiny_fmnist), out, progress=False)  # the same: kept
+    assert digests(out) == before and again["recipe_name"] == "fmnist_lt_stationary"
+    simulate(*recipe("fmnist_lt_drift", tiny_fmnist), out, overwrite=True, progress=False)
+    assert json.loads((out / "manifest.json").read_text())["recipe_name"] == "fmnist_lt_drift"
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(StreamError, match="not empty"):
+        simulate(*recipe("fmnist_lt_drift", tiny_fmnist), tmp_path / "other", progress=False)
+
+
+def test_cli_simulate_and_its_errors(tiny_fmnist, tmp_path, capsys):
+    args = ["simulate", "fmnist_lt_stationary", f"out={tmp_path / 's'}", f"root={tiny_fmnist}", "dataset_overrides.n1=40",
+            "dataset_overrides.m1=0", "dataset_overrides.gamma_l=10", "shards=3", "samples_per_shard=50", "progress=false"]
+    assert main(args) == 0
+    assert "3 stream shards (150 images" in capsys.readouterr().out
+    assert main(["simulate", "nope"]) == 2
+    assert main([*args[:2], f"out={tmp_path / 's'}", "prior.schedule=zigzag", f"root={tiny_fmnist}"]) == 2
+    err = capsys.readouterr().err
+    assert "shipped recipes" in err and "zigzag" in err and "Traceback" not in err
+
+
+def test_shards_command_writes_the_split(tiny_fmnist, tmp_path):
+    out = tmp_path / "split"
+    assert main(["shards", "dataset=fashion_mnist_lt", f"dataset.root={tiny_fmnist}", "dataset.n1=40", "dataset.m1=100",
+                 "dataset.gamma_l=10", "dataset.gamma_u=10", f"out={out}", "max_samples=250", "progress=false"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["labeled_set"]["class_histogram"] == long_tailed_counts(40, 10, 10)
+    assert manifest["unlabeled_set"]["samples"] == sum(manifest["unlabeled_set"]["class_histogram"])
+    assert manifest["unlabeled_set"]["class_histogram"][0] == 140
+    assert all(e["samples"] <= 250 for e in manifest["unlabeled_set"]["shards"])
+    first = read_shard(out / manifest["unlabeled_set"]["files"][0])
+    assert all("gt.cls" in f and "cls" not in f for f in first.values())
+    assert main(["shards", f"dataset.root={tiny_fmnist}", f"out={out}"]) == 2  # not empty, no overwrite
