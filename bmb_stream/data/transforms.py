@@ -1,6 +1,7 @@
 """Weak, strong and test views (bmb-method section 7), built from torchvision's v2 transforms.
 
-Inputs are PIL images (RandAugment on a 32x32 PIL image is about ten times faster than on a tensor);
+Inputs are PIL images (decoded files stay PIL until the end; on small images PIL's ops are as fast
+as tensor ops in a one-thread worker and far faster with several threads, bench/augment_speed.py);
 outputs are normalised float tensors. Small images (32/64 px): weak = pad-and-crop + flip; strong = weak +
 RandAugment(3 ops, magnitude 4 of 30) + Cutout of half the image side. ImageNet-size images: weak =
 resize 256, random crop 224, flip; strong adds RandAugment; test = resize 256, center crop 224.
