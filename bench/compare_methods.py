@@ -28,7 +28,7 @@ METHODS = ("supervised", "fixmatch", "bmb")
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=1000)
-    ap.add_argument("--eval-every", type=int, default=100)
+    ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--methods", nargs="+", default=list(METHODS))
     ap.add_argument("--out", default="bench/results/methods")
@@ -40,7 +40,7 @@ def main() -> None:
             run_dir = Path(args.out) / f"{method}-seed{seed}"
             summary_file = run_dir / "summary.json"
             if not summary_file.exists():
-                cfg = compose(["experiment=fmnist_lt_r100", "model=small_cnn", f"method={method}", f"seed={seed}",
+                cfg = compose(["mode=offline", "experiment=fmnist_lt_r100", "model=small_cnn", f"method={method}", f"seed={seed}",
                                f"train.steps={args.steps}", f"train.eval_every={args.eval_every}",
                                "train.ema_warmup=true", "progress=false", f"run.dir={run_dir}"])
                 run_offline(cfg)

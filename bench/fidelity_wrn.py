@@ -32,7 +32,7 @@ def main() -> None:
     for method in args.methods:
         run_dir = Path(args.out) / method
         if not (run_dir / "summary.json").exists():
-            cfg = compose(["experiment=fmnist_lt_r100", f"method={method}", "seed=0", "dataset.split_shuffle=false",
+            cfg = compose(["mode=offline", "experiment=fmnist_lt_r100", f"method={method}", "seed=0", "dataset.split_shuffle=false",
                            f"train.steps={args.steps}", f"train.eval_every={args.steps}", "train.ema_warmup=false",
                            "progress=false", f"run.dir={run_dir}"])
             run_offline(cfg)

@@ -9,7 +9,8 @@ import warnings
 from bmb_stream.config import GROUPS, ConfigError, compose, group_options
 
 EXAMPLES = """examples:
-  bmb-stream                                           the default job (a short run on Fashion-MNIST-LT)
+  bmb-stream                                           the default job (a stream of Fashion-MNIST-LT with drift)
+  bmb-stream --mode stream stream.urls='shards/stream-{000000..000099}.tar' stream.labeled_urls=... stream.test_urls=...
   bmb-stream --mode offline experiment=fmnist_lt_r100 model=small_cnn train.steps=3000
   bmb-stream --mode offline experiment=cifar10_lt_r100 dataset.root=/data/cifar
   bmb-stream experiment=cifar10_lt_r100 method=fixmatch dataset.root=/data/cifar seed=1
@@ -20,12 +21,13 @@ EXAMPLES = """examples:
 
 
 def usage() -> str:
-    lines = ["usage: bmb-stream [--mode offline] [KEY=VALUE ...]",
+    lines = ["usage: bmb-stream [--mode stream|offline] [KEY=VALUE ...]",
              "       bmb-stream simulate RECIPE [out=DIR] [overwrite=true] [KEY=VALUE ...]",
              "       bmb-stream shards [dataset=NAME] [dataset.KEY=VALUE ...] out=DIR [max_samples=N] [max_bytes=N]", "",
              "Long-tailed semi-supervised learning with a Balanced Memory Bank (BMB).",
              "KEY=VALUE pairs are Hydra overrides of the configuration (configs/config.yaml).", "",
-             "modes:", "  offline   a fixed long-tailed split, a fixed number of steps (the published protocols)", "",
+             "modes:", "  stream    (default) unlabeled WebDataset shards, one experience at a time; persistent state",
+             "  offline   a fixed long-tailed split, a fixed number of steps (the published protocols)", "",
              "config groups (choose with GROUP=OPTION):"]
     try:
         lines += [f"  {g:<11}{', '.join(group_options(g))}" for g in GROUPS]
@@ -56,7 +58,7 @@ def parse_args(argv: list[str]) -> list[str]:
         arg = argv[i]
         if arg == "--mode":
             if i + 1 >= len(argv):
-                raise ConfigError("--mode needs a value: offline")
+                raise ConfigError("--mode needs a value: stream or offline")
             overrides.append(f"mode={argv[i + 1]}")
             i += 2
             continue
@@ -67,15 +69,24 @@ def parse_args(argv: list[str]) -> list[str]:
         elif "=" not in arg:
             raise ConfigError(f"{arg!r} is not a KEY=VALUE override; see bmb-stream --help")
         else:
-            overrides.append(arg)
+            overrides.append(_quote_braces(arg))
         i += 1
     return overrides
+
+
+def _quote_braces(override: str) -> str:
+    """`stream.urls=s/shard-{000..099}.tar` -> quoted for Hydra, which reads braces as syntax."""
+    key, _, value = override.partition("=")
+    if ("{" in value or "}" in value) and value[:1] not in "{[\"'":
+        return f'{key}="{value}"'
+    return override
 
 
 def print_headline(summary: dict, run_dir: str) -> None:
     s = summary
     head = s["headline"]
-    print(f"\n{s['method']} on {s['dataset']} ({s['model']}), {s['steps']} steps, {s['wall_s']:.0f} s, "
+    where = f"{s['experiences']} experiences, " if "experiences" in s else ""
+    print(f"\n{s['mode']} {s['method']} on {s['dataset']} ({s['model']}), {where}{s['steps']} steps, {s['wall_s']:.0f} s, "
           f"{s['train_images_per_s']:.0f} train images/s")
     print(f"{'statistic':<16}{'balanced':>10}{'online':>10}{'many':>8}{'medium':>8}{'few':>8}")
     for stat in ("final", "best", "mean_last_20", "median_last_20"):
@@ -83,6 +94,8 @@ def print_headline(summary: dict, run_dir: str) -> None:
         cells = [r.get(k) for k in ("balanced_acc", "raw_balanced_acc", "many_acc", "medium_acc", "few_acc")]
         fmt = [f"{100 * v:.1f}" if v is not None else "-" for v in cells]
         print(f"{stat:<16}{fmt[0]:>10}{fmt[1]:>10}{fmt[2]:>8}{fmt[3]:>8}{fmt[4]:>8}")
+    if s.get("bank_class_counts") is not None:
+        print(f"memory bank composition (entries per class, head to tail): {s['bank_class_counts']}")
     print(f"headline ({head['statistic']}): balanced accuracy {100 * head['balanced_acc']:.2f}%")
     print(f"run directory: {run_dir}")
 
@@ -182,13 +195,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bmb-stream: error: {e}", file=sys.stderr)
         return 2
     warnings.filterwarnings("ignore", message="no QP solver found")
+    from bmb_stream.data.simulate import StreamError
     from bmb_stream.data.sources import DataNotFound
+    from bmb_stream.data.stream import ShardError
     from bmb_stream.engine.checkpoint import CheckpointError
-    from bmb_stream.engine.offline import run_offline
 
+    if cfg.mode == "stream":
+        from bmb_stream.engine.stream_loop import run_stream as run
+    else:
+        from bmb_stream.engine.offline import run_offline as run
     try:
-        summary = run_offline(cfg)
-    except (DataNotFound, CheckpointError) as e:
+        summary = run(cfg)
+    except (DataNotFound, CheckpointError, ShardError, StreamError) as e:
         print(f"bmb-stream: error: {e}", file=sys.stderr)
         return 2
     if summary:

@@ -77,7 +77,7 @@ def validate(cfg: DictConfig) -> None:
         key = e.full_key
         hint = " (the folder of the dataset's files)" if key.endswith("root") else ""
         raise ConfigError(f"{key} is required{hint}: add {key}=...") from None
-    _check(cfg.mode in ("offline",), "mode", "offline (stream mode is not in this version)", cfg)
+    _check(cfg.mode in ("offline", "stream"), "mode", "offline or stream", cfg)
     _check(cfg.device in ("auto", "cpu", "cuda") or str(cfg.device).startswith("cuda:"), "device", "auto, cpu or cuda", cfg)
     t = cfg.train
     for key in ("steps", "eval_every", "batch_labeled", "batch_unlabeled", "log_every"):
@@ -111,6 +111,16 @@ def validate(cfg: DictConfig) -> None:
                "estimate or labeled", cfg)
         _check(m.estimate.kind in ("cumulative", "ema"), "method.estimate.kind", "cumulative or ema", cfg)
         _check(0 <= m.estimate.momentum < 1, "method.estimate.momentum", "in [0, 1)", cfg)
+    st = cfg.stream
+    _check(isinstance(st.shards_per_experience, int) and st.shards_per_experience > 0, "stream.shards_per_experience",
+           "a positive integer", cfg)
+    _check(st.max_experiences is None or (isinstance(st.max_experiences, int) and st.max_experiences > 0),
+           "stream.max_experiences", "null or a positive integer", cfg)
+    _check(isinstance(st.num_workers, int) and st.num_workers >= 0, "stream.num_workers", "an integer >= 0", cfg)
+    _check(isinstance(st.passes, int) and st.passes > 0, "stream.passes", "a positive integer", cfg)
+    _check(isinstance(st.eval_every, int) and st.eval_every > 0, "stream.eval_every", "a positive integer", cfg)
+    _check(isinstance(st.labeled_pool, int) and st.labeled_pool >= 0, "stream.labeled_pool", "an integer >= 0", cfg)
+    _check(not st.resampled or st.max_experiences, "stream.max_experiences", "set for a resampled (endless) stream", cfg)
     d = cfg.dataset
     _check(d.num_classes > 1, "dataset.num_classes", "an integer > 1", cfg)
     _check(d.image_size > 0, "dataset.image_size", "a positive integer", cfg)

@@ -7,7 +7,7 @@ warnings.filterwarnings("ignore", message="no QP solver found")
 FMNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def fmnist_root():
     from pathlib import Path
 

@@ -37,8 +37,8 @@ def test_capacity_is_never_exceeded():
     for _ in range(300):
         n = int(torch.randint(0, 200, (1,), generator=gen))
         labels = torch.randint(0, 5, (n,), generator=gen)
-        admitted = bank.put(torch.randn(n, 4, generator=gen), labels)
-        assert 0 <= admitted <= n
+        slots, sources = bank.put(torch.randn(n, 4, generator=gen), labels)
+        assert 0 <= len(slots) == len(sources) <= n and len(set(slots.tolist())) == len(slots)
         assert bank.fill <= bank.capacity
         assert int(bank.class_counts().sum()) == bank.fill
 
@@ -75,7 +75,9 @@ def test_evictions_are_without_replacement():
     bank.put(torch.full((256, 1), -1.0), torch.zeros(256, dtype=torch.long))
     assert bank.fill == 256
     ids = torch.arange(200, dtype=torch.float32).unsqueeze(1)
-    assert bank.put(ids, torch.ones(200, dtype=torch.long)) == 200
+    slots, sources = bank.put(ids, torch.ones(200, dtype=torch.long))
+    assert len(slots) == 200 and sorted(sources.tolist()) == list(range(200))
+    assert torch.equal(bank.features[slots, 0], ids[sources, 0])  # each slot holds the candidate it reports
     stored = set(bank.features[bank.labels == 1, 0].tolist())
     assert stored == set(range(200))
     assert bank.class_counts().tolist() == [56, 200]

@@ -18,9 +18,19 @@ def test_every_published_setting_has_an_experiment_file():
 @pytest.mark.parametrize("method", ["bmb", "fixmatch", "supervised"])
 def test_every_experiment_composes(experiment, method, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # configs are found from any working directory
-    cfg = compose([f"experiment={experiment}", f"method={method}", f"dataset.root={tmp_path}"])
-    assert cfg.method.name == method and cfg.mode == "offline"
-    assert cfg.run.dir.startswith("runs/")
+    for mode in ("offline", "stream"):
+        cfg = compose([f"mode={mode}", f"experiment={experiment}", f"method={method}", f"dataset.root={tmp_path}"])
+        assert cfg.method.name == method and cfg.mode == mode
+        assert cfg.run.dir.startswith("runs/")
+
+
+def test_stream_is_the_default_mode_with_its_own_defaults():
+    cfg = compose([])
+    assert cfg.mode == "stream" and cfg.stream.recipe == "fmnist_lt_drift"
+    assert cfg.train.ema_warmup is True and cfg.method.estimate.kind == "ema"
+    offline = compose(["--mode=offline".lstrip("-")])
+    assert offline.mode == "offline" and offline.method.estimate.kind == "cumulative"
+    assert compose(["method.estimate.kind=cumulative"]).method.estimate.kind == "cumulative"  # the user wins
 
 
 def test_reference_recipe_values_reach_the_config(tmp_path):
@@ -45,6 +55,9 @@ def test_reference_recipe_values_reach_the_config(tmp_path):
     ("method.bank.capacity=0", "method.bank.capacity=0: must be a positive integer"),
     ("dataset.root=/no/such/dir", "dataset.root=/no/such/dir: folder not found"),
     ("optim.name=rmsprop", "optim.name=rmsprop: must be adam or sgd"),
+    ("mode=online", "mode=online: unknown option; accepted: offline, stream"),
+    ("stream.shards_per_experience=0", "stream.shards_per_experience=0: must be a positive integer"),
+    ("stream.resampled=true", "stream.max_experiences=None: must be set for a resampled (endless) stream"),
 ])
 def test_bad_values_name_the_key_and_what_is_accepted(override, message):
     with pytest.raises(ConfigError) as err:

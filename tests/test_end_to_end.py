@@ -7,7 +7,7 @@ import torch
 
 from bmb_stream.cli import main
 
-RUN = ["experiment=demo", "train.steps=150", "train.eval_every=50", "train.batch_labeled=32", "method.tau=0.8",
+RUN = ["mode=offline", "experiment=demo", "train.steps=150", "train.eval_every=50", "train.batch_labeled=32", "method.tau=0.8",
        "train.batch_unlabeled=32", "train.num_workers=1", "progress=false"]
 
 

@@ -11,7 +11,7 @@ from bmb_stream.method.steps import Batch
 
 
 def tiny_cfg(*extra):
-    return compose(["model.width=4", "train.batch_labeled=4", "train.batch_unlabeled=4", "method.tau=0.1",
+    return compose(["mode=offline", "model.width=4", "train.batch_labeled=4", "train.batch_unlabeled=4", "method.tau=0.1",
                     "method.bank.capacity=16", "method.bank.draw=8", "train.ema_warmup=true", *extra])
 
 

@@ -149,11 +149,16 @@ def simulate(recipe_name: str, recipe: dict, out: str | Path, overwrite: bool = 
     seed_set, _ = split_indices(ds_cfg, train.targets, int(recipe["seed"]))
     available = np.setdiff1d(np.arange(len(train)), seed_set)  # the stream never repeats a seed-set image
     plan = plan_stream(recipe, train.targets, available, num_classes)
+    test_idx = np.arange(len(test))
+    if recipe.get("test_per_class"):  # a smaller test set: the first n of each class in a seeded order
+        order = np.random.default_rng(int(recipe["seed"])).permutation(len(test))
+        test_idx = np.sort(np.concatenate([order[test.targets[order] == c][: int(recipe["test_per_class"])]
+                                           for c in range(num_classes)]))
     if overwrite and out.exists():
         _remove_stream_files(out)
     out.mkdir(parents=True, exist_ok=True)
     max_samples = int(recipe.get("max_samples_per_set_shard", 10_000))
-    total = sum(len(s["indices"]) for s in plan["shards"]) + len(seed_set) + len(test)
+    total = sum(len(s["indices"]) for s in plan["shards"]) + len(seed_set) + len(test_idx)
     bar = tqdm(total=total, desc=f"simulate {recipe_name}", unit="img", disable=not progress)
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         jobs = []
@@ -167,7 +172,7 @@ def simulate(recipe_name: str, recipe: dict, out: str | Path, overwrite: bool = 
             entries.append({**job.result(), "prior": np.round(shard["prior"], 6).tolist()})
             bar.update(entries[-1]["samples"])
         labeled_set = write_set(out, "labeled", train, seed_set, True, num_classes, max_samples, pool, bar)
-        test_set = write_set(out, "test", test, np.arange(len(test)), True, num_classes, max_samples, pool, bar)
+        test_set = write_set(out, "test", test, test_idx, True, num_classes, max_samples, pool, bar)
     bar.close()
     manifest.update({
         "num_classes": num_classes, "class_names": list(names) or [str(c) for c in range(num_classes)],

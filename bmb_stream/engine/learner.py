@@ -67,6 +67,7 @@ class Learner:
         self.step_fn = STEP_FUNCTIONS[self.method.name]
         self.step = 0
         self.samples_seen = 0  # unlabeled images consumed (labeled ones for the supervised baseline)
+        self.last_extras: dict = {}
 
     @property
     def needs_unlabeled(self) -> bool:
@@ -122,6 +123,7 @@ class Learner:
             self.estimate.update(out.confident_counts)  # step t+1 sees statistics up to step t
         self.step += 1
         self.samples_seen += len(batch.u_weak) if batch.u_weak is not None else len(batch.x_labeled)
+        self.last_extras = out.extras  # pseudo-labels and bank writes of this step, for monitoring
         return {**out.terms, "loss": out.loss.item(), "lr": lr}
 
     def evaluated_model(self) -> HeadPredictor:

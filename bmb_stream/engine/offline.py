@@ -3,60 +3,20 @@
 
 from __future__ import annotations
 
-import signal
 import time
-from collections.abc import Iterator
 
 import torch
-from torch.utils.data import DataLoader, RandomSampler
 from tqdm import tqdm
 
 from bmb_stream.data import build_split
 from bmb_stream.engine.checkpoint import load_checkpoint, save_atomic
 from bmb_stream.engine.learner import Learner
 from bmb_stream.engine.run_dir import RunDir
+from bmb_stream.engine.runtime import StopFlag, endless_batches, resolve_device
 from bmb_stream.evaluation.evaluator import Evaluator
 from bmb_stream.evaluation.plots import write_plots
 from bmb_stream.evaluation.summary import summarize
 from bmb_stream.method.steps import Batch
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda but no CUDA device is available; use device=cpu or device=auto")
-    return torch.device(name)
-
-
-def endless_batches(dataset, batch_size: int, seed: int, num_workers: int) -> Iterator:
-    """Shuffled batches forever: each pass is a new permutation from one seeded generator."""
-    generator = torch.Generator().manual_seed(seed)
-    sampler = RandomSampler(dataset, num_samples=max(len(dataset), batch_size), generator=generator)
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True, num_workers=num_workers,
-                        persistent_workers=num_workers > 0, generator=generator)
-    while True:
-        yield from loader
-
-
-class StopFlag:
-    """SIGINT/SIGTERM finish the current step, then the loop checkpoints and exits cleanly."""
-
-    def __init__(self):
-        self.raised = None
-        self._old = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.raised = signal.Signals(signum).name
-
-    def __exit__(self, *exc):
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
 
 
 def run_offline(cfg) -> dict:
@@ -104,7 +64,7 @@ def run_offline(cfg) -> dict:
                 bar.set_postfix(shown | {"img/s": f"{train_images / max(train_time, 1e-9):.0f}"})
             if learner.step % int(train.eval_every) == 0 or learner.step == steps:
                 record = {"step": learner.step, "samples_seen": learner.samples_seen, **evaluator.evaluate(learner),
-                          **_method_state(learner), "wall_s": time.time() - start_wall}
+                          **method_state(learner), "wall_s": time.time() - start_wall}
                 history.append(record)
                 run.append_eval(record)
                 bar.write(f"step {learner.step}: balanced acc {record['balanced_acc']:.4f} "
@@ -117,14 +77,16 @@ def run_offline(cfg) -> dict:
         print(f"stopped by {stop.raised} at step {learner.step}; checkpoint {run.last_checkpoint}\n"
               f"resume with: bmb-stream --mode offline <same overrides> run.dir={run.path} resume=true")
         return {}
-    summary = build_summary(cfg, split, learner, history, time.time() - start_wall,
-                            train_images / max(train_time, 1e-9))
+    data = {"labeled_per_class": split.labeled_per_class, "unlabeled_per_class": split.unlabeled_per_class,
+            "test_per_class": split.test_per_class}
+    summary = build_summary(cfg, learner, history, time.time() - start_wall, train_images / max(train_time, 1e-9), data)
     run.write_summary(summary)
     write_plots(history, run.path / "plots", split.class_names)
     return summary
 
 
-def _method_state(learner: Learner) -> dict:
+def method_state(learner: Learner) -> dict:
+    """The bank's composition and the unlabeled class weights, for each evaluation record."""
     out = {}
     if learner.bank is not None:
         out["bank_class_counts"] = learner.bank.class_counts().tolist()
@@ -134,7 +96,7 @@ def _method_state(learner: Learner) -> dict:
     return out
 
 
-def build_summary(cfg, split, learner: Learner, history: list[dict], wall_s: float, images_per_s: float) -> dict:
+def build_summary(cfg, learner: Learner, history: list[dict], wall_s: float, images_per_s: float, data: dict) -> dict:
     stats = summarize(history)
     statistic = cfg.eval.headline
     return {
@@ -143,6 +105,6 @@ def build_summary(cfg, split, learner: Learner, history: list[dict], wall_s: flo
         "samples_seen": learner.samples_seen, "wall_s": wall_s, "train_images_per_s": images_per_s,
         "device": str(learner.device), **stats,
         "headline": {"statistic": statistic, "balanced_acc": stats[statistic]["balanced_acc"]},
-        "data": {"labeled_per_class": split.labeled_per_class, "unlabeled_per_class": split.unlabeled_per_class,
-                 "test_per_class": split.test_per_class},
+        "bank_class_counts": history[-1].get("bank_class_counts"),
+        "data": data,
     }

@@ -60,19 +60,18 @@ class MemoryBank:
     def reset(self) -> None:
         self.fill = 0
 
-    def put(self, features: torch.Tensor, labels: torch.Tensor) -> int:
-        """Offer candidates; returns how many were admitted."""
+    def put(self, features: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Offer candidates; returns (slots written, indices of the admitted candidates), in pairs."""
+        empty = torch.zeros(0, dtype=torch.long)
         if labels.numel() == 0:
-            return 0
+            return empty, empty
         features = features.detach().float().cpu()
         labels = labels.detach().long().cpu()
         rho = put_probabilities(self.class_counts(), self.beta_put, self.count_floor)
-        admitted = torch.rand(labels.numel(), generator=self.generator) < rho[labels]
-        features, labels = features[admitted], labels[admitted]
-        if labels.numel() > self.capacity:  # more newcomers than the whole bank: keep a random subset
-            keep = torch.randperm(labels.numel(), generator=self.generator)[: self.capacity]
-            features, labels = features[keep], labels[keep]
-        n_new = labels.numel()
+        sources = torch.nonzero(torch.rand(labels.numel(), generator=self.generator) < rho[labels]).flatten()
+        if sources.numel() > self.capacity:  # more newcomers than the whole bank: keep a random subset
+            sources = sources[torch.randperm(sources.numel(), generator=self.generator)[: self.capacity]]
+        n_new = sources.numel()
         free = self.capacity - self.fill
         slots = torch.arange(self.fill, self.fill + min(n_new, free))
         if n_new > free:
@@ -80,10 +79,10 @@ class MemoryBank:
             # without replacement: one slot is never chosen twice, so no newcomer overwrites another
             victims = torch.multinomial(weights, n_new - free, replacement=False, generator=self.generator)
             slots = torch.cat([slots, victims])
-        self.features[slots] = features
-        self.labels[slots] = labels
+        self.features[slots] = features[sources]
+        self.labels[slots] = labels[sources]
         self.fill = min(self.capacity, self.fill + n_new)
-        return n_new
+        return slots, sources
 
     def draw(self, k: int, nhat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Draw min(k, fill) entries with replacement, favouring rare classes; None when empty."""

@@ -68,7 +68,8 @@ def fixmatch_step(model, batch: Batch, ctx: StepContext) -> StepOutput:
     _, yhat, mask = pseudo_labels(model.head_std(f_w), cfg.tau)
     loss_u = hard_pseudo_label_loss(model.head_std(f_s), yhat.repeat(2), mask.repeat(2))
     loss = loss_l + _active(ctx.step, cfg.warmup) * cfg.lambda_u * loss_u
-    return StepOutput(loss, {"loss_l": loss_l.item(), "loss_u": loss_u.item(), "mask": mask.float().mean().item()})
+    return StepOutput(loss, {"loss_l": loss_l.item(), "loss_u": loss_u.item(), "mask": mask.float().mean().item()},
+                      extras={"pseudo_labels": yhat, "mask": mask})
 
 
 def bmb_step(model, batch: Batch, ctx: StepContext) -> StepOutput:
@@ -85,14 +86,16 @@ def bmb_step(model, batch: Batch, ctx: StepContext) -> StepOutput:
     loss_u_bal = soft_pseudo_label_loss(strong_logits_bal, p_bal.repeat(2, 1), mask_bal.repeat(2), ctx.unlabeled_weights)
     # memory bank: enqueue this step's confident features, then draw a rebalanced set for head_bal
     loss_mb = torch.zeros((), device=f_l.device)
-    admitted = 0
+    extras = {"pseudo_labels": yhat_bal, "mask": mask_bal}
     if ctx.bank is not None:
         if cfg.bank.features == "strong":
             _, cand_labels, cand_mask = pseudo_labels(strong_logits_bal, cfg.tau)
             cand_feats = f_s
         else:
             cand_feats, cand_labels, cand_mask = f_w, yhat_bal, mask_bal
-        admitted = ctx.bank.put(cand_feats[cand_mask], cand_labels[cand_mask])
+        slots, sources = ctx.bank.put(cand_feats[cand_mask], cand_labels[cand_mask])
+        # which unlabeled sample each written slot came from (for monitoring bank purity)
+        extras["bank_write"] = (slots, torch.nonzero(cand_mask.cpu()).flatten()[sources] % len(batch.u_weak))
         nhat = ctx.nhat if ctx.nhat is not None else torch.ones(ctx.bank.num_classes)
         drawn = ctx.bank.draw(int(cfg.bank.draw), nhat)
         if drawn is not None:
@@ -106,8 +109,8 @@ def bmb_step(model, batch: Batch, ctx: StepContext) -> StepOutput:
     counts = torch.bincount(counted, minlength=model.num_classes).cpu()
     terms = {"loss_l": loss_l_std.item(), "loss_l_bal": loss_l_bal.item(), "loss_u": loss_u_std.item(),
              "loss_u_bal": loss_u_bal.item(), "loss_mb": loss_mb.item(), "mask": mask_bal.float().mean().item(),
-             "bank_in": float(admitted)}
-    return StepOutput(loss, terms, confident_counts=counts)
+             "bank_in": float(len(extras.get("bank_write", ((),))[0]))}
+    return StepOutput(loss, terms, confident_counts=counts, extras=extras)
 
 
 STEP_FUNCTIONS: dict[str, Callable[..., StepOutput]] = {

@@ -1,0 +1,270 @@
+"""Stream mode: unlabeled images arrive as WebDataset shards, one experience (a group of shards) at
+a time; the learner's state persists across experiences, is evaluated with Avalanche after each
+and checkpointed atomically at every boundary.
+
+Exactness: everything random in experience k (augmentations, the labeled sampler, DataLoader worker
+seeds) is seeded from (seed, k), and the learner's own generators are in its checkpoint, so a run
+resumed from any checkpoint replays exactly what an uninterrupted run does. A checkpoint taken
+mid-experience (on SIGINT/SIGTERM) records how many batches were consumed; the resumed run reads
+and augments those batches again without training on them, which replays the random streams too.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import psutil
+import torch
+import webdataset as wds
+from omegaconf import OmegaConf
+from tqdm import tqdm
+
+from bmb_stream.data.simulate import load_recipe, simulate
+from bmb_stream.data.stream import (EncodedImages, LabeledPool, PreparedImages, ShardError, expand_urls,
+                                    experience_shards, make_unlabeled_batches, read_labeled_shards)
+from bmb_stream.data.transforms import MultiView, build_views
+from bmb_stream.engine.checkpoint import load_checkpoint, save_atomic
+from bmb_stream.engine.learner import Learner
+from bmb_stream.engine.offline import build_summary, method_state
+from bmb_stream.engine.run_dir import RunDir
+from bmb_stream.engine.runtime import StopFlag, endless_batches, resolve_device
+from bmb_stream.evaluation.evaluator import Evaluator
+from bmb_stream.evaluation.monitor import StreamMonitor
+from bmb_stream.evaluation.plots import write_plots
+from bmb_stream.evaluation.summary import summarize
+from bmb_stream.method.steps import Batch
+
+
+def derived_seed(seed: int, experience: int, purpose: int) -> int:
+    """A seed for one purpose in one experience, independent of everything that came before."""
+    return int(np.random.SeedSequence([seed, experience, purpose]).generate_state(1)[0])
+
+
+@dataclass
+class StreamSource:
+    experiences: list[list[str]]
+    labeled: tuple[list[bytes], np.ndarray]
+    test: tuple[list[bytes], np.ndarray]
+    class_names: list[str]
+    segments: list[list[int]] | None = None  # classes introduced by each segment
+    segment_start: list[int] = field(default_factory=list)  # the experience that introduced each segment
+    shard_sizes: dict[str, int] = field(default_factory=dict)  # samples per shard file, where a manifest says
+
+    def check_complete(self, shards: list[str], read: Counter, passes: int) -> None:
+        """A shard that yields fewer samples than its manifest promises was truncated: say which."""
+        for url, times in Counter(shards).items():
+            expected = self.shard_sizes.get(Path(url).name)
+            if expected is not None and read[url] != expected * times * passes:
+                raise ShardError(f"shard {url}: {read[url] // max(1, times * passes)} samples read, its manifest "
+                                 f"says {expected} (truncated or replaced?)")
+
+
+def _manifest_of(urls: list[str]) -> tuple[dict | None, Path | None]:
+    if not urls or "://" in urls[0]:
+        return None, None
+    folder = Path(urls[0]).parent
+    path = folder / "manifest.json"
+    if path.exists():
+        import json
+
+        return json.loads(path.read_text()), folder
+    return None, folder
+
+
+def _segments(manifest: dict | None, experiences: list[list[str]]) -> tuple[list[list[int]] | None, list[int]]:
+    """Classes grouped by the experience in which the stream first shows them (from the manifest)."""
+    if manifest is None:
+        return None, []
+    hist = {s["file"]: np.asarray(s["class_histogram"]) for s in manifest.get("shards", [])}
+    seen: set[int] = set()
+    segments, starts = [], []
+    for k, shards in enumerate(experiences):
+        present = set()
+        for url in shards:
+            h = hist.get(Path(url).name)
+            if h is None:
+                return None, []
+            present |= set(np.flatnonzero(h).tolist())
+        new = sorted(present - seen)
+        if new:
+            segments.append(new)
+            starts.append(k)
+            seen |= present
+    return segments, starts
+
+
+def prepare_stream(cfg) -> StreamSource:
+    s = cfg.stream
+    urls = expand_urls(s.urls)
+    if not urls:
+        if not s.recipe:
+            raise ShardError("stream.urls is empty: give shard URLs, or stream.recipe to simulate a stream")
+        cache = Path(s.cache_dir).expanduser()
+        name, recipe = load_recipe(s.recipe)
+        out = cache / f"{name}-seed{recipe['seed']}"
+        print(f"stream: {name} (simulated once, cached in {out})")
+        simulate(name, recipe, out, overwrite=True, progress=bool(cfg.progress))  # our cache: rebuilt if the recipe changed
+        urls = sorted(str(p) for p in out.glob("stream-*.tar"))
+    manifest, folder = _manifest_of(urls)
+    experiences = experience_shards(urls, int(s.shards_per_experience), int(cfg.seed), bool(s.shuffle_shards),
+                                    bool(s.resampled), s.max_experiences)
+
+    def from_manifest(key: str, given) -> list[str]:
+        if given:
+            return expand_urls(given)
+        if manifest is not None and key in manifest:
+            return [str(folder / f) for f in manifest[key]["files"]]
+        raise ShardError(f"stream.{'labeled' if key == 'labeled_set' else 'test'}_urls is required "
+                         f"(no manifest.json beside the stream names one)")
+
+    labeled = read_labeled_shards(from_manifest("labeled_set", s.labeled_urls))
+    test = read_labeled_shards(from_manifest("test_set", s.test_urls))
+    num_classes = int(cfg.dataset.num_classes)
+    for what, (_, labels) in (("labeled", labeled), ("test", test)):
+        if labels.max() >= num_classes:
+            raise ShardError(f"the {what} shards have class {labels.max()} but dataset.num_classes={num_classes}")
+    names = (manifest or {}).get("class_names") or [str(c) for c in range(num_classes)]
+    segments, starts = _segments(manifest, experiences)
+    sizes = {e["file"]: int(e["samples"]) for e in (manifest or {}).get("shards", [])}
+    return StreamSource(experiences, labeled, test, names, segments, starts, sizes)
+
+
+def experience_batches(shards: list[str], views, batch_size: int, workers: int, passes: int, seed: int, k: int):
+    """The unlabeled batches of experience k: `passes` reads of its shards, each with its own seeds."""
+    for p in range(passes):
+        loader = wds.WebLoader(make_unlabeled_batches(shards, views, batch_size), batch_size=None,
+                               num_workers=min(workers, len(shards)),
+                               generator=torch.Generator().manual_seed(derived_seed(seed, k, 2 + p)))
+        yield from loader
+
+
+def run_stream(cfg) -> dict:
+    device = resolve_device(cfg.device)
+    seed = int(cfg.seed)
+    torch.manual_seed(seed)
+    source = prepare_stream(cfg)
+    num_classes = int(cfg.dataset.num_classes)
+    run = RunDir(cfg.run.dir)
+    run.write_config(cfg)
+    seed_images, seed_labels = source.labeled
+    labeled_per_class = np.bincount(seed_labels, minlength=num_classes).tolist()
+    learner = Learner(cfg, num_classes, labeled_per_class, device)
+    pool = LabeledPool(int(cfg.stream.labeled_pool), num_classes, seed)
+    monitor = StreamMonitor(num_classes, learner.bank.capacity if learner.bank is not None else 0)
+    views = build_views(int(cfg.dataset.image_size), cfg.dataset.mean, cfg.dataset.std, resize=True)
+    test_set = EncodedImages(source.test[0], source.test[1], views["test"])
+    if int(cfg.dataset.image_size) <= 64:  # small images: decode and normalise the test set once
+        test_set = PreparedImages(test_set)
+    evaluator = Evaluator(test_set, num_classes, labeled_per_class,
+                          run.path, device, batch_size=int(cfg.eval.batch_size),
+                          many_threshold=int(cfg.dataset.many_threshold), few_threshold=int(cfg.dataset.few_threshold),
+                          segments=source.segments)
+    history: list[dict] = []
+    position = {"experience": 0, "batches": 0}
+    unlabeled_seen = np.zeros(num_classes, dtype=np.int64)  # true classes of the stream so far, where known
+    if cfg.resume and run.last_checkpoint.exists():
+        state = load_checkpoint(run.last_checkpoint)
+        learner.load_state_dict(state["learner"])
+        pool.load_state_dict(state["labeled_pool"])
+        monitor.load_state_dict(state["monitor"])
+        evaluator.load_state_dict(state["evaluator"])
+        history, position = list(state["history"]), dict(state["position"])
+        unlabeled_seen = state["unlabeled_seen"].numpy().copy()
+        print(f"resumed from {run.last_checkpoint}: experience {position['experience']}, "
+              f"batch {position['batches']}, step {learner.step}")
+    run.rewrite_evals(history)
+
+    def checkpoint(experience: int, batches: int) -> None:
+        state = {"learner": learner.state_dict(), "labeled_pool": pool.state_dict(), "monitor": monitor.state_dict(),
+                 "evaluator": evaluator.state_dict(), "history": history, "unlabeled_seen": torch.from_numpy(unlabeled_seen),
+                 "position": {"experience": experience, "batches": batches}, "config": OmegaConf.to_yaml(cfg)}
+        save_atomic(state, run.last_checkpoint)
+        keep = int(cfg.stream.keep_checkpoints)
+        if keep > 0 and batches == 0:  # also keep the last few experience boundaries
+            save_atomic(state, run.path / "checkpoints" / f"experience-{experience:06d}.pt")
+            for old in sorted((run.path / "checkpoints").glob("experience-*.pt"))[:-keep]:
+                old.unlink()
+
+    workers = int(cfg.stream.num_workers)
+    b_l, b_u = int(cfg.train.batch_labeled), int(cfg.train.batch_unlabeled)
+    unlabeled_views = MultiView(views["weak"], views["strong"], views["strong"])
+    start_wall = time.time() - (history[-1]["wall_s"] if history else 0.0)
+    train_time, train_images = 0.0, 0
+    n_exp = len(source.experiences)
+    bar = tqdm(total=n_exp, initial=position["experience"], desc=f"{cfg.method.name} stream", unit="exp",
+               dynamic_ncols=True, disable=not cfg.progress)
+    with StopFlag() as stop:
+        for k in range(position["experience"], n_exp):
+            skip = position["batches"] if k == position["experience"] else 0
+            torch.manual_seed(derived_seed(seed, k, 0))  # augmentations in the main process
+            labeled_set = EncodedImages(seed_images + list(pool.images), np.concatenate([seed_labels, pool.labels]).astype(np.int64),
+                                        views["weak"])
+            labeled_batches = endless_batches(labeled_set, b_l, derived_seed(seed, k, 1), workers)
+            shards = source.experiences[k]
+            if skip == 0 and k % int(cfg.stream.eval_every) == 0:  # counts cover the experiences since the last evaluation
+                monitor.reset_counts()
+            batches = 0
+            read = Counter()  # samples read per shard, checked against the manifest at the end
+            joining = []  # labeled stream samples join the pool at the end of the experience, so that the
+            # labeled set stays what it was at the experience's start (and a mid-experience resume sees the same)
+            for ub in experience_batches(shards, unlabeled_views, b_u, workers, int(cfg.stream.passes), seed, k):
+                t = time.time()
+                x_l, y_l = next(labeled_batches)
+                batches += 1
+                joining += ub["labeled_images"]
+                read.update(ub["urls"])
+                if batches <= skip:  # resuming mid-experience: replay the data, not the training
+                    continue
+                truth = torch.where(ub["cls"] >= 0, ub["cls"], ub["gt"])  # -1 where the class is unknown
+                np.add.at(unlabeled_seen, truth[truth >= 0].numpy(), 1)
+                batch = Batch(x_l.to(device), y_l.to(device), ub["u_weak"].to(device), ub["u_strong1"].to(device),
+                              ub["u_strong2"].to(device))
+                terms = learner.train_step(batch)
+                monitor.observe(learner.last_extras, truth)
+                train_time += time.time() - t
+                train_images += len(x_l) + len(ub["u_weak"])
+                bar.set_postfix({"exp": k, "step": learner.step, "loss": f"{terms['loss']:.3g}",
+                                 "img/s": f"{train_images / max(train_time, 1e-9):.0f}"})
+                if stop.raised is not None:
+                    break
+            if stop.raised is not None:
+                checkpoint(k, batches)
+                break
+            if batches == 0:
+                raise ShardError(f"experience {k} ({', '.join(shards)}) yielded no samples")
+            source.check_complete(shards, read, int(cfg.stream.passes))
+            for image, label in joining:
+                pool.add(image, label)
+            if (k + 1) % int(cfg.stream.eval_every) == 0 or k == n_exp - 1:
+                trained = [i for i, start in enumerate(source.segment_start) if start <= k] if source.segments else None
+                record = {"experience": k, "step": learner.step, "samples_seen": learner.samples_seen,
+                          **evaluator.evaluate(learner, trained), **method_state(learner), **monitor.report(learner.bank),
+                          "labeled_pool": len(pool.labels), "rss_mb": psutil.Process().memory_info().rss / 2**20,
+                          "wall_s": time.time() - start_wall}
+                history.append(record)
+                run.append_eval(record)
+                evaluator.log_scalars({"forgetting": record.get("forgetting"), "bank_purity": record.get("bank_purity")},
+                                      learner.step)
+                bar.write(f"experience {k}: balanced acc {record['balanced_acc']:.4f} "
+                          f"(online {record['raw_balanced_acc']:.4f})"
+                          + (f", bank purity {record['bank_purity']:.2f}" if record.get("bank_purity") is not None else ""))
+            checkpoint(k + 1, 0)
+            bar.update(1)
+    bar.close()
+    evaluator.close()
+    if stop.raised is not None:
+        print(f"stopped by {stop.raised} in experience {k}; checkpoint {run.last_checkpoint}\n"
+              f"resume with: bmb-stream --mode stream <same overrides> run.dir={run.path} resume=true")
+        return {}
+    data = {"labeled_per_class": labeled_per_class, "unlabeled_per_class": unlabeled_seen.tolist(),
+            "test_per_class": np.bincount(source.test[1], minlength=num_classes).tolist(),
+            "labeled_pool_per_class": pool.class_counts()}
+    summary = build_summary(cfg, learner, history, time.time() - start_wall, train_images / max(train_time, 1e-9), data)
+    summary["experiences"] = len(history)
+    run.write_summary(summary)
+    write_plots(history, run.path / "plots", source.class_names, x_key="samples_seen")
+    return summary
