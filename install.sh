@@ -27,8 +27,12 @@ fi
 stamp=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)${extras:+-test}"
 if [ ! -f "$stamp" ]; then
   echo "installing bmb-stream$extras into .venv (the first time this takes a few minutes)"
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".$extras"
+  log=.venv/install.log
+  if ! { .venv/bin/python -m pip install -q --upgrade pip && .venv/bin/python -m pip install -q -e ".$extras"; } >"$log" 2>&1; then
+    cat "$log"
+    echo "install.sh: pip failed (log above, also in $log)" >&2
+    exit 1
+  fi
   rm -f .venv/.installed-*
   touch "$stamp"
 fi
