@@ -217,3 +217,26 @@ def test_memory_stays_flat_over_many_experiences(tmp_path):
     assert len(records) == 12
     growth = records[-1]["rss_mb"] - records[1]["rss_mb"]
     assert growth < 60, [round(r["rss_mb"]) for r in records]
+
+
+def test_workers_read_every_shard_exactly_once(fmnist_stream, tmp_path):
+    """With two DataLoader workers each experience's shards are split between them; the run checks
+    the samples read per shard against the manifest, so a skipped or doubled shard would fail it."""
+    assert main(stream_args(fmnist_stream, tmp_path, "stream.num_workers=2", "stream.shards_per_experience=2",
+                            "stream.passes=1", "stream.max_experiences=2")) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["samples_seen"] == 4 * 96 and summary["experiences"] == 2
+
+
+def test_class_incremental_stream_reports_forgetting_per_segment(tmp_path, fmnist_root):
+    name, recipe = load_recipe("fmnist_class_incremental", ["shards=4", "samples_per_shard=64", "prior.period=1",
+                                                             "prior.initial_classes=4", "test_per_class=30",
+                                                             "dataset_overrides.n1=200", "dataset_overrides.gamma_l=10"])
+    simulate(name, recipe, tmp_path / "s", progress=False)
+    assert main([f"stream.urls={tmp_path}/s/stream-{{000000..000003}}.tar", f"run.dir={tmp_path / 'run'}", *FAST,
+                 "stream.passes=1"]) == 0
+    records = [json.loads(line) for line in (tmp_path / "run" / "eval.jsonl").read_text().splitlines()]
+    assert [len(r["segment_acc"]) for r in records] == [4, 4, 4, 4]  # classes 0-3, 4-5, 6-7, 8-9
+    # a segment has a forgetting value once it has been trained on: 1, 2, 3, 4 of them
+    assert [sum(v is not None for v in r["segment_forgetting"]) for r in records] == [1, 2, 3, 4]
+    assert records[0]["segment_forgetting"][0] == 0.0 and isinstance(records[-1]["forgetting"], float)
