@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
-# Installs bmb-stream into ./.venv: Debian's Fashion-MNIST (the real data of the default job) and the
-# Python package with its dependencies. Idempotent: a second run with nothing changed takes a second.
-#   ./install.sh          the package
-#   ./install.sh --test   the package and the test extras
+# Installs bmb-stream: Debian's Fashion-MNIST (the real data of the default job), the dependencies and
+# the package. Idempotent and quick when nothing changed.
+#   ./install.sh          the package (in ./.venv), its dependencies and the test extras
+#   ./install.sh --test   the same (the name says why it is run)
+#
+# The dependencies (torch alone is several GB) live in one environment per dependency list, shared by
+# every checkout on the machine: $BMB_STREAM_DEPS, by default ~/.cache/bmb-stream/deps-<hash>.
+# ./.venv is a small environment that sees them and holds this checkout's package (editable).
 set -euo pipefail
 cd "$(dirname "$0")"
 
-extras=""
-if [ "${1:-}" = "--test" ]; then extras="[test]"; fi
+case "${1:-}" in
+  ""|--test) ;;
+  *) echo "usage: ./install.sh [--test]" >&2; exit 2 ;;
+esac
 
 if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
   echo "installing Debian's dataset-fashion-mnist"
@@ -18,21 +24,46 @@ if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
 fi
 
 python_cmd="${PYTHON:-$(command -v python3.11 || command -v python3)}"
-if [ ! -x .venv/bin/python ]; then
-  echo "creating .venv with $python_cmd"
-  "$python_cmd" -m venv .venv
-fi
-
-# reinstall only when pyproject.toml (the dependency list) or the extras changed
-stamp=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)${extras:+-test}"
-if [ ! -f "$stamp" ]; then
-  echo "installing bmb-stream$extras into .venv (the first time this takes a few minutes)"
-  log=.venv/install.log
-  if ! { .venv/bin/python -m pip install -q --upgrade pip && .venv/bin/python -m pip install -q -e ".$extras"; } >"$log" 2>&1; then
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+run_logged() {  # run quietly; on failure show what it said
+  if ! "$@" >"$log" 2>&1; then
     cat "$log"
-    echo "install.sh: pip failed (log above, also in $log)" >&2
+    echo "install.sh: failed: $*" >&2
     exit 1
   fi
+}
+
+# the dependency list of pyproject.toml, test extras included (one shared environment, not two)
+requirements="$("$python_cmd" - <<'PY'
+import tomllib
+project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+print("\n".join(sorted(project["dependencies"] + project["optional-dependencies"]["test"])))
+PY
+)"
+hash="$(printf '%s\n' "$requirements" | sha256sum | cut -c1-16)"
+deps="${BMB_STREAM_DEPS:-$HOME/.cache/bmb-stream/deps-$hash}"
+if [ ! -f "$deps/.complete" ]; then
+  echo "installing the dependencies into $deps (the first time this takes a few minutes)"
+  rm -rf "$deps"
+  run_logged "$python_cmd" -m venv "$deps"
+  run_logged "$deps/bin/python" -m pip install -q --upgrade pip
+  printf '%s\n' "$requirements" > "$deps/requirements.txt"
+  run_logged "$deps/bin/python" -m pip install -q -r "$deps/requirements.txt"
+  touch "$deps/.complete"
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  run_logged "$python_cmd" -m venv .venv
+fi
+site="$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+deps_site="$("$deps/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+echo "$deps_site" > "$site/bmb_stream_deps.pth"
+
+stamp=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+  echo "installing bmb-stream (editable) into .venv"
+  run_logged .venv/bin/python -m pip install -q --no-deps -e .
   rm -f .venv/.installed-*
   touch "$stamp"
 fi
