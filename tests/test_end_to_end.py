@@ -7,7 +7,7 @@ import torch
 
 from bmb_stream.cli import main
 
-RUN = ["mode=offline", "experiment=demo", "train.steps=150", "train.eval_every=50", "train.batch_labeled=32", "method.tau=0.8",
+RUN = ["mode=offline", "experiment=demo", "train.steps=150", "train.eval_every=50", "train.batch_labeled=32",
        "train.batch_unlabeled=32", "train.num_workers=1", "progress=false"]
 
 
@@ -18,7 +18,7 @@ def demo_run(tmp_path_factory):
     if not os.path.exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"):
         pytest.fail("Fashion-MNIST is missing: apt-get install dataset-fashion-mnist (the install script does it)")
     run_dir = tmp_path_factory.mktemp("demo")
-    assert main([*RUN, f"run.dir={run_dir}"]) == 0
+    assert main([*RUN, "method.tau=0.8", f"run.dir={run_dir}"]) == 0
     return run_dir
 
 
@@ -40,7 +40,7 @@ def test_run_directory_contract(demo_run):
         for key in ("step", "samples_seen", "balanced_acc", "raw_balanced_acc", "top1_acc", "per_class_acc",
                     "many_acc", "medium_acc", "few_acc", "bank_class_counts", "class_weights"):
             assert key in r, key
-        assert len(r["per_class_acc"]) == 10 and sum(r["bank_class_counts"]) <= 256
+        assert len(r["per_class_acc"]) == 10 and 0 <= sum(r["bank_class_counts"]) <= 256
         assert r["balanced_acc"] == pytest.approx(sum(r["per_class_acc"]) / 10)
     s = json.loads((demo_run / "summary.json").read_text())
     for key in ("mode", "method", "dataset", "model", "seed", "steps", "samples_seen", "wall_s",
@@ -55,7 +55,7 @@ def test_run_directory_contract(demo_run):
     assert s["data"]["test_per_class"] == [1000] * 10
     assert s["data"]["unlabeled_per_class"][0] == 4500
     state = torch.load(demo_run / "checkpoints" / "last.pt", weights_only=True)
-    assert state["learner"]["step"] == 150 and state["learner"]["bank"]["labels"].numel() > 0
+    assert state["learner"]["step"] == 150 and "bank" in state["learner"] and "estimate" in state["learner"]
 
 
 def test_many_medium_few_groups_follow_labeled_counts(demo_run):

@@ -18,7 +18,7 @@ from tqdm import tqdm
 import bmb_stream
 from bmb_stream.data.datasets import check_labels, load_pools, split_indices
 from bmb_stream.data.shards import write_set
-from bmb_stream.data.simulate import MANIFEST, StreamError, _write_json
+from bmb_stream.data.simulate import MANIFEST, StreamError, write_json
 
 FORMAT = "bmb-stream-split/1"
 
@@ -55,7 +55,7 @@ def export_split(ds_cfg, out: str | Path, *, seed: int = 0, max_samples: int = 1
     manifest = {"format": FORMAT, "version": bmb_stream.__version__, "seed": seed,
                 "dataset": OmegaConf.to_container(ds_cfg, resolve=True), "num_classes": num_classes,
                 "class_names": list(names) or [str(c) for c in range(num_classes)], **sets}
-    _write_json(out / MANIFEST, manifest)
+    write_json(out / MANIFEST, manifest)
     return manifest
 
 

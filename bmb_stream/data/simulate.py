@@ -180,7 +180,7 @@ def simulate(recipe_name: str, recipe: dict, out: str | Path, overwrite: bool = 
         "reused_samples": plan["reused_samples"],
         "shards": entries, "labeled_set": labeled_set, "test_set": test_set,
     })
-    _write_json(out / MANIFEST, manifest)  # last: a folder with a manifest is a complete stream
+    write_json(out / MANIFEST, manifest)  # last: a folder with a manifest is a complete stream
     plot_priors(manifest, out / "plots" / "stream_prior.png")
     return manifest
 
@@ -191,7 +191,7 @@ def _remove_stream_files(out: Path) -> None:
     shutil.rmtree(out / "plots", ignore_errors=True)
 
 
-def _write_json(path: Path, obj: dict) -> None:
+def write_json(path: Path, obj: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(obj, indent=1) + "\n")
     os.replace(tmp, path)

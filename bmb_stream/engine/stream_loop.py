@@ -11,6 +11,7 @@ and augments those batches again without training on them, which replays the ran
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -69,8 +70,6 @@ def _manifest_of(urls: list[str]) -> tuple[dict | None, Path | None]:
     folder = Path(urls[0]).parent
     path = folder / "manifest.json"
     if path.exists():
-        import json
-
         return json.loads(path.read_text()), folder
     return None, folder
 
