@@ -211,7 +211,7 @@ def test_memory_stays_flat_over_many_experiences(tmp_path):
     write_tar(tmp_path / "lab.tar", [(f"l{j}", {"png": png(60 * (j % 3)), "cls": str(j % 3).encode()}) for j in range(12)])
     args = [f"stream.urls={tmp_path}/u-{{000..119}}.tar", f"stream.labeled_urls={tmp_path}/lab.tar",
             f"stream.test_urls={tmp_path}/lab.tar", "dataset.num_classes=3", f"run.dir={tmp_path / 'run'}",
-            *FAST, "stream.eval_every=10", "stream.keep_checkpoints=1", "train.ema_decay=0"]
+            *FAST, "stream.eval_every=10", "stream.keep_checkpoints=0", "train.ema_decay=0"]
     assert main(args) == 0
     records = [json.loads(line) for line in (tmp_path / "run" / "eval.jsonl").read_text().splitlines()]
     assert len(records) == 12
