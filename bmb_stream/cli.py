@@ -130,14 +130,24 @@ def _positive(options: dict, key: str) -> int | None:
     return int(value)
 
 
+def _use_storage(cfg_or_overrides) -> None:
+    """Object storage settings for out=s3://... from the config (or `storage.*` overrides of it)."""
+    from bmb_stream.data.object_store import S3Settings, use_storage
+
+    cfg = compose(cfg_or_overrides) if isinstance(cfg_or_overrides, list) else cfg_or_overrides
+    use_storage(S3Settings.from_config(cfg.storage))
+
+
 def simulate_command(args: list[str]) -> int:
     from bmb_stream.data.simulate import load_recipe, simulate
 
     if not args or "=" in args[0]:
         raise ConfigError("simulate needs a recipe: bmb-stream simulate RECIPE [out=DIR] [KEY=VALUE ...]")
     options, rest = _split_options(args[1:], {"out": "", "overwrite": "false", "progress": "true"})
+    _use_storage([a for a in rest if a.startswith("storage.")])  # where out=s3://... goes
     # root= and list_dir= are short for the dataset's folders
-    rest = [f"dataset_overrides.{a}" if a.split("=", 1)[0] in ("root", "list_dir") else a for a in rest]
+    rest = [f"dataset_overrides.{a}" if a.split("=", 1)[0] in ("root", "list_dir") else a
+            for a in rest if not a.startswith("storage.")]
     name, recipe = load_recipe(args[0], rest)
     out = options["out"] or f"data/streams/{name}"
     manifest = simulate(name, recipe, out, overwrite=_flag(options, "overwrite"), progress=_flag(options, "progress"))
@@ -158,6 +168,7 @@ def shards_command(args: list[str]) -> int:
     if not options["out"]:
         raise ConfigError("shards needs out=DIR")
     cfg = compose(rest)
+    _use_storage(cfg)
     workers = options["workers"]
     if not workers.isdigit():
         raise ConfigError(f"workers={workers}: must be an integer >= 0 (0: one per core)")
@@ -180,12 +191,13 @@ def main(argv: list[str] | None = None) -> int:
         print(usage())
         return 0
     if argv and argv[0] in SUBCOMMANDS:
+        from bmb_stream.data.errors import ShardError
         from bmb_stream.data.simulate import StreamError
         from bmb_stream.data.sources import DataNotFound
 
         try:
             return SUBCOMMANDS[argv[0]](argv[1:])
-        except (ConfigError, StreamError, DataNotFound) as e:
+        except (ConfigError, StreamError, DataNotFound, ShardError) as e:
             print(f"bmb-stream {argv[0]}: error: {e}", file=sys.stderr)
             return 2
     os.environ.setdefault("HYDRA_FULL_ERROR", "0")
@@ -197,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="no QP solver found")
     from bmb_stream.data.simulate import StreamError
     from bmb_stream.data.sources import DataNotFound
-    from bmb_stream.data.stream import ShardError
+    from bmb_stream.data.errors import ShardError, StorageUnavailable
     from bmb_stream.engine.checkpoint import CheckpointError
 
     if cfg.mode == "stream":
@@ -206,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
         from bmb_stream.engine.offline import run_offline as run
     try:
         summary = run(cfg)
+    except StorageUnavailable as e:  # a checkpoint was written: try again later (EX_TEMPFAIL)
+        print(f"bmb-stream: error: {e}", file=sys.stderr)
+        return 75
     except (DataNotFound, CheckpointError, ShardError, StreamError) as e:
         print(f"bmb-stream: error: {e}", file=sys.stderr)
         return 2

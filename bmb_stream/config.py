@@ -42,7 +42,7 @@ def compose(overrides: list[str]) -> DictConfig:
         with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
             cfg = hydra_compose(config_name="config", overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as e:
-        raise ConfigError(_hydra_message(e, overrides)) from None
+        raise ConfigError(redact_text(_hydra_message(e, overrides), overrides)) from None
     validate(cfg)
     if cfg.run.dir is None:
         name = cfg.experiment_name or cfg.dataset.name
@@ -92,6 +92,12 @@ def validate(cfg: DictConfig) -> None:
     _check(cfg.eval.headline in ("final", "best", "mean_last_20", "median_last_20"), "eval.headline",
            "final, best, mean_last_20 or median_last_20", cfg)
     _check(cfg.eval.batch_size > 0, "eval.batch_size", "a positive integer", cfg)
+    _check(cfg.stream.on_shard_error in ("fail", "skip"), "stream.on_shard_error", "fail or skip", cfg)
+    r = cfg.storage.retry
+    _check(r.budget_s >= 0, "storage.retry.budget_s", ">= 0", cfg)
+    _check(0 < r.backoff_s <= r.max_backoff_s, "storage.retry.backoff_s", "positive and <= storage.retry.max_backoff_s", cfg)
+    _check(cfg.storage.s3.connect_timeout_s > 0 and cfg.storage.s3.read_timeout_s > 0, "storage.s3.connect_timeout_s",
+           "positive (and storage.s3.read_timeout_s too)", cfg)
     m = cfg.method
     _check(m.eval_head in ("std", "bal"), "method.eval_head", "std or bal", cfg)
     if m.name != "supervised":
@@ -134,3 +140,24 @@ def validate(cfg: DictConfig) -> None:
     if root is not None and not Path(str(root)).exists():
         hint = " (apt-get install dataset-fashion-mnist)" if d.source == "fashion_mnist" else ""
         raise ConfigError(f"dataset.root={root}: folder not found{hint}")
+
+
+SECRET_KEYS = ("storage.s3.access_key_id", "storage.s3.secret_access_key")
+
+
+def redacted(cfg: DictConfig) -> DictConfig:
+    """A copy of the config without credentials, for config.yaml and checkpoints."""
+    out = cfg.copy()
+    for key in SECRET_KEYS:
+        if OmegaConf.select(out, key) is not None:
+            OmegaConf.update(out, key, "<redacted>", force_add=False)
+    return out
+
+
+def redact_text(text: str, overrides: list[str]) -> str:
+    """`text` with the values of credential overrides (any key naming a secret or key id) blanked."""
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if value and any(word in key.lower() for word in ("secret", "access_key", "password", "token")):
+            text = text.replace(value, "<redacted>")
+    return text

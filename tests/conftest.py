@@ -14,3 +14,52 @@ def fmnist_root():
     if not (Path(FMNIST_ROOT) / "train-images-idx3-ubyte.gz").exists():
         pytest.fail("Fashion-MNIST is missing: apt-get install dataset-fashion-mnist (the install script does it)")
     return FMNIST_ROOT
+
+
+@pytest.fixture(scope="session")
+def fmnist_stream(tmp_path_factory, fmnist_root):
+    """The small real Fashion-MNIST stream of stream_helpers.SMALL_STREAM, in a local folder."""
+    from bmb_stream.data.simulate import load_recipe, simulate
+    from tests.stream_helpers import SMALL_STREAM
+
+    out = tmp_path_factory.mktemp("stream")
+    name, recipe = load_recipe("fmnist_lt_stationary", SMALL_STREAM)
+    simulate(name, recipe, out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def reference_run(fmnist_stream, tmp_path_factory):
+    """An uninterrupted stream run over the small stream, from local files, without workers."""
+    from bmb_stream.cli import main
+    from tests.stream_helpers import stream_args
+
+    run_dir = tmp_path_factory.mktemp("reference")
+    assert main(stream_args(fmnist_stream, run_dir)) == 0
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3 server (rclone serve s3, with authentication) on loopback, bucket `shards`."""
+    from tests.s3_server import S3Server
+
+    root = tmp_path_factory.mktemp("s3")
+    (root / "shards").mkdir()
+    server = S3Server(root)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """The standard AWS variables pointing at the test server (the server is started if a test stopped it)."""
+    from bmb_stream.data.object_store import S3Settings, use_storage
+
+    if s3_server.process is None:
+        s3_server.start()
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    use_storage(S3Settings())
+    return s3_server

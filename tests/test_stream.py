@@ -18,39 +18,9 @@ from PIL import Image
 
 from bmb_stream.cli import main
 from bmb_stream.data.simulate import load_recipe, simulate
+from tests.stream_helpers import FAST, metrics, stream_args
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = ["train.batch_labeled=16", "train.batch_unlabeled=16", "method.tau=0.3", "method.bank.count_floor=1",
-        "method.bank.capacity=64", "method.bank.draw=32", "stream.num_workers=0", "stream.shards_per_experience=1",
-        "stream.eval_every=1", "progress=false"]
-
-
-@pytest.fixture(scope="module")
-def fmnist_stream(tmp_path_factory, fmnist_root):
-    """A small real Fashion-MNIST stream: 6 shards of 96 images (10% labeled), seed set 1221, test 500."""
-    out = tmp_path_factory.mktemp("stream")
-    name, recipe = load_recipe("fmnist_lt_stationary", ["shards=6", "samples_per_shard=96", "labeled_fraction=0.1",
-                                                         "prior.gamma=10", "test_per_class=50",
-                                                         "dataset_overrides.n1=300", "dataset_overrides.gamma_l=10"])
-    simulate(name, recipe, out, progress=False)
-    return out
-
-
-def stream_args(folder, run_dir, *extra):
-    return [f"stream.urls={folder}/stream-{{000000..000005}}.tar", f"run.dir={run_dir}", *FAST, *extra]
-
-
-def metrics(summary):
-    """The numbers of a summary, without the timings."""
-    drop = {"wall_s", "train_images_per_s"}
-    return {k: v for k, v in summary.items() if k not in drop}
-
-
-@pytest.fixture(scope="module")
-def reference_run(fmnist_stream, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("reference")
-    assert main(stream_args(fmnist_stream, run_dir)) == 0
-    return run_dir
 
 
 def test_stream_run_directory_and_metrics(reference_run):

@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 import bmb_stream
 from bmb_stream.data.datasets import check_labels, load_pools, split_indices
+from bmb_stream.data.object_store import ShardDestination
 from bmb_stream.data.shards import write_set
 from bmb_stream.data.simulate import MANIFEST, StreamError, write_json
 
@@ -27,35 +28,48 @@ def export_split(ds_cfg, out: str | Path, *, seed: int = 0, max_samples: int = 1
                  workers: int = 0,
                  overwrite: bool = False, keep_hidden_labels: bool = True, progress: bool = True) -> dict:
     """Write `labeled-*.tar` (with `cls`), `unlabeled-*.tar` (with `gt.cls` unless told not to) and
-    `test-*.tar` (with `cls`) for the split the dataset config defines; returns the manifest."""
-    out = Path(out)
+    `test-*.tar` (with `cls`) for the split the dataset config defines, to a folder or to
+    `s3://bucket/prefix` (each shard uploaded as soon as it is written); returns the manifest."""
     if max_samples <= 0:
         raise StreamError(f"max_samples={max_samples}: must be a positive integer")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise StreamError(f"{out} is not empty; choose another out= or add overwrite=true")
-    train, test, names = load_pools(ds_cfg)
+    dest = ShardDestination(out)
+    try:
+        existing = dest.names()
+        if existing and not overwrite:
+            raise StreamError(f"{dest.out} is not empty; choose another out= or add overwrite=true")
+        train, test, names = load_pools(ds_cfg)
+        num_classes = int(ds_cfg.num_classes)
+        check_labels(train, test, num_classes)
+        labeled_idx, unlabeled_idx = split_indices(ds_cfg, train.targets, seed)
+        dest.remove([n for n in existing if n.endswith(".tar") or n == MANIFEST])
+        return _write_split(ds_cfg, dest, train, test, names, labeled_idx, unlabeled_idx, seed=seed,
+                            max_samples=max_samples, max_bytes=max_bytes, workers=workers,
+                            keep_hidden_labels=keep_hidden_labels, progress=progress)
+    finally:
+        dest.close()
+
+
+def _write_split(ds_cfg, dest: ShardDestination, train, test, names, labeled_idx, unlabeled_idx, *, seed: int,
+                 max_samples: int, max_bytes: int | None, workers: int, keep_hidden_labels: bool, progress: bool) -> dict:
     num_classes = int(ds_cfg.num_classes)
-    check_labels(train, test, num_classes)
-    labeled_idx, unlabeled_idx = split_indices(ds_cfg, train.targets, seed)
-    out.mkdir(parents=True, exist_ok=True)
-    for p in out.glob("*.tar"):
-        p.unlink()
+    out = dest.prepare()
     total = len(labeled_idx) + len(unlabeled_idx) + len(test)
     bar = tqdm(total=total, desc=f"shards {ds_cfg.name}", unit="img", disable=not progress)
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
         sets = {
             "labeled_set": write_set(out, "labeled", train, labeled_idx, True, num_classes, max_samples, pool, bar,
-                                     max_bytes=max_bytes),
+                                     max_bytes=max_bytes, publish=dest.publish),
             "unlabeled_set": write_set(out, "unlabeled", train, unlabeled_idx, False, num_classes, max_samples, pool,
-                                       bar, keep_hidden_labels, max_bytes=max_bytes),
+                                       bar, keep_hidden_labels, max_bytes=max_bytes, publish=dest.publish),
             "test_set": write_set(out, "test", test, np.arange(len(test)), True, num_classes, max_samples, pool, bar,
-                                  max_bytes=max_bytes),
+                                  max_bytes=max_bytes, publish=dest.publish),
         }
     bar.close()
     manifest = {"format": FORMAT, "version": bmb_stream.__version__, "seed": seed,
                 "dataset": OmegaConf.to_container(ds_cfg, resolve=True), "num_classes": num_classes,
                 "class_names": list(names) or [str(c) for c in range(num_classes)], **sets}
     write_json(out / MANIFEST, manifest)
+    dest.finish([out / MANIFEST])
     return manifest
 
 

@@ -99,8 +99,9 @@ def chunk_indices(pool: ImagePool, indices: np.ndarray, max_samples: int, max_by
 
 def write_set(out: Path, prefix: str, pool: ImagePool, indices: np.ndarray, labeled: bool, num_classes: int,
               max_samples: int, executor=None, progress=None, keep_hidden_labels: bool = True,
-              max_bytes: int | None = None) -> dict:
-    """Write a whole set (e.g. the labeled seed set or the test set) as `prefix-000000.tar`, ... ."""
+              max_bytes: int | None = None, publish=None) -> dict:
+    """Write a whole set (e.g. the labeled seed set or the test set) as `prefix-000000.tar`, ... ;
+    `publish(path)` is called as each shard is complete (an upload to object storage)."""
     chunks = chunk_indices(pool, indices, max_samples, max_bytes)
     jobs = []
     for n, chunk in enumerate(chunks):
@@ -110,6 +111,8 @@ def write_set(out: Path, prefix: str, pool: ImagePool, indices: np.ndarray, labe
     entries = []
     for job in jobs:
         entries.append(job.result() if executor else write_shard(*job))
+        if publish is not None:
+            publish(out / entries[-1]["file"])
         if progress is not None:
             progress.update(entries[-1]["samples"])
     histogram = np.sum([e["class_histogram"] for e in entries], axis=0).tolist()

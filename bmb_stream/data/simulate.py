@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 import bmb_stream
+from bmb_stream.data.object_store import ShardDestination
 from bmb_stream.data.datasets import check_labels, load_pools, split_indices
 from bmb_stream.data.priors import shard_priors
 from bmb_stream.data.shards import ShardSample, write_set, write_shard
@@ -108,26 +108,27 @@ def plan_stream(recipe: dict, targets: np.ndarray, available: np.ndarray, num_cl
     return {"shards": shards, "stopped_early": stopped, "reused_samples": reused}
 
 
-def _check_out(out: Path, manifest: dict, overwrite: bool) -> bool:
-    """True when `out` already holds this very stream; raise when it holds something else."""
-    existing = out / MANIFEST
-    if existing.exists():
-        old = json.loads(existing.read_text())
+def _check_out(dest: ShardDestination, manifest: dict, overwrite: bool) -> bool:
+    """True when the destination already holds this very stream; raise when it holds something else."""
+    names = set(dest.names())
+    existing = dest.read(MANIFEST) if MANIFEST in names else None
+    if existing is not None:
+        old = json.loads(existing)
         same = (old.get("recipe") == manifest["recipe"] and old.get("format") == FORMAT
-                and all((out / f["file"]).exists() for f in old.get("shards", [])))
+                and all(f["file"] in names for f in old.get("shards", [])))
         if same:
             return True
         if not overwrite:
-            raise StreamError(f"{out} already holds a different stream ({old.get('recipe_name')}, seed "
+            raise StreamError(f"{dest.out} already holds a different stream ({old.get('recipe_name')}, seed "
                               f"{old.get('recipe', {}).get('seed')}); choose another out= or add overwrite=true")
-    elif out.exists() and any(out.iterdir()) and not overwrite:
-        raise StreamError(f"{out} is not empty and holds no stream manifest; choose another out= or add overwrite=true")
+    elif names and not overwrite:
+        raise StreamError(f"{dest.out} is not empty and holds no stream manifest; choose another out= or add overwrite=true")
     return False
 
 
 def simulate(recipe_name: str, recipe: dict, out: str | Path, overwrite: bool = False, progress: bool = True) -> dict:
-    """Write the stream; returns the manifest. An identical stream already in `out` is kept as is."""
-    out = Path(out)
+    """Write the stream to a folder or `s3://bucket/prefix`; returns the manifest. An identical stream
+    already there is kept as is."""
     if recipe.get("on_exhausted") not in ("stop", "reuse"):
         raise StreamError(f"on_exhausted={recipe.get('on_exhausted')}: must be stop or reuse")
     for key in ("shards", "samples_per_shard"):
@@ -142,8 +143,19 @@ def simulate(recipe_name: str, recipe: dict, out: str | Path, overwrite: bool = 
     except ValueError as e:
         raise StreamError(str(e)) from None
     manifest = {"format": FORMAT, "version": bmb_stream.__version__, "recipe_name": recipe_name, "recipe": recipe}
-    if _check_out(out, manifest, overwrite):
-        return json.loads((out / MANIFEST).read_text())
+    dest = ShardDestination(out)
+    try:
+        if _check_out(dest, manifest, overwrite):
+            return json.loads(dest.read(MANIFEST))
+        manifest = _write_stream(recipe_name, recipe, ds_cfg, manifest, dest, overwrite, progress)
+    finally:
+        dest.close()
+    return manifest
+
+
+def _write_stream(recipe_name: str, recipe: dict, ds_cfg, manifest: dict, dest: ShardDestination, overwrite: bool,
+                  progress: bool) -> dict:
+    num_classes = int(ds_cfg.num_classes)
     train, test, names = load_pools(ds_cfg)
     check_labels(train, test, num_classes)
     seed_set, _ = split_indices(ds_cfg, train.targets, int(recipe["seed"]))
@@ -154,9 +166,9 @@ def simulate(recipe_name: str, recipe: dict, out: str | Path, overwrite: bool = 
         order = np.random.default_rng(int(recipe["seed"])).permutation(len(test))
         test_idx = np.sort(np.concatenate([order[test.targets[order] == c][: int(recipe["test_per_class"])]
                                            for c in range(num_classes)]))
-    if overwrite and out.exists():
-        _remove_stream_files(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if overwrite:
+        dest.remove([n for n in dest.names() if _is_stream_file(n)])
+    out = dest.prepare()
     max_samples = int(recipe.get("max_samples_per_set_shard", 10_000))
     total = sum(len(s["indices"]) for s in plan["shards"]) + len(seed_set) + len(test_idx)
     bar = tqdm(total=total, desc=f"simulate {recipe_name}", unit="img", disable=not progress)
@@ -170,9 +182,12 @@ def simulate(recipe_name: str, recipe: dict, out: str | Path, overwrite: bool = 
         entries = []
         for job, shard in zip(jobs, plan["shards"]):
             entries.append({**job.result(), "prior": np.round(shard["prior"], 6).tolist()})
+            dest.publish(out / entries[-1]["file"])
             bar.update(entries[-1]["samples"])
-        labeled_set = write_set(out, "labeled", train, seed_set, True, num_classes, max_samples, pool, bar)
-        test_set = write_set(out, "test", test, test_idx, True, num_classes, max_samples, pool, bar)
+        labeled_set = write_set(out, "labeled", train, seed_set, True, num_classes, max_samples, pool, bar,
+                                publish=dest.publish)
+        test_set = write_set(out, "test", test, test_idx, True, num_classes, max_samples, pool, bar,
+                             publish=dest.publish)
     bar.close()
     manifest.update({
         "num_classes": num_classes, "class_names": list(names) or [str(c) for c in range(num_classes)],
@@ -180,15 +195,14 @@ def simulate(recipe_name: str, recipe: dict, out: str | Path, overwrite: bool = 
         "reused_samples": plan["reused_samples"],
         "shards": entries, "labeled_set": labeled_set, "test_set": test_set,
     })
-    write_json(out / MANIFEST, manifest)  # last: a folder with a manifest is a complete stream
     plot_priors(manifest, out / "plots" / "stream_prior.png")
+    write_json(out / MANIFEST, manifest)  # last: a folder with a manifest is a complete stream
+    dest.finish([out / "plots" / "stream_prior.png", out / MANIFEST])
     return manifest
 
 
-def _remove_stream_files(out: Path) -> None:
-    for p in list(out.glob("*.tar")) + [out / MANIFEST]:
-        p.unlink(missing_ok=True)
-    shutil.rmtree(out / "plots", ignore_errors=True)
+def _is_stream_file(name: str) -> bool:
+    return name.endswith(".tar") or name == MANIFEST or name.startswith("plots/")
 
 
 def write_json(path: Path, obj: dict) -> None:

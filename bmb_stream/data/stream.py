@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -20,17 +21,15 @@ from braceexpand import braceexpand
 from PIL import Image
 from torch.utils.data import Dataset
 
+from bmb_stream.data.errors import ShardError, StorageUnavailable
 from bmb_stream.data.shards import IMAGE_KEYS
 
 WANTED_SUFFIXES = tuple(f".{k}" for k in IMAGE_KEYS) + (".cls", ".gt.cls", ".json")
 
 
-class ShardError(RuntimeError):
-    """A shard cannot be read; the message names it."""
-
-
 def expand_urls(urls) -> list[str]:
-    """A brace pattern, a list of patterns, or a folder of shards -> the list of shard URLs."""
+    """A brace pattern, a list of patterns, a folder of shards or an `s3://bucket/prefix/` (ending in
+    a slash) -> the list of shard URLs."""
     if urls is None:
         return []
     if isinstance(urls, str):
@@ -40,6 +39,11 @@ def expand_urls(urls) -> list[str]:
         urls = [urls]
     out = []
     for pattern in urls:
+        if str(pattern).startswith("s3://") and str(pattern).endswith("/"):  # a prefix: its .tar objects
+            from bmb_stream.data.object_store import list_objects
+
+            out += list_objects(str(pattern))
+            continue
         out += list(braceexpand(str(pattern)))
     return [u[len("file://"):] if u.startswith("file://") else u for u in out]
 
@@ -72,18 +76,53 @@ def decode_image(data: bytes, where: str = "") -> Image.Image:
         raise ShardError(f"cannot decode the image of {where or 'a sample'}: {e}") from None
 
 
-def raise_naming_the_shard(exn: Exception) -> bool:
-    """WebDataset handler: a shard that cannot be opened or read ends the run with its URL."""
-    if isinstance(exn, ShardError):
-        raise exn
-    where = [str(exn.filename)] if getattr(exn, "filename", None) else \
+def naming_the_shard(exn: Exception, url: str | None = None) -> ShardError:
+    """Any failure to read a shard as a ShardError whose message names it."""
+    if isinstance(exn, ShardError):  # WebDataset appends the URL to args: keep the message alone
+        return type(exn)(exn.args[0]) if exn.args else exn
+    where = [url] if url else [str(exn.filename)] if getattr(exn, "filename", None) else \
         [a for a in exn.args if isinstance(a, str) and ("/" in a or "://" in a)]
     text = getattr(exn, "strerror", None) or (str(exn.args[0]) if exn.args else type(exn).__name__)
-    raise ShardError(f"cannot read shard {where[-1] if where else '?'}: {type(exn).__name__}: {text}") from exn
+    error = StorageUnavailable if isinstance(exn, StorageUnavailable) else ShardError
+    return error(f"cannot read shard {where[-1] if where else '?'}: {type(exn).__name__}: {text}")
 
 
-def parse_sample(sample: dict) -> dict:
-    """Raw tar members of one sample -> {key, url, image bytes, cls (-1: unlabeled), gt (-1: unknown)}."""
+SKIPPED = "__skipped__"  # the key of the marker that stands for a skipped shard or sample
+
+
+def read_shards(on_error: str = "fail"):
+    """Pipeline stage: shard URLs -> raw samples, one shard at a time. A shard that cannot be read
+    ends the run (`fail`) or is replaced by one marker sample that the main process counts (`skip`).
+    Storage that stays unreachable past the retry budget always ends the run (it is not the shard's fault)."""
+
+    def stage(shards):
+        for shard in shards:
+            url = shard["url"]
+            try:
+                yield from wds.tariterators.tarfile_samples([dict(shard)], select_files=_select)
+            except Exception as exn:  # noqa: BLE001 - named and re-raised, or skipped on request
+                error = naming_the_shard(exn, url)
+                if on_error != "skip" or isinstance(error, StorageUnavailable):
+                    raise error from None
+                yield {SKIPPED: url, "error": str(error)}
+
+    return stage
+
+
+def parse_sample(sample: dict, on_error: str = "fail") -> dict:
+    """Raw tar members of one sample -> {key, url, image bytes, cls (-1: unlabeled), gt (-1: unknown)};
+    under on_error=skip a malformed sample becomes a skip marker."""
+    if SKIPPED in sample:
+        return sample
+    try:
+        return _parse(sample)
+    except ShardError as e:
+        if on_error != "skip":
+            raise
+        return {SKIPPED: sample.get("__url__"), "error": str(e)}
+
+
+def _parse(sample: dict) -> dict:
     image = next((sample[k] for k in IMAGE_KEYS if k in sample), None)
     if image is None:
         raise ShardError(f"sample {sample.get('__key__')} in {sample.get('__url__')} has no image "
@@ -101,31 +140,47 @@ def parse_sample(sample: dict) -> dict:
     return out
 
 
-def shard_samples(urls: list[str], handler=raise_naming_the_shard):
-    """A WebDataset over `urls`, split across DataLoader workers, yielding parsed samples."""
-    return wds.WebDataset(urls, shardshuffle=False, handler=handler, nodesplitter=wds.split_by_node,
-                          workersplitter=wds.split_by_worker, select_files=_select,
-                          empty_check=False).map(parse_sample, handler=handler)
+def sample_stages(urls: list[str], on_error: str = "fail") -> list:
+    """The pipeline stages to parsed samples of `urls`, the shards split across ranks and DataLoader workers."""
+    return [wds.SimpleShardList(urls), wds.split_by_node, wds.split_by_worker, read_shards(on_error),
+            wds.map(partial(parse_sample, on_error=on_error))]
 
 
-def make_unlabeled_batches(urls: list[str], views: Callable, batch_size: int, handler=raise_naming_the_shard):
+def shard_samples(urls: list[str], on_error: str = "fail") -> wds.DataPipeline:
+    return wds.DataPipeline(*sample_stages(urls, on_error))
+
+
+def make_unlabeled_batches(urls: list[str], views: Callable, batch_size: int, on_error: str = "fail"):
     """Decoded, augmented and batched in the workers: dicts of u_weak, u_strong1, u_strong2, cls, gt,
-    and the encoded images of the labeled samples (for the labeled pool)."""
+    the encoded images of the labeled samples (for the labeled pool), and `skipped`: the shards and
+    samples left out under on_error=skip, as (url, error) pairs. A batch may hold no images at all
+    (only skips); then u_weak is None."""
 
     def to_views(s: dict) -> dict:
-        weak, strong1, strong2 = views(decode_image(s["image"], f"sample {s['key']} in {s['url']}"))
+        if SKIPPED in s:
+            return s
+        try:
+            weak, strong1, strong2 = views(decode_image(s["image"], f"sample {s['key']} in {s['url']}"))
+        except ShardError as e:
+            if on_error != "skip":
+                raise
+            return {SKIPPED: s["url"], "error": str(e)}
         return {"views": (weak, strong1, strong2), "cls": s["cls"], "gt": s["gt"], "url": s["url"],
                 "image": s["image"] if s["cls"] >= 0 else None}
 
-    def collate(samples: list[dict]) -> dict:
+    def collate(items: list[dict]) -> dict:
+        skipped = [(s[SKIPPED], s["error"]) for s in items if SKIPPED in s]
+        samples = [s for s in items if SKIPPED not in s]
+        if not samples:
+            return {"u_weak": None, "skipped": skipped, "labeled_images": [], "urls": []}
         w, s1, s2 = (torch.stack([s["views"][i] for s in samples]) for i in range(3))
         return {"u_weak": w, "u_strong1": s1, "u_strong2": s2,
                 "cls": torch.tensor([s["cls"] for s in samples]), "gt": torch.tensor([s["gt"] for s in samples]),
                 "labeled_images": [(s["image"], s["cls"]) for s in samples if s["image"] is not None],
-                "urls": [s["url"] for s in samples]}
+                "urls": [s["url"] for s in samples], "skipped": skipped}
 
-    return shard_samples(urls, handler).map(to_views, handler=handler).batched(batch_size, collation_fn=collate,
-                                                                            partial=True)
+    return wds.DataPipeline(*sample_stages(urls, on_error), wds.map(to_views),
+                            wds.batched(batch_size, collation_fn=collate, partial=True))
 
 
 def read_labeled_shards(urls: list[str], require_cls: bool = True) -> tuple[list[bytes], np.ndarray]:

@@ -33,7 +33,9 @@ class RunDir:
         return self.path / "checkpoints" / "last.pt"
 
     def write_config(self, cfg) -> None:
-        self._write_text("config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        from bmb_stream.config import redacted
+
+        self._write_text("config.yaml", OmegaConf.to_yaml(redacted(cfg), resolve=True))
 
     def rewrite_evals(self, history: list[dict]) -> None:
         """eval.jsonl from the history (after a resume, evaluations past the checkpoint are dropped)."""

@@ -24,9 +24,12 @@ import webdataset as wds
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
+from bmb_stream.config import redacted
+from bmb_stream.data.errors import ShardError, StorageUnavailable
+from bmb_stream.data.object_store import S3Settings, read_bytes, use_storage
 from bmb_stream.data.simulate import load_recipe, simulate
-from bmb_stream.data.stream import (EncodedImages, LabeledPool, PreparedImages, ShardError, expand_urls,
-                                    experience_shards, make_unlabeled_batches, read_labeled_shards)
+from bmb_stream.data.stream import (EncodedImages, LabeledPool, PreparedImages, expand_urls, experience_shards,
+                                    make_unlabeled_batches, read_labeled_shards)
 from bmb_stream.data.transforms import MultiView, build_views
 from bmb_stream.engine.checkpoint import load_checkpoint, save_atomic
 from bmb_stream.engine.learner import Learner
@@ -55,23 +58,28 @@ class StreamSource:
     segment_start: list[int] = field(default_factory=list)  # the experience that introduced each segment
     shard_sizes: dict[str, int] = field(default_factory=dict)  # samples per shard file, where a manifest says
 
-    def check_complete(self, shards: list[str], read: Counter, passes: int) -> None:
+    def check_complete(self, shards: list[str], read: Counter, passes: int, skipped: set[str]) -> None:
         """A shard that yields fewer samples than its manifest promises was truncated: say which."""
         for url, times in Counter(shards).items():
-            expected = self.shard_sizes.get(Path(url).name)
+            if url in skipped:
+                continue
+            expected = self.shard_sizes.get(_name(url))
             if expected is not None and read[url] != expected * times * passes:
                 raise ShardError(f"shard {url}: {read[url] // max(1, times * passes)} samples read, its manifest "
                                  f"says {expected} (truncated or replaced?)")
 
 
-def _manifest_of(urls: list[str]) -> tuple[dict | None, Path | None]:
-    if not urls or "://" in urls[0]:
+def _name(url: str) -> str:
+    return url.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _manifest_of(urls: list[str]) -> tuple[dict | None, str | None]:
+    """The manifest.json beside the first shard (local, http(s) or s3), and that folder."""
+    if not urls:
         return None, None
-    folder = Path(urls[0]).parent
-    path = folder / "manifest.json"
-    if path.exists():
-        return json.loads(path.read_text()), folder
-    return None, folder
+    folder = urls[0].rsplit("/", 1)[0] if "/" in urls[0] else "."
+    data = read_bytes(f"{folder}/manifest.json")
+    return (json.loads(data) if data is not None else None), folder
 
 
 def _segments(manifest: dict | None, experiences: list[list[str]]) -> tuple[list[list[int]] | None, list[int]]:
@@ -84,7 +92,7 @@ def _segments(manifest: dict | None, experiences: list[list[str]]) -> tuple[list
     for k, shards in enumerate(experiences):
         present = set()
         for url in shards:
-            h = hist.get(Path(url).name)
+            h = hist.get(_name(url))
             if h is None:
                 return None, []
             present |= set(np.flatnonzero(h).tolist())
@@ -98,6 +106,7 @@ def _segments(manifest: dict | None, experiences: list[list[str]]) -> tuple[list
 
 def prepare_stream(cfg) -> StreamSource:
     s = cfg.stream
+    use_storage(S3Settings.from_config(cfg.get("storage")))
     urls = expand_urls(s.urls)
     if not urls:
         if not s.recipe:
@@ -116,7 +125,7 @@ def prepare_stream(cfg) -> StreamSource:
         if given:
             return expand_urls(given)
         if manifest is not None and key in manifest:
-            return [str(folder / f) for f in manifest[key]["files"]]
+            return [f"{folder}/{f}" for f in manifest[key]["files"]]
         raise ShardError(f"stream.{'labeled' if key == 'labeled_set' else 'test'}_urls is required "
                          f"(no manifest.json beside the stream names one)")
 
@@ -132,10 +141,11 @@ def prepare_stream(cfg) -> StreamSource:
     return StreamSource(experiences, labeled, test, names, segments, starts, sizes)
 
 
-def experience_batches(shards: list[str], views, batch_size: int, workers: int, passes: int, seed: int, k: int):
+def experience_batches(shards: list[str], views, batch_size: int, workers: int, passes: int, seed: int, k: int,
+                       on_error: str = "fail"):
     """The unlabeled batches of experience k: `passes` reads of its shards, each with its own seeds."""
     for p in range(passes):
-        loader = wds.WebLoader(make_unlabeled_batches(shards, views, batch_size), batch_size=None,
+        loader = wds.WebLoader(make_unlabeled_batches(shards, views, batch_size, on_error), batch_size=None,
                                num_workers=min(workers, len(shards)),
                                generator=torch.Generator().manual_seed(derived_seed(seed, k, 2 + p)))
         yield from loader
@@ -164,6 +174,7 @@ def run_stream(cfg) -> dict:
                           segments=source.segments)
     history: list[dict] = []
     position = {"experience": 0, "batches": 0}
+    skipped: list[dict] = []  # shards and samples left out under stream.on_shard_error=skip
     unlabeled_seen = np.zeros(num_classes, dtype=np.int64)  # true classes of the stream so far, where known
     if cfg.resume and run.last_checkpoint.exists():
         state = load_checkpoint(run.last_checkpoint)
@@ -173,14 +184,15 @@ def run_stream(cfg) -> dict:
         evaluator.load_state_dict(state["evaluator"])
         history, position = list(state["history"]), dict(state["position"])
         unlabeled_seen = state["unlabeled_seen"].numpy().copy()
+        skipped = list(state.get("skipped", []))
         print(f"resumed from {run.last_checkpoint}: experience {position['experience']}, "
               f"batch {position['batches']}, step {learner.step}")
     run.rewrite_evals(history)
 
     def checkpoint(experience: int, batches: int) -> None:
         state = {"learner": learner.state_dict(), "labeled_pool": pool.state_dict(), "monitor": monitor.state_dict(),
-                 "evaluator": evaluator.state_dict(), "history": history, "unlabeled_seen": torch.from_numpy(unlabeled_seen),
-                 "position": {"experience": experience, "batches": batches}, "config": OmegaConf.to_yaml(cfg)}
+                 "evaluator": evaluator.state_dict(), "history": history, "unlabeled_seen": torch.from_numpy(unlabeled_seen), "skipped": skipped,
+                 "position": {"experience": experience, "batches": batches}, "config": OmegaConf.to_yaml(redacted(cfg))}
         save_atomic(state, run.last_checkpoint)
         keep = int(cfg.stream.keep_checkpoints)
         if keep > 0 and batches == 0:  # also keep the last few experience boundaries
@@ -189,6 +201,7 @@ def run_stream(cfg) -> dict:
                 old.unlink()
 
     workers = int(cfg.stream.num_workers)
+    on_error = str(cfg.stream.on_shard_error)
     b_l, b_u = int(cfg.train.batch_labeled), int(cfg.train.batch_unlabeled)
     unlabeled_views = MultiView(views["weak"], views["strong"], views["strong"])
     start_wall = time.time() - (history[-1]["wall_s"] if history else 0.0)
@@ -210,39 +223,58 @@ def run_stream(cfg) -> dict:
             read = Counter()  # samples read per shard, checked against the manifest at the end
             joining = []  # labeled stream samples join the pool at the end of the experience, so that the
             # labeled set stays what it was at the experience's start (and a mid-experience resume sees the same)
-            for ub in experience_batches(shards, unlabeled_views, b_u, workers, int(cfg.stream.passes), seed, k):
-                t = time.time()
-                x_l, y_l = next(labeled_batches)
-                batches += 1
-                joining += ub["labeled_images"]
-                read.update(ub["urls"])
-                if batches <= skip:  # resuming mid-experience: replay the data, not the training
-                    continue
-                truth = torch.where(ub["cls"] >= 0, ub["cls"], ub["gt"])  # -1 where the class is unknown
-                np.add.at(unlabeled_seen, truth[truth >= 0].numpy(), 1)
-                batch = Batch(x_l.to(device), y_l.to(device), ub["u_weak"].to(device), ub["u_strong1"].to(device),
-                              ub["u_strong2"].to(device))
-                terms = learner.train_step(batch)
-                monitor.observe(learner.last_extras, truth)
-                train_time += time.time() - t
-                train_images += len(x_l) + len(ub["u_weak"])
-                bar.set_postfix({"exp": k, "step": learner.step, "loss": f"{terms['loss']:.3g}",
-                                 "img/s": f"{train_images / max(train_time, 1e-9):.0f}"})
-                if stop.raised is not None:
-                    break
+            skipped_here: set[str] = set()
+            try:
+                unlabeled = experience_batches(shards, unlabeled_views, b_u, workers, int(cfg.stream.passes), seed, k,
+                                               on_error)
+                for ub in unlabeled:
+                    t = time.time()
+                    batches += 1
+                    for url, error in ub["skipped"]:
+                        if url in skipped_here:  # met again in a later pass
+                            continue
+                        skipped_here.add(url)
+                        if batches > skip:  # a replayed batch's skips were counted before the checkpoint
+                            skipped.append({"experience": k, "url": url, "error": error})
+                            bar.write(f"skipped: {error}")
+                    if ub["u_weak"] is None:  # nothing but skips
+                        continue
+                    x_l, y_l = next(labeled_batches)
+                    joining += ub["labeled_images"]
+                    read.update(ub["urls"])
+                    if batches <= skip:  # resuming mid-experience: replay the data, not the training
+                        continue
+                    truth = torch.where(ub["cls"] >= 0, ub["cls"], ub["gt"])  # -1 where the class is unknown
+                    np.add.at(unlabeled_seen, truth[truth >= 0].numpy(), 1)
+                    batch = Batch(x_l.to(device), y_l.to(device), ub["u_weak"].to(device),
+                                  ub["u_strong1"].to(device), ub["u_strong2"].to(device))
+                    terms = learner.train_step(batch)
+                    monitor.observe(learner.last_extras, truth)
+                    train_time += time.time() - t
+                    train_images += len(x_l) + len(ub["u_weak"])
+                    bar.set_postfix({"exp": k, "step": learner.step, "loss": f"{terms['loss']:.3g}",
+                                     "img/s": f"{train_images / max(train_time, 1e-9):.0f}"})
+                    if stop.raised is not None:
+                        break
+            except StorageUnavailable as e:  # keep what was learned; the run resumes once storage is back
+                checkpoint(k, batches)  # the batches trained on so far; the one that failed is read again
+                bar.close()
+                evaluator.close()
+                raise StorageUnavailable(f"{e}\nstopped in experience {k} with a checkpoint; when the storage is back, "
+                                         f"resume with: bmb-stream <same overrides> run.dir={run.path} resume=true") from None
             if stop.raised is not None:
                 checkpoint(k, batches)
                 break
             if batches == 0:
                 raise ShardError(f"experience {k} ({', '.join(shards)}) yielded no samples")
-            source.check_complete(shards, read, int(cfg.stream.passes))
+            source.check_complete(shards, read, int(cfg.stream.passes), skipped_here)
             for image, label in joining:
                 pool.add(image, label)
             if (k + 1) % int(cfg.stream.eval_every) == 0 or k == n_exp - 1:
                 trained = [i for i, start in enumerate(source.segment_start) if start <= k] if source.segments else None
                 record = {"experience": k, "step": learner.step, "samples_seen": learner.samples_seen,
                           **evaluator.evaluate(learner, trained), **method_state(learner), **monitor.report(learner.bank),
-                          "labeled_pool": len(pool.labels), "rss_mb": psutil.Process().memory_info().rss / 2**20,
+                          "labeled_pool": len(pool.labels), "skipped_shards": len(skipped), "rss_mb": psutil.Process().memory_info().rss / 2**20,
                           "wall_s": time.time() - start_wall}
                 history.append(record)
                 run.append_eval(record)
@@ -263,7 +295,9 @@ def run_stream(cfg) -> dict:
             "test_per_class": np.bincount(source.test[1], minlength=num_classes).tolist(),
             "labeled_pool_per_class": pool.class_counts()}
     summary = build_summary(cfg, learner, history, time.time() - start_wall, train_images / max(train_time, 1e-9), data)
-    summary["experiences"] = len(history)
+    summary["experiences"] = n_exp
+    summary["evaluations"] = len(history)
+    summary["skipped_shards"] = skipped
     run.write_summary(summary)
     write_plots(history, run.path / "plots", source.class_names, x_key="samples_seen")
     return summary

@@ -1,0 +1,455 @@
+"""Object storage: `s3://bucket/key` shards read through an opener registered with WebDataset, and
+uploads of written shards.
+
+Reads are byte streams that survive faults: a transient error (connection reset, timeout, 5xx,
+throttling) is retried with exponential backoff within a bounded budget, and a read interrupted in
+the middle of an object resumes at the byte where it stopped (a ranged GET pinned to the object's
+ETag), so the tar reader above never sees a duplicated or a missing sample. Permanent errors (no
+such bucket or key, refused credentials) raise `ShardError` at once, naming the URL; a transient
+fault that outlasts the budget raises `StorageUnavailable`, on which a run stops with a checkpoint.
+
+Credentials come from the standard AWS variables or from `storage.s3.*`, and appear in no message.
+Each process (main process, DataLoader worker, rank) builds its own client on first use: boto3
+clients are not safe to share across a fork.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import logging
+import os
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from bmb_stream.data.errors import ShardError, StorageUnavailable
+
+log = logging.getLogger("bmb_stream.storage")
+
+# the module, not the function of the same name that `webdataset.gopen` resolves to
+gopen_module = importlib.import_module("webdataset.gopen")
+
+# error codes of S3 and S3-compatible servers that say "try again later"
+TRANSIENT_CODES = {"RequestTimeout", "RequestTimeoutException", "SlowDown", "Throttling", "ThrottlingException",
+                   "RequestLimitExceeded", "TooManyRequestsException", "InternalError", "ServiceUnavailable",
+                   "BandwidthLimitExceeded", "PriorRequestNotComplete", "EC2ThrottledException"}
+# what a permanent error means to the user, by code
+PERMANENT_CAUSES = {
+    "NoSuchBucket": "no such bucket", "NoSuchKey": "no such key", "404": "no such key", "NotFound": "no such key",
+    "AccessDenied": "access denied", "403": "access denied (refused credentials or no permission)",
+    "InvalidAccessKeyId": "refused credentials (unknown access key)",
+    "SignatureDoesNotMatch": "refused credentials (wrong secret key)",
+    "PreconditionFailed": "the object changed while it was read",
+    "InvalidRange": "the object is shorter than expected",
+}
+
+
+def split_s3_url(url: str) -> tuple[str, str]:
+    """`s3://bucket/key` -> (bucket, key)."""
+    if not url.startswith("s3://"):
+        raise ShardError(f"{url}: not an s3:// URL")
+    bucket, _, key = url[len("s3://"):].partition("/")
+    if not bucket:
+        raise ShardError(f"{url}: no bucket in the URL (s3://bucket/key)")
+    return bucket, key
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff: waits of backoff_s, 2 backoff_s, ... capped at max_backoff_s (with jitter),
+    until `budget_s` seconds have passed since the first failure of an episode."""
+
+    budget_s: float = 120.0
+    backoff_s: float = 0.5
+    max_backoff_s: float = 15.0
+
+    def __post_init__(self):
+        if self.budget_s < 0 or self.backoff_s <= 0 or self.max_backoff_s < self.backoff_s:
+            raise ValueError(f"bad retry policy {self}: need budget_s >= 0 and 0 < backoff_s <= max_backoff_s")
+
+    def waits(self):
+        """Successive waits, then None when the budget is spent."""
+        rng = random.Random()  # jitter spreads the retries of many workers; it does not touch training randomness
+        start, wait = time.monotonic(), self.backoff_s
+        while True:
+            left = self.budget_s - (time.monotonic() - start)
+            if left <= 0:
+                yield None
+                return
+            yield min(left, wait * rng.uniform(0.5, 1.0))
+            wait = min(wait * 2, self.max_backoff_s)
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """Where and how to reach the storage. None values fall back to the AWS environment variables."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    access_key_id: str | None = field(default=None, repr=False)
+    secret_access_key: str | None = field(default=None, repr=False)
+    path_style: bool = True
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 30.0
+    retry: RetryPolicy = RetryPolicy()
+
+    @classmethod
+    def from_config(cls, storage) -> "S3Settings":
+        """From the `storage` config group (None: defaults and the environment)."""
+        if storage is None:
+            return cls()
+        s3, retry = storage.s3, storage.retry
+        return cls(endpoint_url=s3.endpoint_url or None, region=s3.region or None,
+                   access_key_id=s3.access_key_id or None, secret_access_key=s3.secret_access_key or None,
+                   path_style=bool(s3.path_style), connect_timeout_s=float(s3.connect_timeout_s),
+                   read_timeout_s=float(s3.read_timeout_s),
+                   retry=RetryPolicy(float(retry.budget_s), float(retry.backoff_s), float(retry.max_backoff_s)))
+
+    def make_client(self):
+        import boto3
+        from botocore.config import Config
+
+        config = Config(connect_timeout=self.connect_timeout_s, read_timeout=self.read_timeout_s,
+                        retries={"total_max_attempts": 1},  # one retry layer: ours, with its budget
+                        s3={"addressing_style": "path" if self.path_style else "auto"},
+                        signature_version="s3v4", max_pool_connections=32)
+        key_id = self.access_key_id or os.environ.get("AWS_ACCESS_KEY_ID")
+        secret = self.secret_access_key or os.environ.get("AWS_SECRET_ACCESS_KEY")
+        if (key_id is None) != (secret is None):
+            raise ShardError("object storage needs both an access key id and a secret key "
+                             "(storage.s3.access_key_id / secret_access_key or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)")
+        session = boto3.session.Session(aws_access_key_id=key_id, aws_secret_access_key=secret,
+                                        region_name=self.region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1")
+        return session.client("s3", endpoint_url=self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None,
+                              config=config)
+
+
+def _error_code(exc: BaseException) -> tuple[str, int]:
+    response = getattr(exc, "response", None) or {}
+    code = str(response.get("Error", {}).get("Code", ""))
+    status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    return code, status
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Connection trouble, timeouts, 5xx and throttling: worth another try."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    if isinstance(exc, ClientError):
+        code, status = _error_code(exc)
+        return code in TRANSIENT_CODES or status >= 500 or status == 429
+    if isinstance(exc, BotoCoreError):  # connection errors, read timeouts, truncated bodies
+        from botocore.exceptions import NoCredentialsError, ParamValidationError, PartialCredentialsError
+
+        return not isinstance(exc, (NoCredentialsError, PartialCredentialsError, ParamValidationError))
+    from urllib3.exceptions import HTTPError as Urllib3Error
+
+    return isinstance(exc, (ConnectionError, TimeoutError, OSError, Urllib3Error))
+
+
+def describe(exc: BaseException) -> str:
+    """The cause in words, with the server's code; never the request (it may carry credentials)."""
+    from botocore.exceptions import ClientError
+
+    if isinstance(exc, ClientError):
+        code, status = _error_code(exc)
+        cause = PERMANENT_CAUSES.get(code) or PERMANENT_CAUSES.get(str(status)) or "request refused"
+        return f"{cause} ({code or status})"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def with_retries(action: Callable, url: str, policy: RetryPolicy, on_failure: Callable | None = None):
+    """Run `action()`; retry transient failures within the policy's budget."""
+    waits = None
+    while True:
+        try:
+            return action()
+        except Exception as exc:  # noqa: BLE001 - classified below
+            if on_failure is not None:
+                on_failure()
+            if not is_transient(exc):
+                raise ShardError(f"{url}: {describe(exc)}") from None
+            waits = waits or policy.waits()
+            wait = next(waits)
+            if wait is None:
+                raise StorageUnavailable(f"{url}: storage unreachable for {policy.budget_s:g} s "
+                                         f"(storage.retry.budget_s): {describe(exc)}") from None
+            log.warning("%s: %s; retrying in %.1f s", url, describe(exc), wait)
+            time.sleep(wait)
+
+
+class S3Reader(io.RawIOBase):
+    """A forward-only byte stream over one object that resumes at its byte offset after a fault."""
+
+    def __init__(self, client, url: str, policy: RetryPolicy):
+        super().__init__()
+        self.client, self.url, self.policy = client, url, policy
+        self.bucket, self.key = split_s3_url(url)
+        self.position = 0
+        self.size: int | None = None
+        self.etag: str | None = None
+        self.body = None
+        with_retries(self._open, url, policy, self._drop)  # a missing object fails here, at open time
+
+    def _open(self) -> None:
+        request = {"Bucket": self.bucket, "Key": self.key}
+        if self.position:
+            request["Range"] = f"bytes={self.position}-"
+        if self.etag:
+            request["IfMatch"] = self.etag  # the same object, not a newer upload under the same key
+        response = self.client.get_object(**request)
+        self.etag = response.get("ETag")
+        if self.size is None:
+            self.size = int(response["ContentLength"])
+        self.body = response["Body"]
+
+    def _drop(self) -> None:
+        if self.body is not None:
+            try:
+                self.body.close()
+            except Exception:  # noqa: BLE001 - a broken connection may fail to close; it is dropped anyway
+                pass
+        self.body = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self.size is not None and self.position >= self.size:
+            return 0
+
+        def read_some() -> bytes:
+            if self.body is None:
+                self._open()
+            data = self.body.read(len(buffer))
+            if not data:  # the connection ended before the object did
+                raise ConnectionResetError(f"connection closed at byte {self.position} of {self.size}")
+            return data
+
+        data = with_retries(read_some, self.url, self.policy, self._drop)
+        buffer[: len(data)] = data
+        self.position += len(data)
+        return len(data)
+
+    def close(self) -> None:
+        self._drop()
+        super().close()
+
+
+class S3Opener:
+    """The `s3` entry of WebDataset's gopen table: one client per process, made on first use."""
+
+    def __init__(self, settings: S3Settings):
+        self.settings = settings
+        self._clients: dict[int, object] = {}
+        self._lock = threading.Lock()
+
+    def client(self):
+        pid = os.getpid()  # a forked DataLoader worker builds its own
+        with self._lock:
+            if pid not in self._clients:
+                self._clients = {pid: self.settings.make_client()}
+            return self._clients[pid]
+
+    def __call__(self, url: str, mode: str = "rb", bufsize: int = 8192, **_):
+        if mode != "rb":
+            raise ValueError(f"{url}: s3:// shards are opened for reading only (mode {mode!r})")
+        return io.BufferedReader(S3Reader(self.client(), url, self.settings.retry), buffer_size=1 << 20)
+
+    def __getstate__(self):  # pickled into spawned workers without the process's clients
+        return {"settings": self.settings}
+
+    def __setstate__(self, state):
+        self.__init__(state["settings"])
+
+
+def use_storage(settings: S3Settings) -> S3Opener:
+    """Register the s3:// opener with WebDataset (the process-wide table its gopen reads)."""
+    opener = S3Opener(settings)
+    gopen_module.gopen_schemes["s3"] = opener
+    return opener
+
+
+def open_url(url: str):
+    """Any shard URL WebDataset can open (local path, file://, http(s)://, s3://) as a binary stream."""
+    return gopen_module.gopen(url[len("file://"):] if url.startswith("file://") else url, "rb")
+
+
+def read_bytes(url: str) -> bytes | None:
+    """A small object's bytes, or None when it does not exist (e.g. a manifest beside the shards)."""
+    if url.startswith("s3://"):
+        opener = _opener()
+        try:
+            with opener(url) as f:
+                return f.read()
+        except ShardError as e:
+            if "no such key" in str(e):
+                return None
+            raise
+    path = Path(url[len("file://"):] if url.startswith("file://") else url)
+    if "://" not in str(path):
+        return path.read_bytes() if path.exists() else None
+    try:
+        with open_url(url) as f:
+            return f.read()
+    except Exception:  # noqa: BLE001 - an http(s) folder without a manifest
+        return None
+
+
+def _opener() -> S3Opener:
+    opener = gopen_module.gopen_schemes.get("s3")
+    if not isinstance(opener, S3Opener):
+        opener = use_storage(S3Settings())
+    return opener
+
+
+def list_objects(prefix_url: str, suffix: str = ".tar") -> list[str]:
+    """The `s3://bucket/prefix/...` objects whose names end with `suffix`, sorted."""
+    opener = _opener()
+    bucket, prefix = split_s3_url(prefix_url)
+    client = opener.client()
+    urls: list[str] = []
+
+    def page(token):
+        request = {"Bucket": bucket, "Prefix": prefix}
+        if token:
+            request["ContinuationToken"] = token
+        return client.list_objects_v2(**request)
+
+    token = None
+    while True:
+        response = with_retries(lambda: page(token), prefix_url, opener.settings.retry)
+        urls += [f"s3://{bucket}/{o['Key']}" for o in response.get("Contents", []) if o["Key"].endswith(suffix)]
+        if not response.get("IsTruncated"):
+            return sorted(urls)
+        token = response["NextContinuationToken"]
+
+
+class Uploader:
+    """Uploads files written locally to `s3://bucket/prefix/`, in background threads, multipart for
+    large files; `finish()` waits and raises the first failure."""
+
+    def __init__(self, prefix_url: str, settings: S3Settings | None = None, threads: int = 8):
+        from concurrent.futures import ThreadPoolExecutor
+
+        from boto3.s3.transfer import TransferConfig
+
+        self.settings = settings or _opener().settings
+        self.bucket, prefix = split_s3_url(prefix_url.rstrip("/") + "/")
+        self.prefix = prefix
+        self.client = self.settings.make_client()
+        self.transfer = TransferConfig(multipart_threshold=8 << 20, multipart_chunksize=8 << 20, max_concurrency=4)
+        self.pool = ThreadPoolExecutor(max_workers=threads)
+        self.jobs = []
+
+    def url(self, name: str) -> str:
+        return f"s3://{self.bucket}/{self.prefix}{name}"
+
+    def _upload(self, path: Path, name: str, remove: bool) -> None:
+        url = self.url(name)
+        with_retries(lambda: self.client.upload_file(str(path), self.bucket, self.prefix + name, Config=self.transfer),
+                     url, self.settings.retry)
+        if remove:
+            path.unlink()
+
+    def submit(self, path: Path, name: str | None = None, remove: bool = True) -> None:
+        self.jobs.append(self.pool.submit(self._upload, Path(path), name or Path(path).name, remove))
+
+    def put_now(self, path: Path, name: str | None = None, remove: bool = True) -> None:
+        self._upload(Path(path), name or Path(path).name, remove)
+
+    def existing(self) -> list[str]:
+        """Names of the objects already under the prefix."""
+        names, token = [], None
+        while True:
+            request = {"Bucket": self.bucket, "Prefix": self.prefix}
+            if token:
+                request["ContinuationToken"] = token
+            response = with_retries(lambda: self.client.list_objects_v2(**request), self.url(""), self.settings.retry)
+            names += [o["Key"][len(self.prefix):] for o in response.get("Contents", [])]
+            if not response.get("IsTruncated"):
+                return names
+            token = response["NextContinuationToken"]
+
+    def delete(self, names: list[str]) -> None:
+        for i in range(0, len(names), 1000):
+            objects = [{"Key": self.prefix + n} for n in names[i: i + 1000]]
+            with_retries(lambda: self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": objects}),
+                         self.url(""), self.settings.retry)
+
+    def finish(self) -> None:
+        try:
+            for job in self.jobs:
+                job.result()
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.jobs = []
+
+
+class ShardDestination:
+    """Where written shards go: a local folder, or `s3://bucket/prefix` through a local staging folder
+    whose files are uploaded as soon as each is complete (in background threads, multipart when
+    large) and then deleted. The files named in `finish` (the manifest) go last, so a manifest in
+    the storage always describes shards that are already there."""
+
+    def __init__(self, out: str | Path, settings: S3Settings | None = None):
+        self.out = str(out).rstrip("/")
+        self.remote = self.out.startswith("s3://")
+        if self.remote:
+            import tempfile
+
+            self.uploader = Uploader(self.out, settings)
+            self.folder = Path(tempfile.mkdtemp(prefix="bmb-stream-upload-"))
+        else:
+            self.uploader = None
+            self.folder = Path(self.out)
+
+    def names(self) -> list[str]:
+        """What the destination holds now (paths relative to it)."""
+        if self.remote:
+            return self.uploader.existing()
+        return [p.relative_to(self.folder).as_posix() for p in self.folder.rglob("*") if p.is_file()] \
+            if self.folder.exists() else []
+
+    def read(self, name: str) -> bytes | None:
+        return read_bytes(self.uploader.url(name) if self.remote else str(self.folder / name))
+
+    def remove(self, names: list[str]) -> None:
+        """Delete these files, the manifest first (a reader never sees a manifest without its shards)."""
+        names = sorted(names, key=lambda n: n != "manifest.json")
+        if self.remote:
+            self.uploader.delete(names)
+            return
+        for name in names:
+            (self.folder / name).unlink(missing_ok=True)
+
+    def prepare(self) -> Path:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        return self.folder
+
+    def publish(self, path: Path) -> None:
+        """A shard is complete: upload it (remote) or leave it where it is (local)."""
+        if self.remote:
+            self.uploader.submit(path, Path(path).relative_to(self.folder).as_posix())
+
+    def finish(self, last: list[Path] = ()) -> None:
+        """Wait for the uploads, then publish `last` in order."""
+        if not self.remote:
+            return
+        try:
+            self.uploader.finish()
+            for path in last:
+                self.uploader.put_now(path, Path(path).relative_to(self.folder).as_posix())
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.remote:
+            import shutil
+
+            self.uploader.pool.shutdown(wait=False, cancel_futures=True)
+            shutil.rmtree(self.folder, ignore_errors=True)

