@@ -210,3 +210,33 @@ def test_class_incremental_stream_reports_forgetting_per_segment(tmp_path, fmnis
     # a segment has a forgetting value once it has been trained on: 1, 2, 3, 4 of them
     assert [sum(v is not None for v in r["segment_forgetting"]) for r in records] == [1, 2, 3, 4]
     assert records[0]["segment_forgetting"][0] == 0.0 and isinstance(records[-1]["forgetting"], float)
+
+
+def test_http_urls_read_the_same_samples_and_manifest_as_local_files(fmnist_stream, tmp_path):
+    """http(s):// shards go through WebDataset's curl opener; the seed and test sets come from the
+    manifest beside the shards on the server."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    from bmb_stream.cli import parse_args
+    from bmb_stream.config import compose
+    from bmb_stream.data.stream import shard_samples
+    from bmb_stream.engine.stream_loop import prepare_stream
+
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(fmnist_stream))
+    handler.log_message = lambda *a: None
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        remote = compose(parse_args(stream_args(base, tmp_path)))
+        local = compose(parse_args(stream_args(fmnist_stream, tmp_path)))
+        r, lo = prepare_stream(remote), prepare_stream(local)
+        assert [len(e) for e in r.experiences] == [1] * 6 and r.shard_sizes == lo.shard_sizes
+        for (r_images, r_labels), (l_images, l_labels) in ((r.labeled, lo.labeled), (r.test, lo.test)):
+            assert r_images == l_images and (r_labels == l_labels).all()
+        read = [(s["key"], s["image"], s["gt"]) for s in shard_samples(r.experiences[0])]
+        assert read == [(s["key"], s["image"], s["gt"]) for s in shard_samples(lo.experiences[0])] and len(read) == 96
+    finally:
+        server.shutdown()

@@ -290,9 +290,9 @@ def read_bytes(url: str) -> bytes | None:
             if "no such key" in str(e):
                 return None
             raise
-    path = Path(url[len("file://"):] if url.startswith("file://") else url)
-    if "://" not in str(path):
-        return path.read_bytes() if path.exists() else None
+    local = url[len("file://"):] if url.startswith("file://") else url
+    if "://" not in local:
+        return Path(local).read_bytes() if Path(local).exists() else None
     try:
         with open_url(url) as f:
             return f.read()
