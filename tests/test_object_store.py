@@ -16,7 +16,7 @@ from botocore.exceptions import ClientError
 from bmb_stream.cli import main
 from bmb_stream.data.errors import ShardError, StorageUnavailable
 from bmb_stream.data.object_store import RetryPolicy, S3Reader, S3Settings, use_storage
-from bmb_stream.data.stream import shard_samples
+from bmb_stream.data.stream import expand_urls, shard_samples
 from tests.stream_helpers import SMALL_STREAM, metrics, stream_args
 from tests.test_sources import write_idx
 
@@ -193,6 +193,8 @@ def test_workers_read_each_s3_shard_exactly_once(s3_env, s3_stream):
     import webdataset as wds
 
     urls = [f"{s3_stream}/stream-{i:06d}.tar" for i in range(6)]
+    assert expand_urls(f"{s3_stream}/stream-") == urls  # a key prefix lists its .tar objects
+    assert expand_urls(f"{s3_stream}/stream-{{000000..000005}}.tar") == urls
     keys = [s["key"] for s in wds.WebLoader(shard_samples(urls), batch_size=None, num_workers=2)]
     assert len(keys) == 6 * 96 and len(set(keys)) == len(keys)
 

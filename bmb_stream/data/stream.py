@@ -28,8 +28,8 @@ WANTED_SUFFIXES = tuple(f".{k}" for k in IMAGE_KEYS) + (".cls", ".gt.cls", ".jso
 
 
 def expand_urls(urls) -> list[str]:
-    """A brace pattern, a list of patterns, a folder of shards or an `s3://bucket/prefix/` (ending in
-    a slash) -> the list of shard URLs."""
+    """A brace pattern, a list of patterns, a folder of shards or an s3:// key prefix (every `.tar`
+    object whose key starts with it, e.g. `s3://bucket/imagenet/unlabeled-`) -> the list of shard URLs."""
     if urls is None:
         return []
     if isinstance(urls, str):
@@ -39,10 +39,11 @@ def expand_urls(urls) -> list[str]:
         urls = [urls]
     out = []
     for pattern in urls:
-        if str(pattern).startswith("s3://") and str(pattern).endswith("/"):  # a prefix: its .tar objects
+        pattern = str(pattern)
+        if pattern.startswith("s3://") and not pattern.endswith(".tar") and "{" not in pattern:  # a key prefix
             from bmb_stream.data.object_store import list_objects
 
-            out += list_objects(str(pattern))
+            out += list_objects(pattern)
             continue
         out += list(braceexpand(str(pattern)))
     return [u[len("file://"):] if u.startswith("file://") else u for u in out]
