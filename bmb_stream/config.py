@@ -71,6 +71,10 @@ def _check(cond: bool, key: str, accepted: str, cfg: DictConfig) -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError on the first value out of range or missing."""
+    if cfg.mode == "stream" and cfg.stream.urls:  # the shards carry the data: the dataset's folders are not read
+        for key in ("root", "list_dir"):
+            if key in cfg.dataset.keys() and OmegaConf.is_missing(cfg.dataset, key):  # `in` is False for ???
+                cfg.dataset[key] = None
     try:
         OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except MissingMandatoryValue as e:

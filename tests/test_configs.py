@@ -58,6 +58,9 @@ def test_reference_recipe_values_reach_the_config(tmp_path):
     ("mode=online", "mode=online: unknown option; accepted: offline, stream"),
     ("stream.shards_per_experience=0", "stream.shards_per_experience=0: must be a positive integer"),
     ("stream.resampled=true", "stream.max_experiences=None: must be set for a resampled (endless) stream"),
+    ("stream.on_shard_error=ignore", "stream.on_shard_error=ignore: must be fail or skip"),
+    ("storage.retry.budget_s=-1", "storage.retry.budget_s=-1: must be >= 0"),
+    ("storage.retry.backoff_s=0", "storage.retry.backoff_s=0: must be positive"),
 ])
 def test_bad_values_name_the_key_and_what_is_accepted(override, message):
     with pytest.raises(ConfigError) as err:
@@ -68,6 +71,21 @@ def test_bad_values_name_the_key_and_what_is_accepted(override, message):
 def test_missing_data_root_is_named():
     with pytest.raises(ConfigError, match="dataset.root is required"):
         compose(["experiment=cifar10_lt_r100"])
+    # a stream run reads its images from the shards: the dataset's folder is not needed
+    assert compose(["mode=stream", "experiment=imagenet_lt_50", "stream.urls=s3://bucket/inlt/unlabeled-"]).dataset.root is None
+
+
+def test_credentials_are_redacted_from_saved_configs_and_messages():
+    from omegaconf import OmegaConf
+
+    from bmb_stream.config import redacted
+
+    cfg = compose(["storage.s3.access_key_id=AKIA-TEST", "storage.s3.secret_access_key=s3cr3t-value"])
+    text = OmegaConf.to_yaml(redacted(cfg))
+    assert "s3cr3t-value" not in text and "AKIA-TEST" not in text and cfg.storage.s3.secret_access_key == "s3cr3t-value"
+    with pytest.raises(ConfigError) as err:
+        compose(["storage.s3.secret_key=s3cr3t-value"])  # a misspelt key: Hydra's message would echo the value
+    assert "s3cr3t-value" not in str(err.value)
 
 
 def test_cli_bad_value_is_one_line_exit_2(capsys):
