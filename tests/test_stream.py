@@ -170,6 +170,17 @@ def test_corrupt_image_missing_and_truncated_shards_name_the_shard(fmnist_stream
     assert main([f"stream.urls={stream}/stream-{{000000..000001}}.tar", f"run.dir={tmp_path / 'run2'}", *FAST]) == 2
     err = capsys.readouterr().err
     assert "stream-000001.tar" in err and "manifest says 96" in err
+    # with on_shard_error=skip the corrupt sample and the truncated shard are left out and counted
+    write_tar(tmp_path / "mixed.tar", [("a", {"png": b"\x89PNG not really", "gt.cls": b"0"}),
+                                       *[(f"b{j}", {"png": png(10), "gt.cls": b"1"}) for j in range(5)]])
+    assert main([f"stream.urls={tmp_path}/mixed.tar", *common, "stream.on_shard_error=skip", "stream.passes=1"]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert [s["url"] for s in summary["skipped_shards"]] == [f"{tmp_path}/mixed.tar"]
+    assert summary["samples_seen"] == 5 and "sample a in" in summary["skipped_shards"][0]["error"]
+    assert main([f"stream.urls={stream}/stream-{{000000..000001}}.tar", f"run.dir={tmp_path / 'run3'}", *FAST,
+                 "stream.on_shard_error=skip", "stream.passes=1"]) == 0
+    summary = json.loads((tmp_path / "run3" / "summary.json").read_text())
+    assert [s["url"] for s in summary["skipped_shards"]] == [f"{stream}/stream-000001.tar"]
 
 
 def test_memory_stays_flat_over_many_experiences(tmp_path):

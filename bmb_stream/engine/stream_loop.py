@@ -58,15 +58,16 @@ class StreamSource:
     segment_start: list[int] = field(default_factory=list)  # the experience that introduced each segment
     shard_sizes: dict[str, int] = field(default_factory=dict)  # samples per shard file, where a manifest says
 
-    def check_complete(self, shards: list[str], read: Counter, passes: int, skipped: set[str]) -> None:
-        """A shard that yields fewer samples than its manifest promises was truncated: say which."""
+    def short_shards(self, shards: list[str], read: Counter, passes: int, skipped: set[str]) -> list[tuple[str, str]]:
+        """Shards that yielded fewer samples than their manifest promises (truncated or replaced), as
+        (url, error); shards already skipped are not counted twice."""
+        short = []
         for url, times in Counter(shards).items():
-            if url in skipped:
-                continue
             expected = self.shard_sizes.get(_name(url))
-            if expected is not None and read[url] != expected * times * passes:
-                raise ShardError(f"shard {url}: {read[url] // max(1, times * passes)} samples read, its manifest "
-                                 f"says {expected} (truncated or replaced?)")
+            if url not in skipped and expected is not None and read[url] != expected * times * passes:
+                short.append((url, f"shard {url}: {read[url] // max(1, times * passes)} samples read, its manifest "
+                                   f"says {expected} (truncated or replaced?)"))
+        return short
 
 
 def _name(url: str) -> str:
@@ -267,7 +268,11 @@ def run_stream(cfg) -> dict:
                 break
             if batches == 0:
                 raise ShardError(f"experience {k} ({', '.join(shards)}) yielded no samples")
-            source.check_complete(shards, read, int(cfg.stream.passes), skipped_here)
+            for url, error in source.short_shards(shards, read, int(cfg.stream.passes), skipped_here):
+                if on_error != "skip":
+                    raise ShardError(error)
+                skipped.append({"experience": k, "url": url, "error": error})
+                bar.write(f"skipped: {error}")
             for image, label in joining:
                 pool.add(image, label)
             if (k + 1) % int(cfg.stream.eval_every) == 0 or k == n_exp - 1:
