@@ -258,7 +258,9 @@ def run_stream(cfg) -> dict:
                     if stop.raised is not None:
                         break
             except StorageUnavailable as e:  # keep what was learned; the run resumes once storage is back
-                checkpoint(k, batches)  # the batches trained on so far; the one that failed is read again
+                # the batches trained on so far (at least those of the checkpoint it resumed from, if the
+                # fault came while replaying them); the one that failed is read again
+                checkpoint(k, max(batches, skip))
                 bar.close()
                 evaluator.close()
                 raise StorageUnavailable(f"{e}\nstopped in experience {k} with a checkpoint; when the storage is back, "
