@@ -146,7 +146,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"dataset.root={root}: folder not found{hint}")
 
 
-SECRET_KEYS = ("storage.s3.access_key_id", "storage.s3.secret_access_key")
+SECRET_KEYS = ("storage.s3.access_key_id", "storage.s3.secret_access_key", "storage.s3.session_token")
 
 
 def redacted(cfg: DictConfig) -> DictConfig:

@@ -32,12 +32,13 @@ class S3Server:
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
+        self.log = self.root.parent / f"rclone-{self.port}.log"  # every request, for tests that wait for one
 
     def start(self) -> None:
         self.process = subprocess.Popen(
             [str(rclone_binary()), "serve", "s3", "--addr", f"127.0.0.1:{self.port}",
              "--auth-key", f"{self.key_id},{self.secret}", "--dir-cache-time", "0s", "--config", "/dev/null",
-             str(self.root)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             "-vv", "--log-file", str(self.log), str(self.root)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             try:
@@ -53,6 +54,19 @@ class S3Server:
             self.process.kill()
             self.process.wait()
             self.process = None
+
+    def log_size(self) -> int:
+        return self.log.stat().st_size if self.log.exists() else 0
+
+    def requested(self, key: str, since: int = 0) -> bool:
+        """Whether the server was asked for object `key` (bucket/key) after byte `since` of its log."""
+        if not self.log.exists():
+            return False
+        with open(self.log, "rb") as f:
+            f.seek(since)
+            text = f.read().decode(errors="replace")
+        bucket, _, name = key.partition("/")
+        return f"GET OBJECT Bucket: {bucket} Object: {name}" in text
 
     def env(self) -> dict[str, str]:
         return {"AWS_ACCESS_KEY_ID": self.key_id, "AWS_SECRET_ACCESS_KEY": self.secret,

@@ -235,8 +235,11 @@ def test_http_urls_read_the_same_samples_and_manifest_as_local_files(fmnist_stre
     from bmb_stream.data.stream import shard_samples
     from bmb_stream.engine.stream_loop import prepare_stream
 
-    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(fmnist_stream))
-    handler.log_message = lambda *a: None
+    class QuietHandler(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    handler = functools.partial(QuietHandler, directory=str(fmnist_stream))
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:

@@ -92,6 +92,7 @@ class S3Settings:
     region: str | None = None
     access_key_id: str | None = field(default=None, repr=False)
     secret_access_key: str | None = field(default=None, repr=False)
+    session_token: str | None = field(default=None, repr=False)
     path_style: bool = True
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 30.0
@@ -105,6 +106,7 @@ class S3Settings:
         s3, retry = storage.s3, storage.retry
         return cls(endpoint_url=s3.endpoint_url or None, region=s3.region or None,
                    access_key_id=s3.access_key_id or None, secret_access_key=s3.secret_access_key or None,
+                   session_token=s3.session_token or None,
                    path_style=bool(s3.path_style), connect_timeout_s=float(s3.connect_timeout_s),
                    read_timeout_s=float(s3.read_timeout_s),
                    retry=RetryPolicy(float(retry.budget_s), float(retry.backoff_s), float(retry.max_backoff_s)))
@@ -116,16 +118,17 @@ class S3Settings:
         config = Config(connect_timeout=self.connect_timeout_s, read_timeout=self.read_timeout_s,
                         retries={"total_max_attempts": 1},  # one retry layer: ours, with its budget
                         s3={"addressing_style": "path" if self.path_style else "auto"},
-                        signature_version="s3v4", max_pool_connections=32)
-        key_id = self.access_key_id or os.environ.get("AWS_ACCESS_KEY_ID")
-        secret = self.secret_access_key or os.environ.get("AWS_SECRET_ACCESS_KEY")
-        if (key_id is None) != (secret is None):
-            raise ShardError("object storage needs both an access key id and a secret key "
-                             "(storage.s3.access_key_id / secret_access_key or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)")
-        session = boto3.session.Session(aws_access_key_id=key_id, aws_secret_access_key=secret,
-                                        region_name=self.region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1")
-        return session.client("s3", endpoint_url=self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None,
-                              config=config)
+                        signature_version="s3v4", max_pool_connections=32,
+                        # checksums only where the API requires them: S3-compatible servers differ here
+                        request_checksum_calculation="when_required", response_checksum_validation="when_required")
+        if (self.access_key_id is None) != (self.secret_access_key is None):
+            raise ShardError("storage.s3.access_key_id and storage.s3.secret_access_key go together: give both, "
+                             "or neither (then the AWS variables, profiles or instance roles are used)")
+        # None values let boto3's own chain decide: AWS_* variables (with AWS_SESSION_TOKEN), profiles, roles
+        session = boto3.session.Session(aws_access_key_id=self.access_key_id,
+                                        aws_secret_access_key=self.secret_access_key,
+                                        aws_session_token=self.session_token, region_name=self.region)
+        return session.client("s3", endpoint_url=self.endpoint_url, config=config)
 
 
 def _error_code(exc: BaseException) -> tuple[str, int]:
@@ -135,29 +138,41 @@ def _error_code(exc: BaseException) -> tuple[str, int]:
     return code, status
 
 
-def is_transient(exc: BaseException) -> bool:
-    """Connection trouble, timeouts, 5xx and throttling: worth another try."""
-    from botocore.exceptions import BotoCoreError, ClientError
+def _unwrap(exc: BaseException) -> BaseException:
+    """boto3's transfer manager wraps the failure of an upload part; judge the original."""
+    from boto3.exceptions import S3UploadFailedError
 
-    if isinstance(exc, ClientError):
+    if isinstance(exc, S3UploadFailedError):
+        return exc.__cause__ or exc.__context__ or exc
+    return exc
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Connection trouble, timeouts, truncated bodies, 5xx and throttling: worth another try.
+    Everything else (a missing object, refused credentials, a TLS certificate error) is not."""
+    from botocore import exceptions as be
+    from urllib3 import exceptions as ue
+
+    exc = _unwrap(exc)
+    if isinstance(exc, be.ClientError):
         code, status = _error_code(exc)
         return code in TRANSIENT_CODES or status >= 500 or status == 429
-    if isinstance(exc, BotoCoreError):  # connection errors, read timeouts, truncated bodies
-        from botocore.exceptions import NoCredentialsError, ParamValidationError, PartialCredentialsError
-
-        return not isinstance(exc, (NoCredentialsError, PartialCredentialsError, ParamValidationError))
-    from urllib3.exceptions import HTTPError as Urllib3Error
-
-    return isinstance(exc, (ConnectionError, TimeoutError, OSError, Urllib3Error))
+    if isinstance(exc, (be.SSLError, ue.SSLError)):
+        return False
+    return isinstance(exc, (be.ConnectionError, be.HTTPClientError, be.IncompleteReadError, be.ResponseStreamingError,
+                            ue.ProtocolError, ue.TimeoutError, ue.NewConnectionError, ConnectionError, TimeoutError))
 
 
 def describe(exc: BaseException) -> str:
     """The cause in words, with the server's code; never the request (it may carry credentials)."""
     from botocore.exceptions import ClientError
 
+    exc = _unwrap(exc)
     if isinstance(exc, ClientError):
         code, status = _error_code(exc)
-        cause = PERMANENT_CAUSES.get(code) or PERMANENT_CAUSES.get(str(status)) or "request refused"
+        cause = PERMANENT_CAUSES.get(code) or PERMANENT_CAUSES.get(str(status))
+        if cause is None:
+            cause = "server error or throttling" if status >= 500 or status == 429 else "request refused"
         return f"{cause} ({code or status})"
     return f"{type(exc).__name__}: {exc}"
 
@@ -171,6 +186,8 @@ def with_retries(action: Callable, url: str, policy: RetryPolicy, on_failure: Ca
         except Exception as exc:  # noqa: BLE001 - classified below
             if on_failure is not None:
                 on_failure()
+            if isinstance(exc, ShardError):
+                raise
             if not is_transient(exc):
                 raise ShardError(f"{url}: {describe(exc)}") from None
             waits = waits or policy.waits()
@@ -202,8 +219,14 @@ class S3Reader(io.RawIOBase):
         if self.etag:
             request["IfMatch"] = self.etag  # the same object, not a newer upload under the same key
         response = self.client.get_object(**request)
-        self.etag = response.get("ETag")
-        if self.size is None:
+        if self.position:  # a server that ignored the range would send the object again from byte 0
+            content_range = str(response.get("ContentRange", ""))
+            if not content_range.startswith(f"bytes {self.position}-"):
+                response["Body"].close()
+                raise ShardError(f"{self.url}: the server ignored a ranged read (Content-Range {content_range!r}), "
+                                 f"so an interrupted read cannot resume")
+        else:
+            self.etag = response.get("ETag")
             self.size = int(response["ContentLength"])
         self.body = response["Body"]
 
@@ -343,6 +366,7 @@ class Uploader:
         self.prefix = prefix
         self.client = self.settings.make_client()
         self.transfer = TransferConfig(multipart_threshold=8 << 20, multipart_chunksize=8 << 20, max_concurrency=4)
+        self.threads = threads
         self.pool = ThreadPoolExecutor(max_workers=threads)
         self.jobs = []
 
@@ -357,16 +381,22 @@ class Uploader:
             path.unlink()
 
     def submit(self, path: Path, name: str | None = None, remove: bool = True) -> None:
+        """Queue an upload; blocks while 2 x threads uploads are pending, so that written shards do not
+        pile up on the local disk faster than they leave."""
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        while len(pending := [j for j in self.jobs if not j.done()]) >= 2 * self.threads:
+            wait(pending, return_when=FIRST_COMPLETED)
         self.jobs.append(self.pool.submit(self._upload, Path(path), name or Path(path).name, remove))
 
     def put_now(self, path: Path, name: str | None = None, remove: bool = True) -> None:
         self._upload(Path(path), name or Path(path).name, remove)
 
-    def existing(self) -> list[str]:
-        """Names of the objects already under the prefix."""
+    def existing(self, folder: str = "") -> list[str]:
+        """Names (relative to the prefix) of the objects directly in it, or in its sub-folder `folder/`."""
         names, token = [], None
         while True:
-            request = {"Bucket": self.bucket, "Prefix": self.prefix}
+            request = {"Bucket": self.bucket, "Prefix": self.prefix + folder, "Delimiter": "/"}
             if token:
                 request["ContinuationToken"] = token
             response = with_retries(lambda: self.client.list_objects_v2(**request), self.url(""), self.settings.retry)
@@ -378,8 +408,10 @@ class Uploader:
     def delete(self, names: list[str]) -> None:
         for i in range(0, len(names), 1000):
             objects = [{"Key": self.prefix + n} for n in names[i: i + 1000]]
-            with_retries(lambda: self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": objects}),
-                         self.url(""), self.settings.retry)
+            response = with_retries(lambda: self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": objects}),
+                                    self.url(""), self.settings.retry)
+            for error in response.get("Errors", []):  # per-key failures come in a successful response
+                raise ShardError(f"s3://{self.bucket}/{error.get('Key')}: cannot delete ({error.get('Code')})")
 
     def finish(self) -> None:
         try:
@@ -409,23 +441,31 @@ class ShardDestination:
             self.folder = Path(self.out)
 
     def names(self) -> list[str]:
-        """What the destination holds now (paths relative to it)."""
+        """The files directly in the destination and in its plots/ (paths relative to it); deeper
+        folders are someone else's and are never listed, so never overwritten."""
         if self.remote:
-            return self.uploader.existing()
-        return [p.relative_to(self.folder).as_posix() for p in self.folder.rglob("*") if p.is_file()] \
-            if self.folder.exists() else []
+            return self.uploader.existing() + self.uploader.existing("plots/")
+        if not self.folder.exists():
+            return []
+        files = [p for p in self.folder.iterdir() if p.is_file()]
+        if (self.folder / "plots").is_dir():
+            files += [p for p in (self.folder / "plots").iterdir() if p.is_file()]
+        return [p.relative_to(self.folder).as_posix() for p in files]
 
     def read(self, name: str) -> bytes | None:
         return read_bytes(self.uploader.url(name) if self.remote else str(self.folder / name))
 
     def remove(self, names: list[str]) -> None:
-        """Delete these files, the manifest first (a reader never sees a manifest without its shards)."""
-        names = sorted(names, key=lambda n: n != "manifest.json")
-        if self.remote:
-            self.uploader.delete(names)
-            return
-        for name in names:
-            (self.folder / name).unlink(missing_ok=True)
+        """Delete these files, the manifest first and on its own (a reader never sees a manifest
+        without its shards)."""
+        first = [n for n in names if n == "manifest.json"]
+        rest = [n for n in names if n != "manifest.json"]
+        for group in (first, rest):
+            if self.remote:
+                self.uploader.delete(group)
+            else:
+                for name in group:
+                    (self.folder / name).unlink(missing_ok=True)
 
     def prepare(self) -> Path:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -448,8 +488,9 @@ class ShardDestination:
             self.close()
 
     def close(self) -> None:
+        """After a failure: cancel the uploads not started, wait for those running, drop the staging folder."""
         if self.remote:
             import shutil
 
-            self.uploader.pool.shutdown(wait=False, cancel_futures=True)
+            self.uploader.pool.shutdown(wait=True, cancel_futures=True)
             shutil.rmtree(self.folder, ignore_errors=True)

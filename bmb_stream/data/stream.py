@@ -91,14 +91,18 @@ def naming_the_shard(exn: Exception, url: str | None = None) -> ShardError:
 SKIPPED = "__skipped__"  # the key of the marker that stands for a skipped shard or sample
 
 
-def read_shards(on_error: str = "fail"):
+def read_shards(on_error: str = "fail", skip_urls: frozenset = frozenset()):
     """Pipeline stage: shard URLs -> raw samples, one shard at a time. A shard that cannot be read
     ends the run (`fail`) or is replaced by one marker sample that the main process counts (`skip`).
-    Storage that stays unreachable past the retry budget always ends the run (it is not the shard's fault)."""
+    Storage that stays unreachable past the retry budget always ends the run (it is not the shard's fault).
+    `skip_urls` are skipped without reading: a resumed run replays the skips it made before its checkpoint."""
 
     def stage(shards):
         for shard in shards:
             url = shard["url"]
+            if url in skip_urls:
+                yield {SKIPPED: url, "error": f"{url}: skipped before the checkpoint"}
+                continue
             try:
                 yield from wds.tariterators.tarfile_samples([dict(shard)], select_files=_select)
             except Exception as exn:  # noqa: BLE001 - named and re-raised, or skipped on request
@@ -141,9 +145,9 @@ def _parse(sample: dict) -> dict:
     return out
 
 
-def sample_stages(urls: list[str], on_error: str = "fail") -> list:
+def sample_stages(urls: list[str], on_error: str = "fail", skip_urls: frozenset = frozenset()) -> list:
     """The pipeline stages to parsed samples of `urls`, the shards split across ranks and DataLoader workers."""
-    return [wds.SimpleShardList(urls), wds.split_by_node, wds.split_by_worker, read_shards(on_error),
+    return [wds.SimpleShardList(urls), wds.split_by_node, wds.split_by_worker, read_shards(on_error, skip_urls),
             wds.map(partial(parse_sample, on_error=on_error))]
 
 
@@ -151,7 +155,8 @@ def shard_samples(urls: list[str], on_error: str = "fail") -> wds.DataPipeline:
     return wds.DataPipeline(*sample_stages(urls, on_error))
 
 
-def make_unlabeled_batches(urls: list[str], views: Callable, batch_size: int, on_error: str = "fail"):
+def make_unlabeled_batches(urls: list[str], views: Callable, batch_size: int, on_error: str = "fail",
+                           skip_urls: frozenset = frozenset()):
     """Decoded, augmented and batched in the workers: dicts of u_weak, u_strong1, u_strong2, cls, gt,
     the encoded images of the labeled samples (for the labeled pool), and `skipped`: the shards and
     samples left out under on_error=skip, as (url, error) pairs. A batch may hold no images at all
@@ -180,7 +185,7 @@ def make_unlabeled_batches(urls: list[str], views: Callable, batch_size: int, on
                 "labeled_images": [(s["image"], s["cls"]) for s in samples if s["image"] is not None],
                 "urls": [s["url"] for s in samples], "skipped": skipped}
 
-    return wds.DataPipeline(*sample_stages(urls, on_error), wds.map(to_views),
+    return wds.DataPipeline(*sample_stages(urls, on_error, skip_urls), wds.map(to_views),
                             wds.batched(batch_size, collation_fn=collate, partial=True))
 
 

@@ -143,13 +143,17 @@ def prepare_stream(cfg) -> StreamSource:
 
 
 def experience_batches(shards: list[str], views, batch_size: int, workers: int, passes: int, seed: int, k: int,
-                       on_error: str = "fail"):
-    """The unlabeled batches of experience k: `passes` reads of its shards, each with its own seeds."""
+                       on_error: str = "fail", skipped_before: dict[int, frozenset] | None = None):
+    """The unlabeled batches of experience k: `passes` reads of its shards, each with its own seeds;
+    each batch says its pass. `skipped_before[p]`: shards skipped in pass p before a checkpoint, skipped
+    again without reading when the experience is replayed."""
     for p in range(passes):
-        loader = wds.WebLoader(make_unlabeled_batches(shards, views, batch_size, on_error), batch_size=None,
-                               num_workers=min(workers, len(shards)),
+        batches = make_unlabeled_batches(shards, views, batch_size, on_error, (skipped_before or {}).get(p, frozenset()))
+        loader = wds.WebLoader(batches, batch_size=None, num_workers=min(workers, len(shards)),
                                generator=torch.Generator().manual_seed(derived_seed(seed, k, 2 + p)))
-        yield from loader
+        for batch in loader:
+            batch["pass"] = p
+            yield batch
 
 
 def run_stream(cfg) -> dict:
@@ -225,9 +229,12 @@ def run_stream(cfg) -> dict:
             joining = []  # labeled stream samples join the pool at the end of the experience, so that the
             # labeled set stays what it was at the experience's start (and a mid-experience resume sees the same)
             skipped_here: set[str] = set()
+            skipped_before = {}  # a mid-experience resume skips again what the interrupted run skipped
+            for entry in (s for s in skipped if s["experience"] == k and skip > 0):
+                skipped_before[entry["pass"]] = skipped_before.get(entry["pass"], frozenset()) | {entry["url"]}
             try:
                 unlabeled = experience_batches(shards, unlabeled_views, b_u, workers, int(cfg.stream.passes), seed, k,
-                                               on_error)
+                                               on_error, skipped_before)
                 for ub in unlabeled:
                     t = time.time()
                     batches += 1
@@ -236,7 +243,7 @@ def run_stream(cfg) -> dict:
                             continue
                         skipped_here.add(url)
                         if batches > skip:  # a replayed batch's skips were counted before the checkpoint
-                            skipped.append({"experience": k, "url": url, "error": error})
+                            skipped.append({"experience": k, "pass": ub["pass"], "url": url, "error": error})
                             bar.write(f"skipped: {error}")
                     if ub["u_weak"] is None:  # nothing but skips
                         continue
@@ -273,7 +280,7 @@ def run_stream(cfg) -> dict:
             for url, error in source.short_shards(shards, read, int(cfg.stream.passes), skipped_here):
                 if on_error != "skip":
                     raise ShardError(error)
-                skipped.append({"experience": k, "url": url, "error": error})
+                skipped.append({"experience": k, "pass": None, "url": url, "error": error})
                 bar.write(f"skipped: {error}")
             for image, label in joining:
                 pool.add(image, label)
