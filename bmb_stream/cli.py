@@ -44,10 +44,13 @@ def usage() -> str:
               f"             recipe in streams/: {recipes}",
               "             KEY=VALUE overrides recipe keys (seed=1, shards=40, prior.gamma=50); root=... and",
               "             list_dir=... set the dataset's folders",
-              "  shards     write a configured dataset split (labeled, unlabeled, test) as WebDataset shards"]
+              "  shards     write a configured dataset split (labeled, unlabeled, test) as WebDataset shards",
+              "  out=s3://bucket/prefix uploads either one, shard by shard (AWS_* variables or storage.s3.*)"]
     lines += ["", "common keys: seed, device (auto/cpu/cuda), run.dir, resume, train.steps, train.eval_every,",
               "  train.batch_labeled, train.batch_unlabeled, train.ema_decay, train.ema_warmup, train.num_workers,",
-              "  dataset.root, method.tau, method.bank.*, method.weights.*, method.estimate.*", "", EXAMPLES]
+              "  dataset.root, method.tau, method.bank.*, method.weights.*, method.estimate.*,",
+              "  stream.urls (paths, file://, http(s)://, s3://), stream.on_shard_error (fail/skip), storage.s3.*,",
+              "  storage.retry.*", "", EXAMPLES]
     return "\n".join(lines)
 
 
