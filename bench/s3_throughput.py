@@ -36,6 +36,12 @@ from bmb_stream.data.transforms import MultiView, build_views  # noqa: E402
 from tests.s3_server import S3Server  # noqa: E402
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def images_per_s(make_loader, workers: int) -> float:
     start, n = time.perf_counter(), 0
     for item in wds.WebLoader(make_loader(), batch_size=None, num_workers=workers):
@@ -51,7 +57,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bmb-s3-bench-"))
-    server = S3Server(work / "s3")
+    server = S3Server(work / "s3", log_requests=False, see_files_at_once=False)
     (work / "s3" / "shards").mkdir(parents=True)
     server.start()
     try:
@@ -74,11 +80,16 @@ def main() -> None:
               f"{args.workers} DataLoader workers, rclone serve s3 on 127.0.0.1, {args.rounds} alternating rounds")
         for label, make in pipelines.items():
             rates = {"local": [], "s3": []}
+            server_cpu = 0.0
             for r in range(args.rounds):
                 for where in (("local", "s3") if r % 2 == 0 else ("s3", "local")):
+                    before = cpu_seconds(server.process.pid)
                     rates[where].append(images_per_s(make(sources[where]), args.workers))
+                    if where == "s3":
+                        server_cpu += cpu_seconds(server.process.pid) - before
             lo, s3 = statistics.median(rates["local"]), statistics.median(rates["s3"])
-            print(f"read {label:<18} local {lo:8.0f} img/s   s3 {s3:8.0f} img/s   ratio s3/local {s3 / lo:.2f}")
+            print(f"read {label:<18} local {lo:8.0f} img/s   s3 {s3:8.0f} img/s   ratio s3/local {s3 / lo:.2f}   "
+                  f"(the S3 server used {server_cpu / args.rounds:.1f} CPU s per read of the stream)")
 
         cfg = compose(["experiment=fmnist_lt_r100", "progress=false"])
         times = {"local": [], "s3": []}

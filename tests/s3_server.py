@@ -27,8 +27,12 @@ class S3Server:
     key_id = "bmb-test-key"
     secret = "bmb-test-secret-0123456789"
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, log_requests: bool = True, see_files_at_once: bool = False):
         self.root = Path(root)
+        # --dir-cache-time 0s: files copied into root appear at once, but the server then rescans
+        # without end, which costs it a CPU core. Off by default: tests and benchmarks upload through S3
+        self.see_files_at_once = see_files_at_once
+        self.log_requests = log_requests  # -vv logging costs the server much CPU: off for benchmarks
         self.port = free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
@@ -37,8 +41,10 @@ class S3Server:
     def start(self) -> None:
         self.process = subprocess.Popen(
             [str(rclone_binary()), "serve", "s3", "--addr", f"127.0.0.1:{self.port}",
-             "--auth-key", f"{self.key_id},{self.secret}", "--dir-cache-time", "0s", "--config", "/dev/null",
-             "-vv", "--log-file", str(self.log), str(self.root)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             "--auth-key", f"{self.key_id},{self.secret}", "--config", "/dev/null",
+             *(["--dir-cache-time", "0s"] if self.see_files_at_once else []),
+             *(["-vv", "--log-file", str(self.log)] if self.log_requests else []), str(self.root)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             try:
