@@ -337,26 +337,23 @@ def _opener() -> S3Opener:
     return opener
 
 
+def list_keys(client, bucket: str, prefix: str, policy: RetryPolicy, delimiter: str | None = None) -> list[str]:
+    """Every key under `prefix` (only those directly in it with delimiter "/"), page by page, with retries."""
+    keys, request = [], {"Bucket": bucket, "Prefix": prefix, **({"Delimiter": delimiter} if delimiter else {})}
+    while True:
+        response = with_retries(lambda: client.list_objects_v2(**request), f"s3://{bucket}/{prefix}", policy)
+        keys += [o["Key"] for o in response.get("Contents", [])]
+        if not response.get("IsTruncated"):
+            return keys
+        request["ContinuationToken"] = response["NextContinuationToken"]
+
+
 def list_objects(prefix_url: str, suffix: str = ".tar") -> list[str]:
     """The `s3://bucket/prefix/...` objects whose names end with `suffix`, sorted."""
     opener = _opener()
     bucket, prefix = split_s3_url(prefix_url)
-    client = opener.client()
-    urls: list[str] = []
-
-    def page(token):
-        request = {"Bucket": bucket, "Prefix": prefix}
-        if token:
-            request["ContinuationToken"] = token
-        return client.list_objects_v2(**request)
-
-    token = None
-    while True:
-        response = with_retries(lambda: page(token), prefix_url, opener.settings.retry)
-        urls += [f"s3://{bucket}/{o['Key']}" for o in response.get("Contents", []) if o["Key"].endswith(suffix)]
-        if not response.get("IsTruncated"):
-            return sorted(urls)
-        token = response["NextContinuationToken"]
+    keys = list_keys(opener.client(), bucket, prefix, opener.settings.retry)
+    return sorted(f"s3://{bucket}/{key}" for key in keys if key.endswith(suffix))
 
 
 class Uploader:
@@ -401,16 +398,8 @@ class Uploader:
 
     def existing(self, folder: str = "") -> list[str]:
         """Names (relative to the prefix) of the objects directly in it, or in its sub-folder `folder/`."""
-        names, token = [], None
-        while True:
-            request = {"Bucket": self.bucket, "Prefix": self.prefix + folder, "Delimiter": "/"}
-            if token:
-                request["ContinuationToken"] = token
-            response = with_retries(lambda: self.client.list_objects_v2(**request), self.url(""), self.settings.retry)
-            names += [o["Key"][len(self.prefix):] for o in response.get("Contents", [])]
-            if not response.get("IsTruncated"):
-                return names
-            token = response["NextContinuationToken"]
+        keys = list_keys(self.client, self.bucket, self.prefix + folder, self.settings.retry, delimiter="/")
+        return [key[len(self.prefix):] for key in keys]
 
     def delete(self, names: list[str]) -> None:
         for i in range(0, len(names), 1000):
