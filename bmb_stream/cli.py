@@ -194,13 +194,13 @@ def main(argv: list[str] | None = None) -> int:
         print(usage())
         return 0
     if argv and argv[0] in SUBCOMMANDS:
-        from bmb_stream.data.errors import ShardError
+        from bmb_stream.data.errors import DataError
         from bmb_stream.data.simulate import StreamError
         from bmb_stream.data.sources import DataNotFound
 
         try:
             return SUBCOMMANDS[argv[0]](argv[1:])
-        except (ConfigError, StreamError, DataNotFound, ShardError) as e:
+        except (ConfigError, StreamError, DataNotFound, DataError) as e:
             print(f"bmb-stream {argv[0]}: error: {e}", file=sys.stderr)
             return 2
     os.environ.setdefault("HYDRA_FULL_ERROR", "0")
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="no QP solver found")
     from bmb_stream.data.simulate import StreamError
     from bmb_stream.data.sources import DataNotFound
-    from bmb_stream.data.errors import ShardError, StorageUnavailable
+    from bmb_stream.data.errors import DataError, StorageUnavailable
     from bmb_stream.engine.checkpoint import CheckpointError
 
     if cfg.mode == "stream":
@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     except StorageUnavailable as e:  # a checkpoint was written: try again later (EX_TEMPFAIL)
         print(f"bmb-stream: error: {e}", file=sys.stderr)
         return 75
-    except (DataNotFound, CheckpointError, ShardError, StreamError) as e:
+    except (DataNotFound, CheckpointError, DataError, StreamError) as e:
         print(f"bmb-stream: error: {e}", file=sys.stderr)
         return 2
     if summary:
