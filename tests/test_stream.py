@@ -233,7 +233,7 @@ def test_http_urls_read_the_same_samples_and_manifest_as_local_files(fmnist_stre
     from bmb_stream.cli import parse_args
     from bmb_stream.config import compose
     from bmb_stream.data.stream import shard_samples
-    from bmb_stream.engine.stream_loop import prepare_stream
+    from bmb_stream.data.stream_source import prepare_stream
 
     class QuietHandler(SimpleHTTPRequestHandler):
         def log_message(self, *args):
