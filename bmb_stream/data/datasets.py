@@ -3,6 +3,7 @@ images, as every reference protocol has it) and test, plus the per-class counts 
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -12,14 +13,18 @@ from torch.utils.data import Dataset
 from PIL import Image
 
 from bmb_stream.data import sources
+from bmb_stream.data.sources import BadData, ImagePool
 from bmb_stream.data.splits import class_histogram, split_by_counts, split_by_ratio
 from bmb_stream.data.transforms import MultiView, build_views
+
+FMNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                  "Ankle boot"]
 
 
 class ImageSubset(Dataset):
     """Items `(transform(image), target)` for the chosen indices of an image pool."""
 
-    def __init__(self, pool: sources.ImagePool, indices: np.ndarray, transform: Callable):
+    def __init__(self, pool: ImagePool, indices: np.ndarray, transform: Callable):
         self.pool = pool
         self.indices = np.asarray(indices, dtype=np.int64)
         self.transform = transform
@@ -32,12 +37,7 @@ class ImageSubset(Dataset):
         j = int(self.indices[i])
         if isinstance(self.pool.images, torch.Tensor):
             return Image.fromarray(self.pool.images[j].permute(1, 2, 0).numpy())
-        path = self.pool.images[j]
-        try:
-            with Image.open(path) as img:
-                return img.convert("RGB")
-        except OSError as e:  # PIL's UnidentifiedImageError and truncated files are OSErrors
-            raise ValueError(f"cannot decode image {path}: {e}") from e
+        return sources.open_image(self.pool.images[j])
 
     def __getitem__(self, i: int):
         return self.transform(self.image(i)), int(self.targets[i])
@@ -64,29 +64,53 @@ class SplitData:
         return class_histogram(self.test.targets, self.num_classes)
 
 
-def load_pools(cfg) -> tuple[sources.ImagePool, sources.ImagePool, list[str]]:
+@dataclass
+class SplitIndices:
+    """The pools of a dataset and where its split lies in the train pool (shards, streams and training
+    all start here)."""
+
+    train: ImagePool
+    test: ImagePool
+    class_names: list[str]
+    labeled: np.ndarray
+    unlabeled: np.ndarray
+
+    def check_images(self, progress: bool | None = None) -> None:
+        """Every image file the split uses opens, or this stops naming the first bad one."""
+        sources.check_image_files(self.train, np.union1d(self.labeled, self.unlabeled), progress)
+        sources.check_image_files(self.test, progress=progress)
+
+
+SOURCES = ("fashion_mnist", "cifar10", "cifar100", "imagefolder", "imagenet_lt", "small_imagenet127")
+
+
+def load_pools(cfg) -> tuple[ImagePool, ImagePool, list[str]]:
     """The train and test pools of the dataset named by `cfg`, and its class names (may be empty)."""
     kind = cfg.source
+    names = []
     if kind == "fashion_mnist":
         train, test = sources.load_fashion_mnist(cfg.root)
-        names = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+        names = FMNIST_CLASSES
     elif kind in ("cifar10", "cifar100"):
-        train, test = sources.load_cifar(cfg.root, cfg.num_classes, download=bool(cfg.get("download", False)))
-        names = []
+        train, test = sources.load_cifar(cfg.root, 10 if kind == "cifar10" else 100,  # the source, not the key
+                                         download=bool(cfg.get("download", False)))
     elif kind == "imagefolder":
         train, test, names = sources.load_image_folder(cfg.root)
+        if len(names) != int(cfg.num_classes):
+            raise BadData(f"dataset.num_classes={cfg.num_classes} but {train.source} has {len(names)} class folders "
+                          f"({', '.join(names[:10])}{', ...' if len(names) > 10 else ''}): "
+                          f"set dataset.num_classes={len(names)}")
     elif kind == "imagenet_lt":
         train, test = sources.load_imagenet_lt(cfg.root, cfg.get("list_dir"), cfg.train_list, cfg.test_list)
-        names = []
     elif kind == "small_imagenet127":
         train, test = sources.load_small_imagenet127(cfg.root, cfg.image_size)
-        names = []
     else:
-        raise ValueError(f"unknown dataset source {kind!r}")
+        raise BadData(f"dataset.source={kind!r} is unknown: accepted {', '.join(SOURCES)}")
     return train, test, names
 
 
-def split_indices(cfg, train_targets: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def split_indices(cfg, train_targets: np.ndarray, seed: int = 0,
+                  class_names: list[str] = ()) -> tuple[np.ndarray, np.ndarray]:
     """Indices of the labeled and unlabeled sets in the train pool, by the config's protocol."""
     num_classes = int(cfg.num_classes)
     shuffle_seed = seed if cfg.get("split_shuffle", True) else None
@@ -94,27 +118,61 @@ def split_indices(cfg, train_targets: np.ndarray, seed: int = 0) -> tuple[np.nda
         return split_by_ratio(train_targets, num_classes, float(cfg.labeled_ratio),
                               cfg.get("ratio_rounding", "ceil"), shuffle_seed)
     return split_by_counts(train_targets, num_classes, int(cfg.n1), int(cfg.m1),
-                           float(cfg.gamma_l), float(cfg.gamma_u), shuffle_seed)
+                           float(cfg.gamma_l), float(cfg.gamma_u), shuffle_seed, class_names)
 
 
-def check_labels(train: sources.ImagePool, test: sources.ImagePool, num_classes: int) -> None:
-    top = max(int(train.targets.max()) if len(train) else -1, int(test.targets.max()) if len(test) else -1)
-    if top >= num_classes or min(train.targets.min(initial=0), test.targets.min(initial=0)) < 0:
-        raise ValueError(f"dataset.num_classes={num_classes} but the data has labels up to {top}")
+def check_labels(train: ImagePool, test: ImagePool, num_classes: int) -> None:
+    """Every label in 0..num_classes-1; the first one outside is named with its file."""
+    for pool in (train, test):
+        outside = np.flatnonzero((pool.targets < 0) | (pool.targets >= num_classes))
+        if len(outside):
+            i = int(outside[0])
+            image = f" (image {pool.images[i]})" if isinstance(pool.images, list) else f" (sample {i})"
+            more = f" (and {len(outside) - 1} more)" if len(outside) > 1 else ""
+            raise BadData(f"{pool.source}: label {int(pool.targets[i])}{image} is outside 0..{num_classes - 1}"
+                          f"{more}: fix the labels, or set dataset.num_classes")
 
 
-def build_split(cfg, seed: int = 0) -> SplitData:
-    """Load the dataset named by `cfg` (the `dataset` config group) and cut its long-tailed split."""
+def _classes(classes, names: list[str], limit: int = 10) -> str:
+    shown = [f"{c} ({names[c]})" if c < len(names) else str(c) for c in classes[:limit]]
+    return ", ".join(shown) + (f", ... ({len(classes)} classes)" if len(classes) > limit else "")
+
+
+def warn_missing_classes(split: SplitIndices, num_classes: int) -> None:
+    """A class absent from the labeled or the test set is legal but rarely meant: say so on stderr."""
+    advice = {"labeled set": "training sees no label of it (raise dataset.n1 or lower dataset.gamma_l)",
+              "test set": "balanced accuracy averages over the other classes (add test images)"}
+    for what, targets in (("labeled set", split.train.targets[split.labeled]), ("test set", split.test.targets)):
+        missing = [c for c, n in enumerate(class_histogram(targets, num_classes)) if n == 0]
+        if missing:
+            print(f"bmb-stream: warning: the {what} has no image of class{'es' * (len(missing) > 1)} "
+                  f"{_classes(missing, split.class_names)}: {advice[what]}", file=sys.stderr)
+
+
+def load_split(cfg, seed: int = 0) -> SplitIndices:
+    """The dataset named by `cfg` with its split: labels checked, missing classes warned about."""
     train, test, names = load_pools(cfg)
     num_classes = int(cfg.num_classes)
     check_labels(train, test, num_classes)
-    labeled_idx, unlabeled_idx = split_indices(cfg, train.targets, seed)
-    views = build_views(int(cfg.image_size), cfg.mean, cfg.std, resize=isinstance(train.images, list))
+    labeled, unlabeled = split_indices(cfg, train.targets, seed, names)
+    split = SplitIndices(train, test, list(names), labeled, unlabeled)
+    warn_missing_classes(split, num_classes)
+    return split
+
+
+def build_split(cfg, seed: int = 0, check_images: bool = True, progress: bool | None = None) -> SplitData:
+    """Load the dataset named by `cfg` (the `dataset` config group) and cut its long-tailed split; every
+    image file the split uses is checked first (`check_images`), so a bad one stops the run before training."""
+    s = load_split(cfg, seed)
+    if check_images:
+        s.check_images(progress)
+    num_classes = int(cfg.num_classes)
+    views = build_views(int(cfg.image_size), cfg.mean, cfg.std, resize=isinstance(s.train.images, list))
     unlabeled_views = MultiView(views["weak"], views["strong"], views["strong"])
     return SplitData(
-        labeled=ImageSubset(train, labeled_idx, views["weak"]),
-        unlabeled=ImageSubset(train, unlabeled_idx, unlabeled_views),
-        test=ImageSubset(test, np.arange(len(test)), views["test"]),
+        labeled=ImageSubset(s.train, s.labeled, views["weak"]),
+        unlabeled=ImageSubset(s.train, s.unlabeled, unlabeled_views),
+        test=ImageSubset(s.test, np.arange(len(s.test)), views["test"]),
         num_classes=num_classes,
-        class_names=list(names) or [str(c) for c in range(num_classes)],
+        class_names=s.class_names or [str(c) for c in range(num_classes)],
     )

@@ -16,12 +16,13 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 import bmb_stream
-from bmb_stream.data.datasets import check_labels, load_pools, split_indices
+from bmb_stream.data.datasets import SplitIndices, load_split
 from bmb_stream.data.object_store import ShardDestination
 from bmb_stream.data.shards import write_set
-from bmb_stream.data.simulate import MANIFEST, StreamError, write_json
+from bmb_stream.data.simulate import MANIFEST, StreamError, earlier_output, write_json
 
 FORMAT = "bmb-stream-split/1"
+SPLIT_PREFIXES = ("labeled-", "unlabeled-", "test-")
 
 
 def export_split(ds_cfg, out: str | Path, *, seed: int = 0, max_samples: int = 10_000, max_bytes: int | None = None,
@@ -37,21 +38,20 @@ def export_split(ds_cfg, out: str | Path, *, seed: int = 0, max_samples: int = 1
         existing = dest.names()
         if existing and not overwrite:
             raise StreamError(f"{dest.out} is not empty; choose another out= or add overwrite=true")
-        train, test, names = load_pools(ds_cfg)
-        num_classes = int(ds_cfg.num_classes)
-        check_labels(train, test, num_classes)
-        labeled_idx, unlabeled_idx = split_indices(ds_cfg, train.targets, seed)
-        dest.remove([n for n in existing if n.endswith(".tar") or n == MANIFEST])
-        return _write_split(ds_cfg, dest, train, test, names, labeled_idx, unlabeled_idx, seed=seed,
-                            max_samples=max_samples, max_bytes=max_bytes, workers=workers,
-                            keep_hidden_labels=keep_hidden_labels, progress=progress)
+        split = load_split(ds_cfg, seed)
+        split.check_images(progress)  # an undecodable file would be packed as it is: refuse before writing
+        dest.remove(earlier_output(dest, SPLIT_PREFIXES))
+        return _write_split(ds_cfg, dest, split, seed=seed, max_samples=max_samples, max_bytes=max_bytes,
+                            workers=workers, keep_hidden_labels=keep_hidden_labels, progress=progress)
     finally:
         dest.close()
 
 
-def _write_split(ds_cfg, dest: ShardDestination, train, test, names, labeled_idx, unlabeled_idx, *, seed: int,
-                 max_samples: int, max_bytes: int | None, workers: int, keep_hidden_labels: bool, progress: bool) -> dict:
+def _write_split(ds_cfg, dest: ShardDestination, split: SplitIndices, *, seed: int, max_samples: int,
+                 max_bytes: int | None, workers: int, keep_hidden_labels: bool, progress: bool) -> dict:
     num_classes = int(ds_cfg.num_classes)
+    train, test, names, labeled_idx, unlabeled_idx = (split.train, split.test, split.class_names, split.labeled,
+                                                      split.unlabeled)
     out = dest.prepare()
     total = len(labeled_idx) + len(unlabeled_idx) + len(test)
     bar = tqdm(total=total, desc=f"shards {ds_cfg.name}", unit="img", disable=not progress)

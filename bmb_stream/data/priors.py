@@ -44,6 +44,23 @@ def _normalised(w, what: str) -> np.ndarray:
     return w / w.sum()
 
 
+def _period(cfg) -> int:
+    period = int(cfg.get("period", 1))
+    if period < 1:
+        raise ValueError(f"prior.period={period}: must be a positive integer")
+    return period
+
+
+def _custom(cfg, i: int, num_classes: int, num_shards: int) -> np.ndarray:
+    """Shard i's row of `prior.weights`: one vector for every shard, or one per shard."""
+    weights = np.asarray(cfg.get("weights") or [], dtype=float)
+    rows = weights if weights.ndim == 2 else weights[None]
+    if weights.ndim not in (1, 2) or rows.shape[1] != num_classes or 1 < len(rows) < num_shards:
+        raise ValueError(f"prior.weights must be {num_classes} numbers (one per class), or a row of them per "
+                         f"shard ({num_shards}); got shape {weights.shape}")
+    return rows[i if len(rows) > 1 else 0]
+
+
 def shard_priors(cfg, num_classes: int, num_shards: int, available_counts=None) -> np.ndarray:
     """A (num_shards, num_classes) array whose rows are the class priors of each shard."""
     kind = cfg.get("schedule")
@@ -53,7 +70,7 @@ def shard_priors(cfg, num_classes: int, num_shards: int, available_counts=None) 
         if kind in ("stationary", "uniform", "reversed"):
             p = _named(kind, num_classes, gamma)
         elif kind == "rotation":
-            steps = i // int(cfg.get("period", 1))
+            steps = i // _period(cfg)
             p = np.roll(long_tail(num_classes, gamma), int(cfg.get("shift", 1)) * steps)
         elif kind == "drift":
             t = i / max(1, num_shards - 1)
@@ -61,16 +78,13 @@ def shard_priors(cfg, num_classes: int, num_shards: int, available_counts=None) 
                 + t * _named(cfg.get("end", "reversed"), num_classes, gamma)
         elif kind == "class_incremental":
             present = min(num_classes, int(cfg.get("initial_classes", 2))
-                          + int(cfg.get("classes_per_step", 2)) * (i // int(cfg.get("period", 1))))
+                          + int(cfg.get("classes_per_step", 2)) * (i // _period(cfg)))
             p = np.zeros(num_classes)
             p[:present] = long_tail(present, gamma) if present > 1 else 1.0
         elif kind == "natural":
             p = np.ones(num_classes) if available_counts is None else np.asarray(available_counts, dtype=float)
         elif kind == "custom":
-            weights = np.asarray(cfg.get("weights"), dtype=float)
-            p = weights[i] if weights.ndim == 2 else weights
-            if len(p) != num_classes:
-                raise ValueError(f"prior.weights has {len(p)} entries, the dataset {num_classes} classes")
+            p = _custom(cfg, i, num_classes, num_shards)
         else:
             raise ValueError(f"unknown prior schedule {kind!r}; accepted: {', '.join(SCHEDULES)}")
         rows.append(_normalised(p, f"the prior of shard {i}"))

@@ -14,12 +14,15 @@ from tqdm import tqdm
 
 import bmb_stream
 from bmb_stream.data.object_store import ShardDestination
-from bmb_stream.data.datasets import check_labels, load_pools, split_indices
+from bmb_stream.data.datasets import load_split
 from bmb_stream.data.priors import shard_priors
 from bmb_stream.data.shards import ShardSample, write_set, write_shard
+from bmb_stream.data.sources import check_image_files
 
 MANIFEST = "manifest.json"
+PLOT = "plots/stream_prior.png"
 FORMAT = "bmb-stream-shards/1"
+STREAM_PREFIXES = ("stream-", "labeled-", "test-")
 
 
 class StreamError(ValueError):
@@ -51,10 +54,32 @@ def load_recipe(name_or_path: str, overrides: list[str] = ()) -> tuple[str, dict
     return path.stem, recipe
 
 
+def check_recipe(recipe: dict) -> None:
+    """The recipe's own values; a wrong one is a one-line StreamError naming its key."""
+    def number(value, kind=int) -> bool:
+        return isinstance(value, kind) and not isinstance(value, bool)
+
+    if recipe.get("on_exhausted") not in ("stop", "reuse"):
+        raise StreamError(f"on_exhausted={recipe.get('on_exhausted')}: must be stop or reuse")
+    for key, low in (("seed", 0), ("shards", 1), ("samples_per_shard", 1), ("max_samples_per_set_shard", 1),
+                     ("test_per_class", 1)):
+        value = recipe.get(key)
+        optional = key in ("max_samples_per_set_shard", "test_per_class")
+        if not (optional and value is None) and not (number(value) and value >= low):
+            raise StreamError(f"{key}={value}: must be an integer >= {low}{' or null' if optional else ''}")
+    fraction = recipe.get("labeled_fraction")
+    if not (number(fraction, (int, float)) and 0 <= fraction <= 1):
+        raise StreamError(f"labeled_fraction={fraction}: must be a number in [0, 1]")
+
+
 def dataset_config(recipe: dict):
     from bmb_stream.config import config_dir
 
-    cfg = OmegaConf.load(config_dir() / "dataset" / f"{recipe['dataset']}.yaml")
+    path = config_dir() / "dataset" / f"{recipe.get('dataset')}.yaml"
+    if not path.exists():
+        known = ", ".join(sorted(p.stem for p in path.parent.glob("*.yaml")))
+        raise StreamError(f"dataset={recipe.get('dataset')}: not a dataset config; accepted: {known}")
+    cfg = OmegaConf.load(path)
     cfg = OmegaConf.merge(cfg, recipe.get("dataset_overrides") or {})
     try:
         OmegaConf.to_container(cfg, throw_on_missing=True)
@@ -108,12 +133,43 @@ def plan_stream(recipe: dict, targets: np.ndarray, available: np.ndarray, num_cl
     return {"shards": shards, "stopped_early": stopped, "reused_samples": reused}
 
 
+def manifest_files(manifest: dict) -> list[str]:
+    """The shards a manifest of ours lists: a stream's (`shards`) or a split's (`*_set`)."""
+    files = [entry["file"] for entry in manifest.get("shards", [])]
+    for key in ("labeled_set", "unlabeled_set", "test_set"):
+        files += list(manifest.get(key, {}).get("files", []))
+    return files
+
+
+def read_our_manifest(dest: ShardDestination, names) -> dict | None:
+    """The destination's manifest.json if it is a readable manifest of ours, else None."""
+    if MANIFEST not in names:
+        return None
+    try:
+        old = json.loads(dest.read(MANIFEST))
+        manifest_files(old)  # raises for file lists not of our making
+    except (ValueError, TypeError, AttributeError, KeyError):
+        return None
+    return old if str(old.get("format", "")).startswith("bmb-stream-") else None
+
+
+def earlier_output(dest: ShardDestination, prefixes: tuple[str, ...]) -> list[str]:
+    """What an earlier run of ours left in `dest`, the only files overwrite=true deletes: the files its
+    manifest lists, the manifest and our plot, or, without a manifest of ours, the shards named with
+    our `prefixes`. Every other file is the user's and stays."""
+    names = dest.names()
+    old = read_our_manifest(dest, names)
+    if old is None:
+        return [n for n in names if n.endswith(".tar") and n.startswith(prefixes)]
+    ours = {MANIFEST, PLOT, *manifest_files(old)}
+    return [n for n in names if n in ours]
+
+
 def _check_out(dest: ShardDestination, manifest: dict, overwrite: bool) -> bool:
     """True when the destination already holds this very stream; raise when it holds something else."""
     names = set(dest.names())
-    existing = dest.read(MANIFEST) if MANIFEST in names else None
-    if existing is not None:
-        old = json.loads(existing)
+    old = read_our_manifest(dest, names)
+    if old is not None:
         same = (old.get("recipe") == manifest["recipe"] and old.get("format") == FORMAT
                 and all(f["file"] in names for f in old.get("shards", [])))
         if same:
@@ -129,19 +185,13 @@ def _check_out(dest: ShardDestination, manifest: dict, overwrite: bool) -> bool:
 def simulate(recipe_name: str, recipe: dict, out: str | Path, overwrite: bool = False, progress: bool = True) -> dict:
     """Write the stream to a folder or `s3://bucket/prefix`; returns the manifest. An identical stream
     already there is kept as is."""
-    if recipe.get("on_exhausted") not in ("stop", "reuse"):
-        raise StreamError(f"on_exhausted={recipe.get('on_exhausted')}: must be stop or reuse")
-    for key in ("shards", "samples_per_shard"):
-        if int(recipe[key]) <= 0:
-            raise StreamError(f"{key}={recipe[key]}: must be a positive integer")
-    if not 0 <= float(recipe["labeled_fraction"]) <= 1:
-        raise StreamError(f"labeled_fraction={recipe['labeled_fraction']}: must be in [0, 1]")
+    check_recipe(recipe)
     ds_cfg = dataset_config(recipe)
     num_classes = int(ds_cfg.num_classes)
     try:  # a bad schedule fails here, before any data is read or any file touched
         shard_priors(recipe["prior"], num_classes, int(recipe["shards"]))
-    except ValueError as e:
-        raise StreamError(str(e)) from None
+    except (ValueError, TypeError) as e:
+        raise StreamError(f"prior: {e}") from None
     manifest = {"format": FORMAT, "version": bmb_stream.__version__, "recipe_name": recipe_name, "recipe": recipe}
     dest = ShardDestination(out)
     try:
@@ -156,20 +206,18 @@ def simulate(recipe_name: str, recipe: dict, out: str | Path, overwrite: bool = 
 def _write_stream(recipe_name: str, recipe: dict, ds_cfg, manifest: dict, dest: ShardDestination, overwrite: bool,
                   progress: bool) -> dict:
     num_classes = int(ds_cfg.num_classes)
-    train, test, names = load_pools(ds_cfg)
-    check_labels(train, test, num_classes)
-    seed_set, _ = split_indices(ds_cfg, train.targets, int(recipe["seed"]))
+    split = load_split(ds_cfg, int(recipe["seed"]))
+    train, test, names, seed_set = split.train, split.test, split.class_names, split.labeled
     available = np.setdiff1d(np.arange(len(train)), seed_set)  # the stream never repeats a seed-set image
     plan = plan_stream(recipe, train.targets, available, num_classes)
-    test_idx = np.arange(len(test))
-    if recipe.get("test_per_class"):  # a smaller test set: the first n of each class in a seeded order
-        order = np.random.default_rng(int(recipe["seed"])).permutation(len(test))
-        test_idx = np.sort(np.concatenate([order[test.targets[order] == c][: int(recipe["test_per_class"])]
-                                           for c in range(num_classes)]))
+    test_idx = _test_indices(recipe, test.targets, num_classes)
+    # a bad image file stops here, before anything is written or uploaded
+    check_image_files(train, np.concatenate([seed_set, *(s["indices"] for s in plan["shards"])]), progress)
+    check_image_files(test, test_idx, progress)
     if overwrite:
-        dest.remove([n for n in dest.names() if _is_stream_file(n)])
+        dest.remove(earlier_output(dest, STREAM_PREFIXES))
     out = dest.prepare()
-    max_samples = int(recipe.get("max_samples_per_set_shard", 10_000))
+    max_samples = int(recipe.get("max_samples_per_set_shard") or 10_000)
     total = sum(len(s["indices"]) for s in plan["shards"]) + len(seed_set) + len(test_idx)
     bar = tqdm(total=total, desc=f"simulate {recipe_name}", unit="img", disable=not progress)
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
@@ -195,14 +243,19 @@ def _write_stream(recipe_name: str, recipe: dict, ds_cfg, manifest: dict, dest: 
         "reused_samples": plan["reused_samples"],
         "shards": entries, "labeled_set": labeled_set, "test_set": test_set,
     })
-    plot_priors(manifest, out / "plots" / "stream_prior.png")
+    plot_priors(manifest, out / PLOT)
     write_json(out / MANIFEST, manifest)  # last: a folder with a manifest is a complete stream
-    dest.finish([out / "plots" / "stream_prior.png", out / MANIFEST])
+    dest.finish([out / PLOT, out / MANIFEST])
     return manifest
 
 
-def _is_stream_file(name: str) -> bool:
-    return name.endswith(".tar") or name == MANIFEST or name.startswith("plots/")
+def _test_indices(recipe: dict, targets: np.ndarray, num_classes: int) -> np.ndarray:
+    """The whole test set, or with `test_per_class` the first n of each class in a seeded order."""
+    if not recipe.get("test_per_class"):
+        return np.arange(len(targets))
+    order = np.random.default_rng(int(recipe["seed"])).permutation(len(targets))
+    return np.sort(np.concatenate([order[targets[order] == c][: int(recipe["test_per_class"])]
+                                   for c in range(num_classes)]))
 
 
 def write_json(path: Path, obj: dict) -> None:

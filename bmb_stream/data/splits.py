@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 
+from bmb_stream.data.sources import BadData
+
 
 def long_tailed_counts(head: int, gamma: float, num_classes: int) -> list[int]:
     """N_k = int(head * gamma ** (-(k - 1) / (C - 1))), k = 1..C, class 1 the head.
@@ -14,9 +16,9 @@ def long_tailed_counts(head: int, gamma: float, num_classes: int) -> list[int]:
     gamma = -100 and gamma = 0.01 both give the head count to the last class.
     """
     if head < 0:
-        raise ValueError(f"head count must be >= 0, got {head}")
+        raise BadData(f"head count must be >= 0, got {head}: set dataset.n1 / dataset.m1 to 0 or more")
     if gamma == 0:
-        raise ValueError("imbalance ratio gamma must be non-zero")
+        raise BadData("imbalance ratio gamma must be non-zero: set dataset.gamma_l / dataset.gamma_u")
     reverse = gamma < 0 or abs(gamma) < 1
     ratio = abs(gamma) if abs(gamma) >= 1 else 1.0 / abs(gamma)
     if num_classes == 1:
@@ -39,7 +41,7 @@ def indices_by_class(targets: np.ndarray, num_classes: int, shuffle_seed: int | 
 
 
 def split_by_counts(targets: np.ndarray, num_classes: int, n1: int, m1: int, gamma_l: float, gamma_u: float,
-                    shuffle_seed: int | None) -> tuple[np.ndarray, np.ndarray]:
+                    shuffle_seed: int | None, class_names: list[str] = ()) -> tuple[np.ndarray, np.ndarray]:
     """Family-B split: labeled = first N_k of class k; unlabeled = first N_k + M_k (labeled included)."""
     n_counts = long_tailed_counts(n1, gamma_l, num_classes)
     m_counts = long_tailed_counts(m1, gamma_u, num_classes)
@@ -48,8 +50,10 @@ def split_by_counts(targets: np.ndarray, num_classes: int, n1: int, m1: int, gam
     for c, idx in enumerate(per_class):
         need = n_counts[c] + m_counts[c]
         if need > len(idx):
-            raise ValueError(f"class {c} has {len(idx)} images, the split needs {n_counts[c]} labeled + "
-                             f"{m_counts[c]} unlabeled = {need}: lower n1/m1")
+            name = f" ({class_names[c]})" if c < len(class_names) else ""
+            raise BadData(f"class {c} has {len(idx)} images{name}, the split needs {n_counts[c]} labeled + "
+                          f"{m_counts[c]} unlabeled = {need}: lower dataset.n1 / dataset.m1, or make "
+                          f"|dataset.gamma_l| / |dataset.gamma_u| larger (every class but the head shrinks)")
         labeled.append(idx[: n_counts[c]])
         unlabeled.append(idx[:need])
     return np.concatenate(labeled), np.concatenate(unlabeled)
@@ -59,8 +63,10 @@ def split_by_ratio(targets: np.ndarray, num_classes: int, ratio: float, rounding
                    shuffle_seed: int | None) -> tuple[np.ndarray, np.ndarray]:
     """ImageNet-style split: labeled = first ceil or round(n_k * ratio) of class k; unlabeled = all."""
     if not 0 < ratio <= 1:
-        raise ValueError(f"labeled_ratio must be in (0, 1], got {ratio}")
-    take = {"ceil": math.ceil, "round": round}[rounding]
+        raise BadData(f"dataset.labeled_ratio={ratio}: must be in (0, 1]")
+    take = {"ceil": math.ceil, "round": round}.get(rounding)
+    if take is None:
+        raise BadData(f"dataset.ratio_rounding={rounding}: must be ceil or round")
     per_class = indices_by_class(targets, num_classes, shuffle_seed)
     labeled = [idx[: take(len(idx) * ratio)] for idx in per_class]
     return np.concatenate(labeled), np.arange(len(targets))
