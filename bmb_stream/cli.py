@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import difflib
 import os
+import shlex
 import sys
 import warnings
 
-from bmb_stream.config import GROUPS, ConfigError, compose, group_options
+from bmb_stream.config import GROUPS, ConfigError, check_simulated_stream, compose, group_options
 
 EXAMPLES = """examples:
   bmb-stream                                           the default job (a stream of Fashion-MNIST-LT with drift)
   bmb-stream --mode stream stream.urls='shards/stream-{000000..000099}.tar' stream.labeled_urls=... stream.test_urls=...
   bmb-stream --mode offline experiment=fmnist_lt_r100 model=small_cnn train.steps=3000
   bmb-stream --mode offline experiment=cifar10_lt_r100 dataset.root=/data/cifar
-  bmb-stream experiment=cifar10_lt_r100 method=fixmatch dataset.root=/data/cifar seed=1
+  bmb-stream experiment=cifar10_lt_r100 method=fixmatch dataset.root=/data/cifar seed=1   (a protocol: offline)
   bmb-stream experiment=demo method.bank.enabled=false      an ablation: BMB without the bank
   bmb-stream experiment=demo run.dir=runs/a resume=true     continue a stopped run
   bmb-stream simulate fmnist_lt_drift out=data/streams/drift seed=1
@@ -70,7 +72,9 @@ def parse_args(argv: list[str]) -> list[str]:
         elif arg.startswith("-"):
             raise ConfigError(f"unknown option {arg}; see bmb-stream --help")
         elif "=" not in arg:
-            raise ConfigError(f"{arg!r} is not a KEY=VALUE override; see bmb-stream --help")
+            close = difflib.get_close_matches(arg, SUBCOMMANDS, n=1) if i == 0 else []
+            hint = f"; did you mean 'bmb-stream {close[0]}'?" if close else "; see bmb-stream --help"
+            raise ConfigError(f"{arg!r} is not a KEY=VALUE override nor a subcommand ({', '.join(SUBCOMMANDS)}){hint}")
         else:
             overrides.append(_quote_braces(arg))
         i += 1
@@ -193,19 +197,31 @@ def main(argv: list[str] | None = None) -> int:
     if any(a in ("-h", "--help") for a in argv):
         print(usage())
         return 0
-    if argv and argv[0] in SUBCOMMANDS:
-        from bmb_stream.data.errors import DataError
-        from bmb_stream.data.simulate import StreamError
-        from bmb_stream.data.sources import DataNotFound
-
-        try:
-            return SUBCOMMANDS[argv[0]](argv[1:])
-        except (ConfigError, StreamError, DataNotFound, DataError) as e:
-            print(f"bmb-stream {argv[0]}: error: {e}", file=sys.stderr)
-            return 2
     os.environ.setdefault("HYDRA_FULL_ERROR", "0")
     try:
-        cfg = compose(parse_args(argv))
+        return subcommand(argv) if argv and argv[0] in SUBCOMMANDS else run_command(argv)
+    except KeyboardInterrupt:  # Ctrl-C before training started (during training it checkpoints and stops)
+        print("\nbmb-stream: interrupted", file=sys.stderr)
+        return 130
+
+
+def subcommand(argv: list[str]) -> int:
+    from bmb_stream.data.errors import DataError
+    from bmb_stream.data.simulate import StreamError
+    from bmb_stream.data.sources import DataNotFound
+
+    try:
+        return SUBCOMMANDS[argv[0]](argv[1:])
+    except (ConfigError, StreamError, DataNotFound, DataError) as e:
+        print(f"bmb-stream {argv[0]}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def run_command(argv: list[str]) -> int:
+    try:
+        overrides = parse_args(argv)
+        cfg = compose(overrides)
+        check_run(cfg, overrides)
     except ConfigError as e:
         print(f"bmb-stream: error: {e}", file=sys.stderr)
         return 2
@@ -222,11 +238,35 @@ def main(argv: list[str] | None = None) -> int:
     try:
         summary = run(cfg)
     except StorageUnavailable as e:  # a checkpoint was written: try again later (EX_TEMPFAIL)
-        print(f"bmb-stream: error: {e}", file=sys.stderr)
+        print(f"bmb-stream: error: {e}\nresume with: {resume_command(argv, cfg.run.dir)}", file=sys.stderr)
         return 75
-    except (DataNotFound, CheckpointError, DataError, StreamError) as e:
+    except (ConfigError, DataNotFound, CheckpointError, DataError, StreamError) as e:
         print(f"bmb-stream: error: {e}", file=sys.stderr)
         return 2
-    if summary:
-        print_headline(summary, cfg.run.dir)
+    if "stopped" in summary:
+        print(f"{summary['stopped']}\nresume with: {resume_command(argv, cfg.run.dir)}")
+        return 0
+    print_headline(summary, cfg.run.dir)
     return 0
+
+
+def resume_command(argv: list[str], run_dir: str) -> str:
+    """The command that continues this run: the same arguments, this run.dir, resume=true (shell-quoted)."""
+    kept = [a for a in argv if not a.startswith(("run.dir=", "resume="))]
+    return shlex.join(["bmb-stream", *kept, f"run.dir={run_dir}", "resume=true"])
+
+
+STREAM_IGNORES = ("train.steps", "train.eval_every")
+
+
+def check_run(cfg, overrides: list[str]) -> None:
+    """What a training run needs beyond valid values: a simulated stream of the configured dataset, and
+    no key given that this mode does not read (refused rather than silently ignored)."""
+    if cfg.mode == "stream" and cfg.stream.urls is None:
+        check_simulated_stream(cfg)
+    if cfg.mode == "stream":
+        given = [o.split("=", 1)[0] for o in overrides if o.split("=", 1)[0] in STREAM_IGNORES]
+        if given:
+            raise ConfigError(f"{given[0]} applies to offline mode; a stream run lasts as long as its stream "
+                              f"(stream.max_experiences, stream.passes) and evaluates every stream.eval_every "
+                              f"experiences")

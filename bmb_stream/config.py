@@ -3,6 +3,7 @@ value ends with one line naming the key and what it accepts."""
 
 from __future__ import annotations
 
+import difflib
 import os
 import time
 from pathlib import Path
@@ -56,22 +57,129 @@ def _hydra_message(error: Exception, overrides: list[str]) -> str:
         return f"cannot parse the overrides ({text}); write KEY=VALUE, quoting lists: 'key=[1,2]'"
     if text.startswith("Could not override '"):
         key = text.split("'")[1]
-        return f"{key}: no such configuration key (see bmb-stream --help for the groups and common keys)"
+        known = _known_keys()
+        if key in known:  # a key of the default config that the chosen option of its group lacks
+            return f"{key}: not a key of this configuration (the chosen {key.split('.')[0]} option has no such key)"
+        return f"{key}: no such configuration key{_did_you_mean(key, known)} (see bmb-stream --help)"
     for group in GROUPS:
         if f"'{group}/" in text or f"{group}/" in text and "Could not find" in text:
             chosen = next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+~") == group), "?")
-            return f"{group}={chosen}: unknown option; accepted: {', '.join(group_options(group))}"
+            return (f"{group}={chosen}: unknown option{_did_you_mean(chosen, group_options(group))}; "
+                    f"accepted: {', '.join(group_options(group))}")
     return text
+
+
+def _did_you_mean(word: str, known) -> str:
+    close = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _known_keys() -> list[str]:
+    """Every key of the default configuration, dotted."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
+        cfg = hydra_compose(config_name="config")
+    keys, stack = [], [("", OmegaConf.to_container(cfg))]
+    while stack:
+        prefix, node = stack.pop()
+        for k, v in node.items():
+            (stack.append((f"{prefix}{k}.", v)) if isinstance(v, dict) else keys.append(f"{prefix}{k}"))
+    return keys
 
 
 def _check(cond: bool, key: str, accepted: str, cfg: DictConfig) -> None:
     if not cond:
-        raise ConfigError(f"{key}={OmegaConf.select(cfg, key)}: must be {accepted}")
+        raise ConfigError(f"{key}={_shown(OmegaConf.select(cfg, key))}: must be {accepted}")
+
+
+def _shown(value) -> str:
+    return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
+# The type and range of every key a user may set, declared once. A spec is (predicate, what it accepts).
+def integer(low: int | None = None, nullable: bool = False):
+    text = {None: "an integer", 1: "a positive integer"}.get(low, f"an integer >= {low}") + (" or null" if nullable else "")
+    return (lambda v: (nullable and v is None)
+            or (isinstance(v, int) and not isinstance(v, bool) and (low is None or v >= low))), text
+
+
+def number(low: float | None = None, high: float | None = None, open_low: bool = False, open_high: bool = False,
+           nullable: bool = False):
+    if low is not None and high is not None:
+        text = f"in {'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}"
+    elif low is not None:
+        text = "positive" if low == 0 and open_low else f"{'>' if open_low else '>='} {low}"
+    else:
+        text = "a number"
+    text += " or null" if nullable else ""
+
+    def ok(v) -> bool:
+        if nullable and v is None:
+            return True
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
+            return False
+        return ((low is None or (v > low if open_low else v >= low))
+                and (high is None or (v < high if open_high else v <= high)))
+    return ok, text
+
+
+def boolean():
+    return (lambda v: isinstance(v, bool)), "true or false"
+
+
+def choice(*options: str):
+    return (lambda v: v in options), ", ".join(options[:-1]) + f" or {options[-1]}" if len(options) > 1 else options[0]
+
+
+def text(nullable: bool = True):
+    return (lambda v: isinstance(v, str) or (nullable and v is None)), "a string" + (" or null" if nullable else "")
+
+
+SCHEDULES = ("constant", "cosine", "fixmatch_cosine")
+HEADLINES = ("final", "best", "mean_last_20", "median_last_20")
+POSITIVE = integer(1)
+SCHEMA = {
+    "seed": integer(0), "resume": boolean(), "progress": boolean(),
+    "train.steps": POSITIVE, "train.eval_every": POSITIVE, "train.batch_labeled": POSITIVE,
+    "train.batch_unlabeled": POSITIVE, "train.log_every": POSITIVE, "train.num_workers": integer(0),
+    "train.ema_decay": number(0, 1, open_high=True), "train.ema_warmup": boolean(), "train.amp": boolean(),
+    "optim.name": choice("adam", "sgd"), "optim.lr": number(0, open_low=True), "optim.momentum": number(0, 1),
+    "optim.nesterov": boolean(), "optim.weight_decay": number(0), "optim.wd_shrink": number(0),
+    "optim.schedule": choice(*SCHEDULES),
+    "stream.shards_per_experience": POSITIVE, "stream.max_experiences": integer(1, nullable=True),
+    "stream.shuffle_shards": boolean(), "stream.resampled": boolean(), "stream.num_workers": integer(0),
+    "stream.passes": POSITIVE, "stream.eval_every": POSITIVE, "stream.labeled_pool": integer(0),
+    "stream.keep_checkpoints": integer(0), "stream.on_shard_error": choice("fail", "skip"),
+    "stream.recipe": text(), "stream.cache_dir": text(nullable=False),
+    "storage.s3.path_style": boolean(), "storage.s3.connect_timeout_s": number(0, open_low=True),
+    "storage.s3.read_timeout_s": number(0, open_low=True), "storage.retry.budget_s": number(0),
+    "storage.retry.backoff_s": number(0, open_low=True), "storage.retry.max_backoff_s": number(0, open_low=True),
+    "eval.batch_size": POSITIVE, "eval.headline": choice(*HEADLINES),
+    "method.eval_head": choice("std", "bal"), "method.tau": number(0, 1, open_low=True),
+    "method.lambda_u": number(0), "method.lambda_mb": number(0), "method.warmup": integer(0),
+    "method.bank_warmup": integer(0, nullable=True),
+    "method.bank.enabled": boolean(), "method.bank.capacity": POSITIVE, "method.bank.draw": POSITIVE,
+    "method.bank.beta_put": number(0), "method.bank.beta_get": number(0),
+    "method.bank.count_floor": number(0, open_low=True), "method.bank.features": choice("strong", "weak"),
+    "method.bank.reset_after_warmup": boolean(),
+    "method.weights.enabled": boolean(), "method.weights.alpha": number(0),
+    "method.weights.unlabeled_source": choice("estimate", "labeled"),
+    "method.estimate.kind": choice("cumulative", "ema"), "method.estimate.momentum": number(0, 1, open_high=True),
+    "method.estimate.threshold": boolean(),
+    "model.width": POSITIVE, "model.small_stem": boolean(),
+    "dataset.num_classes": integer(2), "dataset.image_size": POSITIVE, "dataset.n1": POSITIVE,
+    "dataset.m1": integer(0), "dataset.gamma_l": number(), "dataset.gamma_u": number(),
+    "dataset.labeled_ratio": number(0, 1, open_low=True, nullable=True), "dataset.split_shuffle": boolean(),
+    "dataset.many_threshold": integer(0), "dataset.few_threshold": integer(0),
+    "dataset.ratio_rounding": choice("ceil", "round"),
+}
 
 
 def validate(cfg: DictConfig) -> None:
-    """Raise ConfigError on the first value out of range or missing."""
-    if cfg.mode == "stream" and cfg.stream.urls:  # the shards carry the data: the dataset's folders are not read
+    """Raise ConfigError on the first value of the wrong type, out of range or missing."""
+    if cfg.mode == "stream" and cfg.stream.urls is not None:  # the shards carry the data: no dataset folders
         for key in ("root", "list_dir"):
             if key in cfg.dataset.keys() and OmegaConf.is_missing(cfg.dataset, key):  # `in` is False for ???
                 cfg.dataset[key] = None
@@ -82,68 +190,51 @@ def validate(cfg: DictConfig) -> None:
         hint = " (the folder of the dataset's files)" if key.endswith("root") else ""
         raise ConfigError(f"{key} is required{hint}: add {key}=...") from None
     _check(cfg.mode in ("offline", "stream"), "mode", "offline or stream", cfg)
-    _check(cfg.device in ("auto", "cpu", "cuda") or str(cfg.device).startswith("cuda:"), "device", "auto, cpu or cuda", cfg)
-    t = cfg.train
-    for key in ("steps", "eval_every", "batch_labeled", "batch_unlabeled", "log_every"):
-        _check(isinstance(t[key], int) and t[key] > 0, f"train.{key}", "a positive integer", cfg)
-    _check(isinstance(t.num_workers, int) and t.num_workers >= 0, "train.num_workers", "an integer >= 0", cfg)
-    _check(0 <= t.ema_decay < 1, "train.ema_decay", "in [0, 1) (0 turns the EMA model off)", cfg)
-    _check(cfg.optim.name in ("adam", "sgd"), "optim.name", "adam or sgd", cfg)
-    _check(cfg.optim.schedule in ("constant", "cosine", "fixmatch_cosine"), "optim.schedule",
-           "constant, cosine or fixmatch_cosine", cfg)
-    _check(cfg.optim.lr > 0, "optim.lr", "positive", cfg)
-    _check(cfg.optim.weight_decay >= 0 and cfg.optim.wd_shrink >= 0, "optim.weight_decay", ">= 0 (and optim.wd_shrink too)", cfg)
-    _check(cfg.eval.headline in ("final", "best", "mean_last_20", "median_last_20"), "eval.headline",
-           "final, best, mean_last_20 or median_last_20", cfg)
-    _check(cfg.eval.batch_size > 0, "eval.batch_size", "a positive integer", cfg)
-    _check(cfg.stream.on_shard_error in ("fail", "skip"), "stream.on_shard_error", "fail or skip", cfg)
+    _check(isinstance(cfg.device, str) and (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")),
+           "device", "auto, cpu, cuda or cuda:N", cfg)
+    for key, (ok, accepted) in SCHEMA.items():
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        if node is not None and leaf in node:
+            _check(ok(node[leaf]), key, accepted, cfg)
     r = cfg.storage.retry
-    _check(r.budget_s >= 0, "storage.retry.budget_s", ">= 0", cfg)
-    _check(0 < r.backoff_s <= r.max_backoff_s, "storage.retry.backoff_s", "positive and <= storage.retry.max_backoff_s", cfg)
-    _check(cfg.storage.s3.connect_timeout_s > 0 and cfg.storage.s3.read_timeout_s > 0, "storage.s3.connect_timeout_s",
-           "positive (and storage.s3.read_timeout_s too)", cfg)
-    m = cfg.method
-    _check(m.eval_head in ("std", "bal"), "method.eval_head", "std or bal", cfg)
-    if m.name != "supervised":
-        _check(0 < m.tau <= 1, "method.tau", "in (0, 1]", cfg)
-        _check(m.lambda_u >= 0, "method.lambda_u", ">= 0", cfg)
-        _check(m.warmup >= 0, "method.warmup", "an integer >= 0", cfg)
-    if m.name == "bmb":
-        _check(m.lambda_mb >= 0, "method.lambda_mb", ">= 0", cfg)
-        _check(m.bank.capacity > 0, "method.bank.capacity", "a positive integer", cfg)
-        _check(m.bank.draw > 0, "method.bank.draw", "a positive integer", cfg)
-        _check(m.bank.beta_put >= 0, "method.bank.beta_put", ">= 0", cfg)
-        _check(m.bank.beta_get >= 0, "method.bank.beta_get", ">= 0", cfg)
-        _check(m.bank.count_floor > 0, "method.bank.count_floor", "positive", cfg)
-        _check(m.bank.features in ("strong", "weak"), "method.bank.features", "strong or weak", cfg)
-        _check(m.weights.alpha >= 0, "method.weights.alpha", ">= 0", cfg)
-        _check(m.weights.unlabeled_source in ("estimate", "labeled"), "method.weights.unlabeled_source",
-               "estimate or labeled", cfg)
-        _check(m.estimate.kind in ("cumulative", "ema"), "method.estimate.kind", "cumulative or ema", cfg)
-        _check(0 <= m.estimate.momentum < 1, "method.estimate.momentum", "in [0, 1)", cfg)
-    st = cfg.stream
-    _check(isinstance(st.shards_per_experience, int) and st.shards_per_experience > 0, "stream.shards_per_experience",
-           "a positive integer", cfg)
-    _check(st.max_experiences is None or (isinstance(st.max_experiences, int) and st.max_experiences > 0),
-           "stream.max_experiences", "null or a positive integer", cfg)
-    _check(isinstance(st.num_workers, int) and st.num_workers >= 0, "stream.num_workers", "an integer >= 0", cfg)
-    _check(isinstance(st.passes, int) and st.passes > 0, "stream.passes", "a positive integer", cfg)
-    _check(isinstance(st.eval_every, int) and st.eval_every > 0, "stream.eval_every", "a positive integer", cfg)
-    _check(isinstance(st.labeled_pool, int) and st.labeled_pool >= 0, "stream.labeled_pool", "an integer >= 0", cfg)
-    _check(not st.resampled or st.max_experiences, "stream.max_experiences", "set for a resampled (endless) stream", cfg)
+    _check(r.backoff_s <= r.max_backoff_s, "storage.retry.backoff_s", "<= storage.retry.max_backoff_s", cfg)
+    _check(not cfg.stream.resampled or cfg.stream.max_experiences, "stream.max_experiences",
+           "set for a resampled (endless) stream", cfg)
     d = cfg.dataset
-    _check(d.num_classes > 1, "dataset.num_classes", "an integer > 1", cfg)
-    _check(d.image_size > 0, "dataset.image_size", "a positive integer", cfg)
-    if d.get("labeled_ratio") is not None:
-        _check(0 < d.labeled_ratio <= 1, "dataset.labeled_ratio", "in (0, 1]", cfg)
-    else:
-        _check(d.n1 > 0, "dataset.n1", "a positive integer", cfg)
-        _check(d.m1 >= 0, "dataset.m1", "an integer >= 0", cfg)
+    if d.get("labeled_ratio") is None and "gamma_l" in d:
         _check(d.gamma_l != 0 and d.gamma_u != 0, "dataset.gamma_l", "non-zero (and dataset.gamma_u too)", cfg)
+    for key in ("mean", "std"):
+        values = d.get(key)
+        _check(values is not None and len(values) == 3 and all(number()[0](v) for v in values), f"dataset.{key}",
+               "a list of three numbers", cfg)
     root = d.get("root")
     if root is not None and not Path(str(root)).exists():
         hint = " (apt-get install dataset-fashion-mnist)" if d.source == "fashion_mnist" else ""
         raise ConfigError(f"dataset.root={root}: folder not found{hint}")
+    if cfg.device.startswith("cuda"):
+        import torch
+
+        _check(torch.cuda.is_available(), "device", "auto or cpu: no CUDA device is available here", cfg)
+
+
+def check_simulated_stream(cfg: DictConfig) -> None:
+    """Without stream.urls, stream mode simulates stream.recipe: it must be a stream of the configured
+    dataset, so that a run never reports one dataset while training on another."""
+    recipe = cfg.stream.recipe
+    if not recipe:
+        raise ConfigError("stream.urls is required in stream mode (shard URLs or a stream folder), "
+                          "or stream.recipe=NAME to simulate one of streams/")
+    path = Path(str(recipe)) if Path(str(recipe)).suffix else Path(__file__).resolve().parents[1] / "streams" / f"{recipe}.yaml"
+    if not path.exists():
+        return  # load_recipe names the shipped recipes
+    streamed = OmegaConf.load(path).get("dataset")
+    if streamed != cfg.dataset.name:
+        experiment = f"experiment={cfg.experiment_name} " if cfg.get("experiment_name") else ""
+        raise ConfigError(f"{experiment}dataset={cfg.dataset.name} in stream mode without stream.urls would train on "
+                          f"stream.recipe={recipe}, a {streamed} stream: give stream.urls=... (shards of "
+                          f"{cfg.dataset.name}), a recipe of it (stream.recipe=...), or --mode offline for the "
+                          f"offline protocol")
 
 
 SECRET_KEYS = ("storage.s3.access_key_id", "storage.s3.secret_access_key", "storage.s3.session_token")

@@ -57,7 +57,7 @@ def test_reference_recipe_values_reach_the_config(tmp_path):
     ("optim.name=rmsprop", "optim.name=rmsprop: must be adam or sgd"),
     ("mode=online", "mode=online: unknown option; accepted: offline, stream"),
     ("stream.shards_per_experience=0", "stream.shards_per_experience=0: must be a positive integer"),
-    ("stream.resampled=true", "stream.max_experiences=None: must be set for a resampled (endless) stream"),
+    ("stream.resampled=true", "stream.max_experiences=null: must be set for a resampled (endless) stream"),
     ("stream.on_shard_error=ignore", "stream.on_shard_error=ignore: must be fail or skip"),
     ("storage.retry.budget_s=-1", "storage.retry.budget_s=-1: must be >= 0"),
     ("storage.retry.backoff_s=0", "storage.retry.backoff_s=0: must be positive"),

@@ -43,7 +43,10 @@ def build_optimizer(cfg, params) -> torch.optim.Optimizer:
 
 
 class Learner:
-    def __init__(self, cfg, num_classes: int, labeled_per_class: list[int], device: torch.device):
+    def __init__(self, cfg, num_classes: int, labeled_per_class: list[int], device: torch.device,
+                 total_steps: int | None = None):
+        """`total_steps`: the horizon of the learning-rate schedule (offline: train.steps; stream: the
+        stream's length in steps)."""
         self.cfg = cfg
         self.method = cfg.method
         self.device = device
@@ -52,7 +55,7 @@ class Learner:
         self.model = build_model(cfg.model.name, num_classes, **model_options).to(device)
         self.ema = ModelEMA(self.model, cfg.train.ema_decay, cfg.train.ema_warmup) if cfg.train.ema_decay > 0 else None
         self.optimizer = build_optimizer(cfg.optim, self.model.parameters())
-        total = int(cfg.train.steps)
+        total = int(cfg.train.steps) if total_steps is None else total_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda t: lr_factor(t, total, cfg.optim.schedule))
         self.labeled_counts = torch.tensor(labeled_per_class, dtype=torch.float32)
@@ -63,7 +66,9 @@ class Learner:
         if is_bmb and self.method.bank.enabled:
             b = self.method.bank
             self.bank = MemoryBank(int(b.capacity), self.model.feature_dim, num_classes, beta_put=b.beta_put,
-                                   beta_get=b.beta_get, count_floor=b.count_floor, seed=int(cfg.seed))
+                                   beta_get=b.beta_get, count_floor=b.count_floor,
+                                   count_rule=self.method.get("count_rule") or "reference",  # old configs: reference
+                                   seed=int(cfg.seed))
         self.step_fn = STEP_FUNCTIONS[self.method.name]
         self.step = 0
         self.samples_seen = 0  # unlabeled images consumed (labeled ones for the supervised baseline)
@@ -88,9 +93,9 @@ class Learner:
     def class_weights(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         if self.estimate is None or not self.method.weights.enabled:
             return None, None
-        alpha = self.method.weights.alpha
-        return (class_weights(self.labeled_counts, alpha, self.num_classes),
-                class_weights(self.pseudo_label_stat(), alpha, self.num_classes))
+        alpha, rule = self.method.weights.alpha, self.method.get("count_rule") or "reference"
+        return (class_weights(self.labeled_counts, alpha, self.num_classes, rule=rule),
+                class_weights(self.pseudo_label_stat(), alpha, self.num_classes, rule=rule))
 
     def _on_warmup_end(self) -> None:
         if self.estimate is not None:

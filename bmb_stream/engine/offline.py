@@ -21,9 +21,9 @@ from bmb_stream.method.steps import Batch
 
 def run_offline(cfg) -> dict:
     device = resolve_device(cfg.device)
+    run = RunDir.open(cfg)  # before any data is read: a bad run.dir or resume ends the run at once
     torch.manual_seed(int(cfg.seed))
-    split = build_split(cfg.dataset, seed=int(cfg.seed))
-    run = RunDir(cfg.run.dir)
+    split = build_split(cfg.dataset, seed=int(cfg.seed), progress=bool(cfg.progress))
     run.write_config(cfg)
     learner = Learner(cfg, split.num_classes, split.labeled_per_class, device)
     history: list[dict] = []
@@ -74,9 +74,7 @@ def run_offline(cfg) -> dict:
     evaluator.close()
     if stop.raised is not None:
         save_atomic({"learner": learner.state_dict(), "history": history}, run.last_checkpoint)
-        print(f"stopped by {stop.raised} at step {learner.step}; checkpoint {run.last_checkpoint}\n"
-              f"resume with: bmb-stream --mode offline <same overrides> run.dir={run.path} resume=true")
-        return {}
+        return {"stopped": f"stopped by {stop.raised} at step {learner.step}; checkpoint {run.last_checkpoint}"}
     data = {"labeled_per_class": split.labeled_per_class, "unlabeled_per_class": split.unlabeled_per_class,
             "test_per_class": split.test_per_class}
     summary = build_summary(cfg, learner, history, time.time() - start_wall, train_images / max(train_time, 1e-9), data)

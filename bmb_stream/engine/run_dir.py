@@ -1,5 +1,6 @@
 """The run directory (a public contract): config.yaml, eval.jsonl, summary.json, logs,
-checkpoints/ and plots/."""
+checkpoints/ and plots/. Opening one checks it before any work: a new run never overwrites an earlier
+one, and a resumed run continues the same experiment."""
 
 from __future__ import annotations
 
@@ -9,6 +10,17 @@ import os
 from pathlib import Path
 
 from omegaconf import OmegaConf
+
+from bmb_stream.config import ConfigError, redacted
+from bmb_stream.engine.checkpoint import CheckpointError, write_failure
+
+# What may change when a run is resumed: how it runs, how long, what is logged; never what it learns from
+# or how. Prefixes end with a dot.
+RESUMABLE_CHANGES = ("resume", "progress", "run.dir", "device", "train.num_workers", "train.log_every",
+                     "train.steps", "train.eval_every", "stream.num_workers", "stream.cache_dir",
+                     "stream.keep_checkpoints", "stream.on_shard_error", "stream.max_experiences",
+                     "stream.eval_every", "eval.batch_size", "eval.headline", "storage.")
+RESULT_FILES = ("eval.jsonl", "summary.json", "checkpoints/last.pt")  # what a run has that is worth keeping
 
 
 def _clean(value):
@@ -22,19 +34,68 @@ def _clean(value):
     return value
 
 
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def experiment_changes(stored: dict, cfg) -> list[str]:
+    """Keys whose values differ between a stored config and this one and change the experiment."""
+    old, new = _flat(stored), _flat(OmegaConf.to_container(redacted(cfg), resolve=True))
+    changed = [k for k in sorted(old.keys() | new.keys()) if old.get(k, "<absent>") != new.get(k, "<absent>")]
+    return [f"{k}: {old.get(k, '<absent>')} -> {new.get(k, '<absent>')}" for k in changed
+            if not any(k == allowed or (allowed.endswith(".") and k.startswith(allowed)) for allowed in RESUMABLE_CHANGES)]
+
+
 class RunDir:
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
-        (self.path / "checkpoints").mkdir(exist_ok=True)
+        try:
+            (self.path / "checkpoints").mkdir(parents=True, exist_ok=True)
+            probe = self.path / "checkpoints" / ".write-test"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise ConfigError(f"run.dir={self.path}: cannot write there ({e.strerror or e}); choose another run.dir") from None
+
+    @classmethod
+    def open(cls, cfg) -> "RunDir":
+        """The run directory of this config, checked before any data is read."""
+        path = Path(cfg.run.dir)
+        found = [name for name in RESULT_FILES if (path / name).exists() and (path / name).stat().st_size > 0]
+        if not cfg.resume:  # a run that stopped before any result (only config.yaml) may be started again
+            if found:
+                raise ConfigError(f"run.dir={path} already holds a run ({', '.join(found)}): add resume=true to "
+                                  f"continue it, or choose another run.dir")
+            return cls(path)
+        if not (path / "config.yaml").is_file():
+            raise ConfigError(f"resume=true: run.dir={path} holds no run ({'no config.yaml' if path.is_dir() else 'no such folder'}); "
+                              f"give the run.dir of the run to continue, or drop resume=true to start one")
+        try:
+            stored = OmegaConf.to_container(OmegaConf.load(path / "config.yaml"))
+        except Exception as e:  # noqa: BLE001 - a hand-edited or truncated file
+            raise ConfigError(f"resume=true: {path / 'config.yaml'} cannot be read ({str(e).splitlines()[0]})") from None
+        changes = experiment_changes(stored, cfg)
+        if changes:
+            shown = "; ".join(changes[:6]) + ("; ..." if len(changes) > 6 else "")
+            raise ConfigError(f"resume=true: this configuration differs from the run in {path} where it changes the "
+                              f"experiment ({shown}); resume with the values of {path / 'config.yaml'}, or start "
+                              f"another run.dir")
+        run = cls(path)
+        if not run.last_checkpoint.exists():
+            print(f"resume=true: {path} has no checkpoint yet; the run starts from the beginning")
+        return run
 
     @property
     def last_checkpoint(self) -> Path:
         return self.path / "checkpoints" / "last.pt"
 
     def write_config(self, cfg) -> None:
-        from bmb_stream.config import redacted
-
         self._write_text("config.yaml", OmegaConf.to_yaml(redacted(cfg), resolve=True))
 
     def rewrite_evals(self, history: list[dict]) -> None:
@@ -42,13 +103,20 @@ class RunDir:
         self._write_text("eval.jsonl", "".join(json.dumps(_clean(r)) + "\n" for r in history))
 
     def append_eval(self, record: dict) -> None:
-        with open(self.path / "eval.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(_clean(record)) + "\n")
+        try:
+            with open(self.path / "eval.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(_clean(record)) + "\n")
+        except OSError as e:
+            raise CheckpointError(f"could not write {self.path / 'eval.jsonl'}: {write_failure(self.path, e)}") from None
 
     def write_summary(self, summary: dict) -> None:
         self._write_text("summary.json", json.dumps(_clean(summary), indent=2) + "\n")
 
     def _write_text(self, name: str, text: str) -> None:
         tmp = self.path / f".{name}.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, self.path / name)
+        try:
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, self.path / name)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise CheckpointError(f"could not write {self.path / name}: {write_failure(self.path / name, e)}") from None

@@ -11,6 +11,7 @@ and augments those batches again without training on them, which replays the ran
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
 
@@ -21,16 +22,16 @@ import webdataset as wds
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from bmb_stream.config import redacted
+from bmb_stream.config import ConfigError, redacted
 from bmb_stream.data.errors import ShardError, StorageUnavailable
 from bmb_stream.data.stream import EncodedImages, LabeledPool, PreparedImages, make_unlabeled_batches
-from bmb_stream.data.stream_source import prepare_stream
+from bmb_stream.data.stream_source import StreamSource, prepare_stream
 from bmb_stream.data.transforms import MultiView, build_views
 from bmb_stream.engine.checkpoint import load_checkpoint, save_atomic
 from bmb_stream.engine.learner import Learner
 from bmb_stream.engine.offline import build_summary, method_state
 from bmb_stream.engine.run_dir import RunDir
-from bmb_stream.engine.runtime import StopFlag, endless_batches, resolve_device
+from bmb_stream.engine.runtime import StopFlag, endless_batches, ignore_stop_signals, resolve_device
 from bmb_stream.evaluation.evaluator import Evaluator
 from bmb_stream.evaluation.monitor import StreamMonitor
 from bmb_stream.evaluation.plots import write_plots
@@ -50,23 +51,42 @@ def experience_batches(shards: list[str], views, batch_size: int, workers: int, 
     for p in range(passes):
         batches = make_unlabeled_batches(shards, views, batch_size, on_error, (skipped_before or {}).get(p, frozenset()))
         loader = wds.WebLoader(batches, batch_size=None, num_workers=min(workers, len(shards)),
-                               generator=torch.Generator().manual_seed(derived_seed(seed, k, 2 + p)))
+                               worker_init_fn=ignore_stop_signals, generator=torch.Generator().manual_seed(derived_seed(seed, k, 2 + p)))
         for batch in loader:
             batch["pass"] = p
             yield batch
 
 
+def stream_steps(source: StreamSource, batch_size: int, workers: int, passes: int) -> int | None:
+    """Training steps in the whole stream, from the manifest's sample counts (None where a shard's count
+    is unknown): each DataLoader worker reads every `workers`-th shard of an experience and batches
+    what it reads, ending on a partial batch."""
+    total = 0
+    for shards in source.experiences:
+        sizes = [source.shard_sizes.get(url.rstrip("/").rsplit("/", 1)[-1]) for url in shards]
+        if None in sizes:
+            return None
+        n = max(1, min(workers, len(shards)))
+        total += passes * sum(math.ceil(sum(sizes[w::n]) / batch_size) for w in range(n))
+    return total
+
+
 def run_stream(cfg) -> dict:
     device = resolve_device(cfg.device)
+    run = RunDir.open(cfg)  # before any data is read: a bad run.dir or resume ends the run at once
     seed = int(cfg.seed)
     torch.manual_seed(seed)
     source = prepare_stream(cfg)
     num_classes = int(cfg.dataset.num_classes)
-    run = RunDir(cfg.run.dir)
     run.write_config(cfg)
     seed_images, seed_labels = source.labeled
     labeled_per_class = np.bincount(seed_labels, minlength=num_classes).tolist()
-    learner = Learner(cfg, num_classes, labeled_per_class, device)
+    total_steps = stream_steps(source, int(cfg.train.batch_unlabeled), int(cfg.stream.num_workers),
+                               int(cfg.stream.passes))
+    if total_steps is None and cfg.optim.schedule != "constant":
+        raise ConfigError(f"optim.schedule={cfg.optim.schedule} needs the stream's length in steps, and no manifest "
+                          f"beside the shards gives every shard's sample count: use optim.schedule=constant")
+    learner = Learner(cfg, num_classes, labeled_per_class, device, total_steps=total_steps or 1)
     pool = LabeledPool(int(cfg.stream.labeled_pool), num_classes, seed)
     monitor = StreamMonitor(num_classes, learner.bank.capacity if learner.bank is not None else 0)
     views = build_views(int(cfg.dataset.image_size), cfg.dataset.mean, cfg.dataset.std, resize=True)
@@ -112,7 +132,7 @@ def run_stream(cfg) -> dict:
     start_wall = time.time() - (history[-1]["wall_s"] if history else 0.0)
     train_time, train_images = 0.0, 0
     n_exp = len(source.experiences)
-    bar = tqdm(total=n_exp, initial=position["experience"], desc=f"{cfg.method.name} stream", unit="exp",
+    bar = tqdm(total=total_steps, initial=learner.step, desc=f"{cfg.method.name} stream", unit="step",
                dynamic_ncols=True, disable=not cfg.progress)
     with StopFlag() as stop:
         for k in range(position["experience"], n_exp):
@@ -148,7 +168,8 @@ def run_stream(cfg) -> dict:
                     if ub["u_weak"] is None:  # nothing but skips
                         continue
                     x_l, y_l = next(labeled_batches)
-                    joining += ub["labeled_images"]
+                    if ub["pass"] == 0:  # a labeled stream sample joins the pool once, not once per pass
+                        joining += ub["labeled_images"]
                     read.update(ub["urls"])
                     if batches <= skip:  # resuming mid-experience: replay the data, not the training
                         continue
@@ -160,8 +181,10 @@ def run_stream(cfg) -> dict:
                     monitor.observe(learner.last_extras, truth)
                     train_time += time.time() - t
                     train_images += len(x_l) + len(ub["u_weak"])
-                    bar.set_postfix({"exp": k, "step": learner.step, "loss": f"{terms['loss']:.3g}",
-                                     "img/s": f"{train_images / max(train_time, 1e-9):.0f}"})
+                    bar.update(1)
+                    if learner.step % int(cfg.train.log_every) == 0:
+                        bar.set_postfix({"exp": f"{k + 1}/{n_exp}", "loss": f"{terms['loss']:.3g}",
+                                         "img/s": f"{train_images / max(train_time, 1e-9):.0f}"})
                     if stop.raised is not None:
                         break
             except StorageUnavailable as e:  # keep what was learned; the run resumes once storage is back
@@ -170,8 +193,8 @@ def run_stream(cfg) -> dict:
                 checkpoint(k, max(batches, skip))
                 bar.close()
                 evaluator.close()
-                raise StorageUnavailable(f"{e}\nstopped in experience {k} with a checkpoint; when the storage is back, "
-                                         f"resume with: bmb-stream <same overrides> run.dir={run.path} resume=true") from None
+                raise StorageUnavailable(f"{e}\nstopped in experience {k} with a checkpoint; resume when the storage "
+                                         f"is back") from None
             if stop.raised is not None:
                 checkpoint(k, batches)
                 break
@@ -198,13 +221,10 @@ def run_stream(cfg) -> dict:
                           f"(online {record['raw_balanced_acc']:.4f})"
                           + (f", bank purity {record['bank_purity']:.2f}" if record.get("bank_purity") is not None else ""))
             checkpoint(k + 1, 0)
-            bar.update(1)
     bar.close()
     evaluator.close()
     if stop.raised is not None:
-        print(f"stopped by {stop.raised} in experience {k}; checkpoint {run.last_checkpoint}\n"
-              f"resume with: bmb-stream --mode stream <same overrides> run.dir={run.path} resume=true")
-        return {}
+        return {"stopped": f"stopped by {stop.raised} in experience {k}; checkpoint {run.last_checkpoint}"}
     data = {"labeled_per_class": labeled_per_class, "unlabeled_per_class": unlabeled_seen.tolist(),
             "test_per_class": np.bincount(source.test[1], minlength=num_classes).tolist(),
             "labeled_pool_per_class": pool.class_counts()}
