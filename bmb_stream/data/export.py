@@ -72,6 +72,3 @@ def _write_split(ds_cfg, dest: ShardDestination, split: SplitIndices, *, seed: i
     dest.finish([out / MANIFEST])
     return manifest
 
-
-def read_manifest(folder: str | Path) -> dict:
-    return json.loads((Path(folder) / MANIFEST).read_text())
