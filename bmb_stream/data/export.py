@@ -6,7 +6,6 @@ JPEG files keep their bytes, and the manifest is written last.
 
 from __future__ import annotations
 
-import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
