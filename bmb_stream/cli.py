@@ -101,8 +101,11 @@ def print_headline(summary: dict, run_dir: str) -> None:
         cells = [r.get(k) for k in ("balanced_acc", "raw_balanced_acc", "many_acc", "medium_acc", "few_acc")]
         fmt = [f"{100 * v:.1f}" if v is not None else "-" for v in cells]
         print(f"{stat:<16}{fmt[0]:>10}{fmt[1]:>10}{fmt[2]:>8}{fmt[3]:>8}{fmt[4]:>8}")
-    if s.get("bank_class_counts") is not None:
-        print(f"memory bank composition (entries per class, head to tail): {s['bank_class_counts']}")
+    counts = s.get("bank_class_counts")
+    if counts is not None:
+        purity = f", {100 * s['bank_purity']:.0f}% pure" if s.get("bank_purity") is not None else ""
+        print(f"memory bank: {sum(counts)} of {s.get('bank_capacity') or '?'} entries, "
+              f"{sum(c > 0 for c in counts)} of {len(counts)} classes{purity}; entries per class: {counts}")
     print(f"headline ({head['statistic']}): balanced accuracy {100 * head['balanced_acc']:.2f}%")
     print(f"run directory: {run_dir}")
 

@@ -104,5 +104,7 @@ def build_summary(cfg, learner: Learner, history: list[dict], wall_s: float, ima
         "device": str(learner.device), **stats,
         "headline": {"statistic": statistic, "balanced_acc": stats[statistic]["balanced_acc"]},
         "bank_class_counts": history[-1].get("bank_class_counts"),
+        "bank_capacity": learner.bank.capacity if learner.bank is not None else None,
+        "bank_purity": history[-1].get("bank_purity"),  # stream mode, where the stream carries the true classes
         "data": data,
     }
