@@ -64,8 +64,8 @@ def _hydra_message(error: Exception, overrides: list[str]) -> str:
     for group in GROUPS:
         if f"'{group}/" in text or f"{group}/" in text and "Could not find" in text:
             chosen = next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+~") == group), "?")
-            return (f"{group}={chosen}: unknown option{_did_you_mean(chosen, group_options(group))}; "
-                    f"accepted: {', '.join(group_options(group))}")
+            return (f"{group}={chosen}: unknown option; accepted: {', '.join(group_options(group))}"
+                    f"{_did_you_mean(chosen, group_options(group))}")
     return text
 
 
@@ -173,7 +173,7 @@ SCHEMA = {
     "dataset.m1": integer(0), "dataset.gamma_l": number(), "dataset.gamma_u": number(),
     "dataset.labeled_ratio": number(0, 1, open_low=True, nullable=True), "dataset.split_shuffle": boolean(),
     "dataset.many_threshold": integer(0), "dataset.few_threshold": integer(0),
-    "dataset.ratio_rounding": choice("ceil", "round"),
+    "dataset.ratio_rounding": choice("ceil", "round"), "dataset.randaugment": choice("reference", "torchvision"),
 }
 
 

@@ -167,7 +167,8 @@ def build_split(cfg, seed: int = 0, check_images: bool = True, progress: bool | 
     if check_images:
         s.check_images(progress)
     num_classes = int(cfg.num_classes)
-    views = build_views(int(cfg.image_size), cfg.mean, cfg.std, resize=isinstance(s.train.images, list))
+    views = build_views(int(cfg.image_size), cfg.mean, cfg.std, resize=isinstance(s.train.images, list),
+                        randaugment=cfg.get("randaugment", "torchvision"))
     unlabeled_views = MultiView(views["weak"], views["strong"], views["strong"])
     return SplitData(
         labeled=ImageSubset(s.train, s.labeled, views["weak"]),

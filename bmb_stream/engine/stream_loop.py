@@ -89,7 +89,8 @@ def run_stream(cfg) -> dict:
     learner = Learner(cfg, num_classes, labeled_per_class, device, total_steps=total_steps or 1)
     pool = LabeledPool(int(cfg.stream.labeled_pool), num_classes, seed)
     monitor = StreamMonitor(num_classes, learner.bank.capacity if learner.bank is not None else 0)
-    views = build_views(int(cfg.dataset.image_size), cfg.dataset.mean, cfg.dataset.std, resize=True)
+    views = build_views(int(cfg.dataset.image_size), cfg.dataset.mean, cfg.dataset.std, resize=True,
+                        randaugment=cfg.dataset.randaugment)
     test_set = EncodedImages(source.test[0], source.test[1], views["test"])
     if int(cfg.dataset.image_size) <= 64:  # small images: decode and normalise the test set once
         test_set = PreparedImages(test_set)
