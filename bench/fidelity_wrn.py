@@ -1,7 +1,8 @@
 """Fidelity check against the authors' code: WRN-28-2 on Fashion-MNIST-LT gamma 100, the reference
 split (file order, no shuffle = the reference's seed 0), their CIFAR-10 gamma-100 settings (bank
 256 / draw 128, beta_put 2, beta_get 1, alpha 1.5, tau 0.95, Adam 2e-3, EMA 0.999 without warm-up,
-batch 64 + 64, no warm-up), 1050 steps. Prints ours next to what the authors' code scored on this
+batch 64 + 64, no warm-up, the bank fed the weak view's feature as their script does, their RandAugment
+via dataset.randaugment=reference), 1050 steps. Prints ours next to what the authors' code scored on this
 machine (balanced accuracy, %): BMB 37.0 (EMA) / 68.6 (online weights), FixMatch 59.4 (EMA).
 
     python bench/fidelity_wrn.py [--methods bmb fixmatch] [--out bench/results/fidelity]
@@ -33,6 +34,7 @@ def main() -> None:
         run_dir = Path(args.out) / method
         if not (run_dir / "summary.json").exists():
             cfg = compose(["mode=offline", "experiment=fmnist_lt_r100", f"method={method}", "seed=0", "dataset.split_shuffle=false",
+                           "dataset.randaugment=reference",
                            f"train.steps={args.steps}", f"train.eval_every={args.steps}", "train.ema_warmup=false",
                            "progress=false", f"run.dir={run_dir}"])
             run_offline(cfg)

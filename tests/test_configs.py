@@ -38,6 +38,8 @@ def test_reference_recipe_values_reach_the_config(tmp_path):
     assert (cfg.model.name, cfg.dataset.gamma_l, cfg.dataset.n1, cfg.dataset.m1) == ("wrn28_2", 100, 1500, 3000)
     b = cfg.method.bank
     assert (b.capacity, b.draw, b.beta_put, b.beta_get) == (256, 128, 2.0, 1.0)
+    assert b.features == "weak"  # the reference's CIFAR-10 best scripts: the weak view's feature
+    assert compose(["experiment=cifar100_lt_r20", f"dataset.root={tmp_path}"]).method.bank.features == "strong"
     assert (cfg.method.weights.alpha, cfg.method.tau, cfg.train.ema_decay, cfg.optim.lr) == (1.5, 0.95, 0.999, 0.002)
     cfg = compose(["experiment=imagenet_lt_50", f"dataset.root={tmp_path}"])
     assert (cfg.method.bank.capacity, cfg.method.bank.draw, cfg.method.tau, cfg.optim.name) == (2048, 512, 0.7, "sgd")
