@@ -1,5 +1,5 @@
-"""Object storage: `s3://bucket/key` shards read through an opener registered with WebDataset, and
-uploads of written shards.
+"""Object storage: `s3://bucket/key` and `http(s)://` shards read through openers registered with
+WebDataset (in place of its curl pipe), and uploads of written shards.
 
 Reads are byte streams that survive faults: a transient error (connection reset, timeout, 5xx,
 throttling) is retried with exponential backoff within a bounded budget, and a read interrupted in
@@ -15,6 +15,7 @@ clients are not safe to share across a fork.
 
 from __future__ import annotations
 
+import http.client
 import importlib
 import io
 import logging
@@ -22,6 +23,8 @@ import os
 import random
 import threading
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -46,6 +49,12 @@ PERMANENT_CAUSES = {
     "PreconditionFailed": "the object changed while it was read",
     "InvalidRange": "the object is shorter than expected",
 }
+NO_CREDENTIALS = ("no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or storage.s3.access_key_id and "
+                  "storage.s3.secret_access_key, or AWS_PROFILE for a profile in ~/.aws/credentials)")
+
+
+class NoSuchObject(ShardError):
+    """The object (S3 key, http URL) does not exist: permanent, and for an optional file (a manifest) no error."""
 
 
 def split_s3_url(url: str) -> tuple[str, str]:
@@ -158,20 +167,44 @@ def is_transient(exc: BaseException) -> bool:
     from urllib3 import exceptions as ue
 
     exc = _unwrap(exc)
+    if isinstance(exc, urllib.error.HTTPError):
+        return exc.code >= 500 or exc.code in (408, 429)
+    if isinstance(exc, urllib.error.URLError):  # no response at all: refused, reset, timed out (not DNS, not TLS)
+        return isinstance(exc.reason, (ConnectionError, TimeoutError))
     if isinstance(exc, be.ClientError):
         code, status = _error_code(exc)
         return code in TRANSIENT_CODES or status >= 500 or status == 429
     if isinstance(exc, (be.SSLError, ue.SSLError)):
         return False
     return isinstance(exc, (be.ConnectionError, be.HTTPClientError, be.IncompleteReadError, be.ResponseStreamingError,
-                            ue.ProtocolError, ue.TimeoutError, ue.NewConnectionError, ConnectionError, TimeoutError))
+                            ue.ProtocolError, ue.TimeoutError, ue.NewConnectionError, ConnectionError, TimeoutError,
+                            http.client.IncompleteRead))
+
+
+def is_missing(exc: BaseException) -> bool:
+    """No such key or URL (a missing bucket or host is not "missing": it is an error everywhere)."""
+    from botocore.exceptions import ClientError
+
+    if isinstance(exc, urllib.error.HTTPError):
+        return exc.code in (404, 410)
+    return isinstance(exc, ClientError) and _error_code(exc)[0] in ("NoSuchKey", "404", "NotFound")
 
 
 def describe(exc: BaseException) -> str:
     """The cause in words, with the server's code; never the request (it may carry credentials)."""
-    from botocore.exceptions import ClientError
+    from botocore.exceptions import ClientError, NoCredentialsError, PartialCredentialsError
 
     exc = _unwrap(exc)
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"HTTP {exc.code} {exc.reason}"
+    if isinstance(exc, urllib.error.URLError):
+        exc = exc.reason if isinstance(exc.reason, BaseException) else exc
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (is the server up?)"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):  # botocore's text names variables, no values
+        return f"{NO_CREDENTIALS} ({exc})"
     if isinstance(exc, ClientError):
         code, status = _error_code(exc)
         cause = PERMANENT_CAUSES.get(code) or PERMANENT_CAUSES.get(str(status))
@@ -193,7 +226,7 @@ def with_retries(action: Callable, url: str, policy: RetryPolicy, on_failure: Ca
             if isinstance(exc, ShardError):
                 raise
             if not is_transient(exc):
-                raise ShardError(f"{url}: {describe(exc)}") from None
+                raise (NoSuchObject if is_missing(exc) else ShardError)(f"{url}: {describe(exc)}") from None
             waits = waits or policy.waits()
             wait = next(waits)
             if wait is None:
@@ -203,36 +236,34 @@ def with_retries(action: Callable, url: str, policy: RetryPolicy, on_failure: Ca
             time.sleep(wait)
 
 
-class S3Reader(io.RawIOBase):
-    """A forward-only byte stream over one object that resumes at its byte offset after a fault."""
+class ResumableReader(io.RawIOBase):
+    """A forward-only byte stream over one object that resumes at its byte offset after a fault.
+    Subclasses send the request (`_request`): from `self.position` (a ranged read once it is past 0),
+    pinned to `self.etag` (the same object, not a newer upload under the same name)."""
 
-    def __init__(self, client, url: str, policy: RetryPolicy):
+    def __init__(self, url: str, policy: RetryPolicy):
         super().__init__()
-        self.client, self.url, self.policy = client, url, policy
-        self.bucket, self.key = split_s3_url(url)
+        self.url, self.policy = url, policy
         self.position = 0
-        self.size: int | None = None
+        self.size: int | None = None  # None: unknown (an http body without Content-Length) until its end
         self.etag: str | None = None
         self.body = None
         with_retries(self._open, url, policy, self._drop)  # a missing object fails here, at open time
 
+    def _request(self) -> tuple[object, int | None, str | None, str]:
+        """(body, content length, ETag, Content-Range) of a read from self.position."""
+        raise NotImplementedError
+
     def _open(self) -> None:
-        request = {"Bucket": self.bucket, "Key": self.key}
-        if self.position:
-            request["Range"] = f"bytes={self.position}-"
-        if self.etag:
-            request["IfMatch"] = self.etag  # the same object, not a newer upload under the same key
-        response = self.client.get_object(**request)
+        body, size, etag, content_range = self._request()
         if self.position:  # a server that ignored the range would send the object again from byte 0
-            content_range = str(response.get("ContentRange", ""))
             if not content_range.startswith(f"bytes {self.position}-"):
-                response["Body"].close()
+                body.close()
                 raise ShardError(f"{self.url}: the server ignored a ranged read (Content-Range {content_range!r}), "
                                  f"so an interrupted read cannot resume")
         else:
-            self.etag = response.get("ETag")
-            self.size = int(response["ContentLength"])
-        self.body = response["Body"]
+            self.etag, self.size = etag, size
+        self.body = body
 
     def _drop(self) -> None:
         if self.body is not None:
@@ -253,7 +284,7 @@ class S3Reader(io.RawIOBase):
             if self.body is None:
                 self._open()
             data = self.body.read(len(buffer))
-            if not data:  # the connection ended before the object did
+            if not data and self.size is not None:  # the connection ended before the object did
                 raise ConnectionResetError(f"connection closed at byte {self.position} of {self.size}")
             return data
 
@@ -267,11 +298,71 @@ class S3Reader(io.RawIOBase):
         super().close()
 
 
-class S3Opener:
-    """The `s3` entry of WebDataset's gopen table: one client per process, made on first use."""
+class S3Reader(ResumableReader):
+    def __init__(self, client, url: str, policy: RetryPolicy):
+        self.client = client
+        self.bucket, self.key = split_s3_url(url)
+        super().__init__(url, policy)
+
+    def _request(self):
+        request = {"Bucket": self.bucket, "Key": self.key}
+        if self.position:
+            request["Range"] = f"bytes={self.position}-"
+        if self.etag:
+            request["IfMatch"] = self.etag
+        response = self.client.get_object(**request)
+        return (response["Body"], int(response["ContentLength"]), response.get("ETag"),
+                str(response.get("ContentRange", "")))
+
+
+class HttpReader(ResumableReader):
+    """An http(s) object read with urllib: ranged resumes as for S3 (servers that support ranges)."""
+
+    def __init__(self, url: str, policy: RetryPolicy, timeout_s: float):
+        self.timeout_s = timeout_s
+        super().__init__(url, policy)
+
+    def _request(self):
+        headers = {"Range": f"bytes={self.position}-"} if self.position else {}
+        if self.etag:
+            headers["If-Match"] = self.etag
+        try:
+            response = urllib.request.urlopen(urllib.request.Request(self.url, headers=headers), timeout=self.timeout_s)
+        except urllib.error.HTTPError as e:
+            e.close()  # its body is the server's error page: judged by the status alone
+            raise
+        length = response.headers.get("Content-Length")
+        return (response, int(length) if length and length.isdigit() else None, response.headers.get("ETag"),
+                response.headers.get("Content-Range", ""))
+
+
+class Opener:
+    """An entry of WebDataset's gopen table: URL -> a buffered, fault-tolerant byte stream."""
 
     def __init__(self, settings: S3Settings):
         self.settings = settings
+
+    def reader(self, url: str) -> ResumableReader:
+        raise NotImplementedError
+
+    def __call__(self, url: str, mode: str = "rb", bufsize: int = 8192, **_):
+        if mode != "rb":
+            raise ValueError(f"{url}: shards are opened for reading only (mode {mode!r})")
+        return io.BufferedReader(self.reader(url), buffer_size=1 << 20)
+
+
+class HttpOpener(Opener):
+    """The `http` and `https` entries: the same retry budget as S3, where WebDataset's curl pipe had its own."""
+
+    def reader(self, url: str) -> ResumableReader:
+        return HttpReader(url, self.settings.retry, self.settings.read_timeout_s)
+
+
+class S3Opener(Opener):
+    """The `s3` entry: one client per process, made on first use."""
+
+    def __init__(self, settings: S3Settings):
+        super().__init__(settings)
         self._session = None  # inherited by forked workers: only the client (its connections) is per process
         self._clients: dict[int, object] = {}
         self._lock = threading.Lock()
@@ -285,10 +376,8 @@ class S3Opener:
                 self._clients = {pid: self.settings.make_client(self._session)}
             return self._clients[pid]
 
-    def __call__(self, url: str, mode: str = "rb", bufsize: int = 8192, **_):
-        if mode != "rb":
-            raise ValueError(f"{url}: s3:// shards are opened for reading only (mode {mode!r})")
-        return io.BufferedReader(S3Reader(self.client(), url, self.settings.retry), buffer_size=1 << 20)
+    def reader(self, url: str) -> ResumableReader:
+        return S3Reader(with_retries(self.client, url, self.settings.retry), url, self.settings.retry)
 
     def __getstate__(self):  # pickled into spawned workers without the process's clients
         return {"settings": self.settings}
@@ -298,35 +387,32 @@ class S3Opener:
 
 
 def use_storage(settings: S3Settings) -> S3Opener:
-    """Register the s3:// opener with WebDataset (the process-wide table its gopen reads)."""
+    """Register the s3:// and http(s):// openers with WebDataset (the process-wide table its gopen reads)."""
     opener = S3Opener(settings)
-    gopen_module.gopen_schemes["s3"] = opener
+    gopen_module.gopen_schemes.update(s3=opener, http=HttpOpener(settings), https=HttpOpener(settings))
     return opener
+
+
+# http(s) never goes through WebDataset's curl pipe (its own retries, curl's messages), even before use_storage
+gopen_module.gopen_schemes.update(http=HttpOpener(S3Settings()), https=HttpOpener(S3Settings()))
 
 
 def open_url(url: str):
     """Any shard URL WebDataset can open (local path, file://, http(s)://, s3://) as a binary stream."""
-    return gopen_module.gopen(url[len("file://"):] if url.startswith("file://") else url, "rb")
+    return gopen_module.gopen(url.removeprefix("file://"), "rb")
 
 
 def read_bytes(url: str) -> bytes | None:
     """A small object's bytes, or None when it does not exist (e.g. a manifest beside the shards)."""
-    if url.startswith("s3://"):
-        opener = _opener()
-        try:
-            with opener(url) as f:
-                return f.read()
-        except ShardError as e:
-            if "no such key" in str(e):
-                return None
-            raise
-    local = url[len("file://"):] if url.startswith("file://") else url
+    local = url.removeprefix("file://")
     if "://" not in local:
-        return Path(local).read_bytes() if Path(local).exists() else None
+        return Path(local).read_bytes() if Path(local).is_file() else None
+    if url.startswith("s3://"):
+        _opener()  # registered with the environment's settings if no run did it
     try:
         with open_url(url) as f:
             return f.read()
-    except Exception:  # noqa: BLE001 - an http(s) folder without a manifest
+    except NoSuchObject:
         return None
 
 
@@ -352,7 +438,8 @@ def list_objects(prefix_url: str, suffix: str = ".tar") -> list[str]:
     """The `s3://bucket/prefix/...` objects whose names end with `suffix`, sorted."""
     opener = _opener()
     bucket, prefix = split_s3_url(prefix_url)
-    keys = list_keys(opener.client(), bucket, prefix, opener.settings.retry)
+    policy = opener.settings.retry
+    keys = list_keys(with_retries(opener.client, prefix_url, policy), bucket, prefix, policy)
     return sorted(f"s3://{bucket}/{key}" for key in keys if key.endswith(suffix))
 
 
@@ -368,7 +455,7 @@ class Uploader:
         self.settings = settings or _opener().settings
         self.bucket, prefix = split_s3_url(prefix_url.rstrip("/") + "/")
         self.prefix = prefix
-        self.client = self.settings.make_client()
+        self.client = with_retries(self.settings.make_client, prefix_url, self.settings.retry)  # checks credentials
         self.transfer = TransferConfig(multipart_threshold=8 << 20, multipart_chunksize=8 << 20, max_concurrency=4)
         self.threads = threads
         self.pool = ThreadPoolExecutor(max_workers=threads)

@@ -1,15 +1,24 @@
 """The shard stream: shard URLs, experiences, decoding of untrusted shards, the labeled pool.
 
 Only the keys of the shard contract are read (an image, `cls`, `gt.cls`, `json`); nothing is
-unpickled. `gt.cls`, the hidden true class of a simulated sample, travels beside the batch for
-monitoring and never enters the training step.
+unpickled, and no member, image or class index is taken on trust: a tar member over
+MAX_MEMBER_BYTES is not read, an image over MAX_IMAGE_PIXELS is not decoded (a decompression bomb
+declares a huge size in a few bytes), a class outside 0..num_classes-1 is refused. Each is a
+ShardError naming the shard and the sample (skipped and counted under stream.on_shard_error=skip).
+`gt.cls`, the hidden true class of a simulated sample, travels beside the batch for monitoring and
+never enters the training step.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
+import re
+import tarfile
+import warnings
 from dataclasses import dataclass
+from fnmatch import fnmatch
 from functools import partial
 from pathlib import Path
 from typing import Callable
@@ -22,31 +31,76 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from bmb_stream.data.errors import ShardError, StorageUnavailable
+from bmb_stream.data.manifest import SETS, read_manifest
+from bmb_stream.data.object_store import list_objects, open_url
 from bmb_stream.data.shards import IMAGE_KEYS
 
 WANTED_SUFFIXES = tuple(f".{k}" for k in IMAGE_KEYS) + (".cls", ".gt.cls", ".json")
+MAX_MEMBER_BYTES = 64 << 20  # one tar member (an image, a label, metadata): 64 MB, beyond any real image file
+MAX_IMAGE_PIXELS = 64 << 20  # 64 megapixels (8192 x 8192), decoded: about 200 MB of RGB bytes
+URL_KEYS = {"stream": "stream.urls", "labeled": "stream.labeled_urls", "test": "stream.test_urls"}
 
 
-def expand_urls(urls) -> list[str]:
-    """A brace pattern, a list of patterns, a folder of shards or an s3:// key prefix (every `.tar`
-    object whose key starts with it, e.g. `s3://bucket/imagenet/unlabeled-`) -> the list of shard URLs."""
+def expand_urls(urls, which: str = "stream") -> list[str]:
+    """Shard URLs from a brace pattern, a list of them, a folder or an s3:// key prefix. A folder (a
+    local one, an s3:// prefix ending in `/` or naming a folder, an http(s) URL ending in `/`) means
+    its `which` shards: stream, labeled (the seed set) or test; those its manifest.json names, else
+    `which-*.tar`. A key prefix such as `s3://bucket/x/stream-` means every `.tar` under it.
+    None gives []; anything else that names no shard (an empty folder, no such file) is a ShardError."""
     if urls is None:
         return []
-    if isinstance(urls, str):
-        path = Path(urls)
-        if "://" not in urls and path.is_dir():
-            return sorted(str(p) for p in path.glob("*.tar"))
-        urls = [urls]
-    out = []
-    for pattern in urls:
-        pattern = str(pattern)
-        if pattern.startswith("s3://") and not pattern.endswith(".tar") and "{" not in pattern:  # a key prefix
-            from bmb_stream.data.object_store import list_objects
+    patterns = [urls] if isinstance(urls, str) else [str(u) for u in urls]
+    key = f"{URL_KEYS[which]}={urls if isinstance(urls, str) else patterns}"
+    out = [u for p in patterns if p for u in _expand(p.removeprefix("file://"), which, key)]
+    if not out:
+        raise ShardError(f"{key}: names no shards; give a folder, a brace pattern or a list of shard URLs")
+    local = [u for u in out if "://" not in u]
+    if local and not any(os.path.exists(u) for u in local):
+        raise ShardError(f"{key}: no such file or folder ({_few(local)})")
+    return out
 
-            out += list_objects(pattern)
-            continue
-        out += list(braceexpand(str(pattern)))
-    return [u[len("file://"):] if u.startswith("file://") else u for u in out]
+
+def _expand(pattern: str, which: str, key: str) -> list[str]:
+    if "://" not in pattern and Path(pattern).is_dir():
+        return _folder(pattern.rstrip("/") or "/", which, key, [p.name for p in Path(pattern).iterdir() if p.is_file()])
+    if pattern.startswith("s3://") and "{" not in pattern and not pattern.endswith(".tar"):
+        return _s3_prefix(pattern, which, key)
+    if pattern.startswith(("http://", "https://")) and pattern.endswith("/"):
+        return _folder(pattern.rstrip("/"), which, key, None)  # http has no listing: only a manifest says
+    return list(braceexpand(pattern))
+
+
+def _s3_prefix(prefix: str, which: str, key: str) -> list[str]:
+    """A folder (`s3://b/x/` or `s3://b/x` holding `x/...`) means its shards; another prefix every .tar under it."""
+    objects = list_objects(prefix, suffix="")
+    folder = prefix.rstrip("/")
+    inside = [u[len(folder) + 1:] for u in objects if u.startswith(folder + "/")]
+    if prefix.endswith("/") or inside:
+        return _folder(folder, which, key, [n for n in inside if "/" not in n])
+    tars = [u for u in objects if u.endswith(".tar")]
+    if not tars:
+        raise ShardError(f"{key}: no .tar objects under this prefix ({_few(objects, 'found: ') or 'none at all'})")
+    return tars
+
+
+def _folder(folder: str, which: str, key: str, names: list[str] | None) -> list[str]:
+    """A folder's shards of one set: never its other sets (a stream folder holds seed and test shards too)."""
+    manifest = read_manifest(folder)
+    if manifest is not None:
+        return manifest.urls(which)
+    pattern = SETS[which][1]
+    if names is None:
+        raise ShardError(f"{key}: no manifest.json in this http(s) folder, which cannot be listed; name the "
+                         f"shards, e.g. {folder}/{which}-{{000000..000009}}.tar")
+    found = sorted(n for n in names if fnmatch(n, pattern))
+    if not found:
+        raise ShardError(f"{key}: the folder holds no {pattern} shards and no manifest.json "
+                         f"({_few(sorted(names), 'found: ') or 'it is empty'})")
+    return [f"{folder}/{n}" for n in found]
+
+
+def _few(items: list[str], lead: str = "") -> str:
+    return lead + ", ".join(items[:5]) + (f", ... ({len(items)} in all)" if len(items) > 5 else "") if items else ""
 
 
 def experience_shards(urls: list[str], shards_per_experience: int, seed: int, shuffle: bool,
@@ -65,27 +119,74 @@ def experience_shards(urls: list[str], shards_per_experience: int, seed: int, sh
     return groups[:max_experiences] if max_experiences else groups
 
 
-def _select(name: str) -> bool:
-    return name.endswith(WANTED_SUFFIXES)
-
-
 def decode_image(data: bytes, where: str = "") -> Image.Image:
+    """Encoded bytes -> an RGB image, the size checked from the header before any pixel is decoded."""
+    where = where or "a sample"
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            return img.convert("RGB")
-    except OSError as e:  # PIL's UnidentifiedImageError and truncated images are OSErrors
-        raise ShardError(f"cannot decode the image of {where or 'a sample'}: {e}") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own, lower limit follows
+            with Image.open(io.BytesIO(data)) as img:
+                if img.width * img.height > MAX_IMAGE_PIXELS:
+                    raise _too_big(where, f"{img.width}x{img.height} pixels")
+                return img.convert("RGB")
+    except ShardError:
+        raise
+    except Image.DecompressionBombError as e:  # PIL's own check, at twice its limit, fires in Image.open
+        raise _too_big(where, re.sub(r"^Image size \((\d+) pixels\).*", r"\1 pixels", str(e))) from None
+    except Image.UnidentifiedImageError:  # its message shows the BytesIO object's address, not the sample
+        raise ShardError(f"cannot decode the image of {where}: not an image PIL can read") from None
+    except Exception as e:  # noqa: BLE001 - hostile bytes make PIL raise OSError, DecompressionBombError, ValueError...
+        raise ShardError(f"cannot decode the image of {where}: {e}") from None
 
 
-def naming_the_shard(exn: Exception, url: str | None = None) -> ShardError:
-    """Any failure to read a shard as a ShardError whose message names it."""
-    if isinstance(exn, ShardError):  # WebDataset appends the URL to args: keep the message alone
-        return type(exn)(exn.args[0]) if exn.args else exn
-    where = [url] if url else [str(exn.filename)] if getattr(exn, "filename", None) else \
-        [a for a in exn.args if isinstance(a, str) and ("/" in a or "://" in a)]
-    text = getattr(exn, "strerror", None) or (str(exn.args[0]) if exn.args else type(exn).__name__)
-    error = StorageUnavailable if isinstance(exn, StorageUnavailable) else ShardError
-    return error(f"cannot read shard {where[-1] if where else '?'}: {type(exn).__name__}: {text}")
+def _too_big(where: str, size: str) -> ShardError:
+    return ShardError(f"the image of {where} is {size}, over the limit of {MAX_IMAGE_PIXELS >> 20} megapixels "
+                      f"(MAX_IMAGE_PIXELS): a decompression bomb?")
+
+
+def naming_the_shard(exn: Exception, url: str) -> ShardError:
+    """Any failure to read a shard as one line: "cannot read shard <url>: <cause>"."""
+    if isinstance(exn, ShardError):  # from the storage: "<url>: <cause>"
+        text = str(exn.args[0]) if exn.args else url
+        return type(exn)(f"cannot read shard {text}" if text.startswith(url) else text)
+    return ShardError(f"cannot read shard {url}: {_cause(exn)}")
+
+
+def _cause(exn: Exception) -> str:
+    if isinstance(exn, FileNotFoundError):
+        return "no such file"
+    if isinstance(exn, IsADirectoryError):
+        return "a folder, not a shard"
+    if isinstance(exn, PermissionError):
+        return "permission denied"
+    text = getattr(exn, "strerror", None) or (str(exn.args[0]) if exn.args else "")
+    if isinstance(exn, tarfile.TarError):
+        return f"not a tar file, or a truncated one ({text})"
+    return f"{type(exn).__name__}: {text}" if text else type(exn).__name__
+
+
+@dataclass(frozen=True)
+class Oversized:
+    """Stands for a tar member over MAX_MEMBER_BYTES, left unread; the sample that holds it is refused."""
+
+    size: int
+
+
+def tar_members(stream, url: str):
+    """The wanted members of one tar stream, as WebDataset's file samples. A member's size is known
+    from its header: one over MAX_MEMBER_BYTES is passed over without being read."""
+    with tarfile.open(fileobj=stream, mode="r|*") as tar:
+        for info in tar:
+            if info.isreg() and info.name.endswith(WANTED_SUFFIXES):
+                data = tar.extractfile(info).read() if info.size <= MAX_MEMBER_BYTES else Oversized(info.size)
+                yield {"fname": info.name, "data": data, "__url__": url}
+            tar.members = []  # a stream of any length: forget the members already passed
+
+
+def tar_samples(url: str):
+    """The samples of one shard (members grouped by key, as WebDataset does)."""
+    with open_url(url) as stream:
+        yield from wds.tariterators.group_by_keys(tar_members(stream, url))
 
 
 SKIPPED = "__skipped__"  # the key of the marker that stands for a skipped shard or sample
@@ -104,7 +205,7 @@ def read_shards(on_error: str = "fail", skip_urls: frozenset = frozenset()):
                 yield {SKIPPED: url, "error": f"{url}: skipped before the checkpoint"}
                 continue
             try:
-                yield from wds.tariterators.tarfile_samples([dict(shard)], select_files=_select)
+                yield from tar_samples(url)
             except Exception as exn:  # noqa: BLE001 - named and re-raised, or skipped on request
                 error = naming_the_shard(exn, url)
                 if on_error != "skip" or isinstance(error, StorageUnavailable):
@@ -114,53 +215,68 @@ def read_shards(on_error: str = "fail", skip_urls: frozenset = frozenset()):
     return stage
 
 
-def parse_sample(sample: dict, on_error: str = "fail") -> dict:
+def parse_sample(sample: dict, on_error: str = "fail", num_classes: int | None = None) -> dict:
     """Raw tar members of one sample -> {key, url, image bytes, cls (-1: unlabeled), gt (-1: unknown)};
-    under on_error=skip a malformed sample becomes a skip marker."""
+    under on_error=skip a malformed sample becomes a skip marker. With num_classes, a class must be below it."""
     if SKIPPED in sample:
         return sample
     try:
-        return _parse(sample)
+        return _parse(sample, num_classes)
     except ShardError as e:
         if on_error != "skip":
             raise
         return {SKIPPED: sample.get("__url__"), "error": str(e)}
 
 
-def _parse(sample: dict) -> dict:
+def _parse(sample: dict, num_classes: int | None) -> dict:
+    where = f"sample {sample.get('__key__')} in {sample.get('__url__')}"
+    for name, value in sample.items():
+        if isinstance(value, Oversized):
+            raise ShardError(f"{where}: its {name} member is {value.size:,} bytes, over the limit of "
+                             f"{MAX_MEMBER_BYTES >> 20} MB per member (MAX_MEMBER_BYTES)")
     image = next((sample[k] for k in IMAGE_KEYS if k in sample), None)
     if image is None:
-        raise ShardError(f"sample {sample.get('__key__')} in {sample.get('__url__')} has no image "
-                         f"({', '.join(IMAGE_KEYS)})")
+        raise ShardError(f"{where} has no image ({', '.join(IMAGE_KEYS)})")
     out = {"key": sample["__key__"], "url": sample.get("__url__"), "image": image, "cls": -1, "gt": -1}
     try:
         if "cls" in sample:
-            out["cls"] = int(sample["cls"])
+            out["cls"] = _class(sample["cls"], "cls", where, num_classes)
         if "gt.cls" in sample:
-            out["gt"] = int(sample["gt.cls"])
+            out["gt"] = _class(sample["gt.cls"], "gt.cls", where, num_classes)
         if "json" in sample:
             out["json"] = json.loads(sample["json"])
     except ValueError as e:
-        raise ShardError(f"sample {out['key']} in {out['url']}: bad cls/json ({e})") from None
+        raise ShardError(f"{where}: bad cls/json ({e})") from None
     return out
 
 
-def sample_stages(urls: list[str], on_error: str = "fail", skip_urls: frozenset = frozenset()) -> list:
+def _class(data: bytes, name: str, where: str, num_classes: int | None) -> int:
+    """A class index, 0..num_classes-1 (an unlabeled sample has no `cls` member; -1 is no class)."""
+    value = int(data)
+    if value < 0 or (num_classes is not None and value >= num_classes):
+        limit = f"0..{num_classes - 1} (dataset.num_classes={num_classes})" if num_classes else "0 or more"
+        raise ShardError(f"{where}: {name} is {value}, not a class: a class is {limit}; fix the shard, or the config")
+    return value
+
+
+def sample_stages(urls: list[str], on_error: str = "fail", skip_urls: frozenset = frozenset(),
+                  num_classes: int | None = None) -> list:
     """The pipeline stages to parsed samples of `urls`, the shards split across ranks and DataLoader workers."""
     return [wds.SimpleShardList(urls), wds.split_by_node, wds.split_by_worker, read_shards(on_error, skip_urls),
-            wds.map(partial(parse_sample, on_error=on_error))]
+            wds.map(partial(parse_sample, on_error=on_error, num_classes=num_classes))]
 
 
-def shard_samples(urls: list[str], on_error: str = "fail") -> wds.DataPipeline:
-    return wds.DataPipeline(*sample_stages(urls, on_error))
+def shard_samples(urls: list[str], on_error: str = "fail", num_classes: int | None = None) -> wds.DataPipeline:
+    return wds.DataPipeline(*sample_stages(urls, on_error, num_classes=num_classes))
 
 
 def make_unlabeled_batches(urls: list[str], views: Callable, batch_size: int, on_error: str = "fail",
-                           skip_urls: frozenset = frozenset()):
+                           skip_urls: frozenset = frozenset(), num_classes: int | None = None):
     """Decoded, augmented and batched in the workers: dicts of u_weak, u_strong1, u_strong2, cls, gt,
     the encoded images of the labeled samples (for the labeled pool), and `skipped`: the shards and
     samples left out under on_error=skip, as (url, error) pairs. A batch may hold no images at all
-    (only skips); then u_weak is None."""
+    (only skips); then u_weak is None. With num_classes, a cls or gt.cls outside 0..num_classes-1 is
+    a bad sample (without it, a class past the end would fail later, in the training step)."""
 
     def to_views(s: dict) -> dict:
         if SKIPPED in s:
@@ -185,14 +301,15 @@ def make_unlabeled_batches(urls: list[str], views: Callable, batch_size: int, on
                 "labeled_images": [(s["image"], s["cls"]) for s in samples if s["image"] is not None],
                 "urls": [s["url"] for s in samples], "skipped": skipped}
 
-    return wds.DataPipeline(*sample_stages(urls, on_error, skip_urls), wds.map(to_views),
+    return wds.DataPipeline(*sample_stages(urls, on_error, skip_urls, num_classes), wds.map(to_views),
                             wds.batched(batch_size, collation_fn=collate, partial=True))
 
 
-def read_labeled_shards(urls: list[str], require_cls: bool = True) -> tuple[list[bytes], np.ndarray]:
+def read_labeled_shards(urls: list[str], require_cls: bool = True,
+                        num_classes: int | None = None) -> tuple[list[bytes], np.ndarray]:
     """Every (image bytes, class) of some shards, in order: the labeled seed set or the test set."""
     images, labels = [], []
-    for s in shard_samples(urls):
+    for s in shard_samples(urls, num_classes=num_classes):
         label = s["cls"] if s["cls"] >= 0 else s["gt"]
         if label < 0 or (require_cls and s["cls"] < 0):
             raise ShardError(f"sample {s['key']} in {s['url']} has no cls: labeled and test shards need one")
@@ -200,7 +317,7 @@ def read_labeled_shards(urls: list[str], require_cls: bool = True) -> tuple[list
         images.append(s["image"])
         labels.append(label)
     if not images:
-        raise ShardError(f"no samples in {urls[:3]}{'...' if len(urls) > 3 else ''}")
+        raise ShardError(f"no samples in {_few(urls)}: labeled and test shards must hold some")
     return images, np.asarray(labels, dtype=np.int64)
 
 

@@ -4,15 +4,16 @@ segments, and the per-shard sample counts that the loop checks against what it r
 
 from __future__ import annotations
 
-import json
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from bmb_stream.data.errors import ShardError
-from bmb_stream.data.object_store import S3Settings, read_bytes, use_storage
+from bmb_stream.data.errors import ShardError, StorageUnavailable
+from bmb_stream.data.manifest import Manifest, read_manifest
+from bmb_stream.data.object_store import S3Settings, use_storage
 from bmb_stream.data.simulate import load_recipe, simulate
 from bmb_stream.data.stream import expand_urls, experience_shards, read_labeled_shards
 
@@ -43,20 +44,24 @@ def _name(url: str) -> str:
     return url.rstrip("/").rsplit("/", 1)[-1]
 
 
-def _manifest_of(urls: list[str]) -> tuple[dict | None, str | None]:
-    """The manifest.json beside the first shard (local, http(s) or s3), and that folder."""
-    if not urls:
-        return None, None
-    folder = urls[0].rsplit("/", 1)[0] if "/" in urls[0] else "."
-    data = read_bytes(f"{folder}/manifest.json")
-    return (json.loads(data) if data is not None else None), folder
+def _beside(url: str) -> str:
+    """The folder of a shard."""
+    return url.rsplit("/", 1)[0] if "/" in url else "."
 
 
-def _segments(manifest: dict | None, experiences: list[list[str]]) -> tuple[list[list[int]] | None, list[int]]:
+def _manifest_of(urls: list[str], num_classes: int) -> Manifest | None:
+    """The checked manifest.json beside the first shard (local, http(s) or s3), if there is one."""
+    manifest = read_manifest(_beside(urls[0]))
+    if manifest is not None:
+        manifest.check_classes(num_classes)
+    return manifest
+
+
+def _segments(manifest: Manifest | None, experiences: list[list[str]]) -> tuple[list[list[int]] | None, list[int]]:
     """Classes grouped by the experience in which the stream first shows them (from the manifest)."""
     if manifest is None:
         return None, []
-    hist = {s["file"]: np.asarray(s["class_histogram"]) for s in manifest.get("shards", [])}
+    hist = manifest.histograms()
     seen: set[int] = set()
     segments, starts = [], []
     for k, shards in enumerate(experiences):
@@ -74,38 +79,58 @@ def _segments(manifest: dict | None, experiences: list[list[str]]) -> tuple[list
     return segments, starts
 
 
+def _simulated(cfg) -> list[str]:
+    """No stream.urls: the stream of stream.recipe, simulated once into the cache."""
+    s = cfg.stream
+    if not s.recipe:
+        raise ShardError("stream.urls is not set: give shard URLs (or a stream folder), or stream.recipe to "
+                         "simulate a stream")
+    name, recipe = load_recipe(s.recipe)
+    out = Path(s.cache_dir).expanduser() / f"{name}-seed{recipe['seed']}"
+    print(f"stream: {name} (simulated once, cached in {out})")
+    simulate(name, recipe, out, overwrite=True, progress=bool(cfg.progress))  # our cache: rebuilt if the recipe changed
+    return expand_urls(str(out))
+
+
+def _set_urls(which: str, given, manifest: Manifest | None, stream_urls: list[str]) -> list[str]:
+    """The seed (labeled) or test set's shards: as given, else those the manifest beside the stream
+    names, else the folder's `labeled-*.tar` / `test-*.tar`."""
+    if given is not None:
+        return expand_urls(given, which)
+    if manifest is not None:
+        return manifest.urls(which)
+    beside = _beside(stream_urls[0])
+    try:
+        return expand_urls(f"{beside}/", which)
+    except StorageUnavailable:
+        raise
+    except ShardError:
+        raise ShardError(f"stream.{which}_urls is required: there is neither a manifest.json nor {which}-*.tar "
+                         f"shards beside the stream shards ({beside})") from None
+
+
+def warn_missing_classes(what: str, labels: np.ndarray, names: list[str]) -> None:
+    """A class absent from the seed or the test set is legal but likely a mistake: say so, once, at start-up."""
+    missing = np.flatnonzero(np.bincount(labels, minlength=len(names)) == 0).tolist()
+    if missing:
+        listed = ", ".join(str(c) if names[c] == str(c) else f"{c} ({names[c]})" for c in missing[:20])
+        more = f", ... ({len(missing)} in all)" if len(missing) > 20 else ""
+        print(f"bmb-stream: warning: the {what} has no samples of class{'es' if len(missing) > 1 else ''} "
+              f"{listed}{more}", file=sys.stderr)
+
+
 def prepare_stream(cfg) -> StreamSource:
     s = cfg.stream
     use_storage(S3Settings.from_config(cfg.get("storage")))
-    urls = expand_urls(s.urls)
-    if not urls:
-        if not s.recipe:
-            raise ShardError("stream.urls is empty: give shard URLs, or stream.recipe to simulate a stream")
-        cache = Path(s.cache_dir).expanduser()
-        name, recipe = load_recipe(s.recipe)
-        out = cache / f"{name}-seed{recipe['seed']}"
-        print(f"stream: {name} (simulated once, cached in {out})")
-        simulate(name, recipe, out, overwrite=True, progress=bool(cfg.progress))  # our cache: rebuilt if the recipe changed
-        urls = sorted(str(p) for p in out.glob("stream-*.tar"))
-    manifest, folder = _manifest_of(urls)
+    num_classes = int(cfg.dataset.num_classes)
+    urls = _simulated(cfg) if s.urls is None else expand_urls(s.urls)  # null: the recipe; given: must name shards
+    manifest = _manifest_of(urls, num_classes)
     experiences = experience_shards(urls, int(s.shards_per_experience), int(cfg.seed), bool(s.shuffle_shards),
                                     bool(s.resampled), s.max_experiences)
-
-    def from_manifest(key: str, given) -> list[str]:
-        if given:
-            return expand_urls(given)
-        if manifest is not None and key in manifest:
-            return [f"{folder}/{f}" for f in manifest[key]["files"]]
-        raise ShardError(f"stream.{'labeled' if key == 'labeled_set' else 'test'}_urls is required "
-                         f"(no manifest.json beside the stream names one)")
-
-    labeled = read_labeled_shards(from_manifest("labeled_set", s.labeled_urls))
-    test = read_labeled_shards(from_manifest("test_set", s.test_urls))
-    num_classes = int(cfg.dataset.num_classes)
-    for what, (_, labels) in (("labeled", labeled), ("test", test)):
-        if labels.max() >= num_classes:
-            raise ShardError(f"the {what} shards have class {labels.max()} but dataset.num_classes={num_classes}")
-    names = (manifest or {}).get("class_names") or [str(c) for c in range(num_classes)]
+    labeled = read_labeled_shards(_set_urls("labeled", s.labeled_urls, manifest, urls), num_classes=num_classes)
+    test = read_labeled_shards(_set_urls("test", s.test_urls, manifest, urls), num_classes=num_classes)
+    names = (manifest.class_names if manifest else None) or [str(c) for c in range(num_classes)]
+    warn_missing_classes("seed (labeled) set", labeled[1], names)
+    warn_missing_classes("test set", test[1], names)
     segments, starts = _segments(manifest, experiences)
-    sizes = {e["file"]: int(e["samples"]) for e in (manifest or {}).get("shards", [])}
-    return StreamSource(experiences, labeled, test, names, segments, starts, sizes)
+    return StreamSource(experiences, labeled, test, names, segments, starts, manifest.shard_sizes() if manifest else {})

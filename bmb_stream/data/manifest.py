@@ -1,0 +1,117 @@
+"""The stream manifest: `manifest.json` beside the shards (a local folder, http(s) or s3), read and
+checked here and only here.
+
+A stream folder's manifest names its stream shards (`shards[*].file`, with each shard's `samples`
+and `class_histogram`), its seed set (`labeled_set.files`) and its test set (`test_set.files`), and
+`class_names`. It is untrusted input like the shards: it is checked whole at start-up, so that a bad
+one stops the run with one line naming its field, not with a traceback hours later (the class
+names, for one, are used only by the plots at the end of a run).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from bmb_stream.data.errors import ShardError
+from bmb_stream.data.object_store import read_bytes
+
+MANIFEST = "manifest.json"
+# what a folder of shards means for each key: the manifest's entry, else the shards named so
+SETS = {"stream": ("shards", "stream-*.tar"), "labeled": ("labeled_set", "labeled-*.tar"),
+        "test": ("test_set", "test-*.tar")}
+FIX = "fix it, or write the stream again (bmb-stream simulate ... overwrite=true)"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    url: str
+    shards: list[dict] = field(default_factory=list)  # each with file, samples, class_histogram
+    sets: dict[str, list[str]] = field(default_factory=dict)  # labeled_set, test_set, unlabeled_set -> files
+    class_names: list[str] | None = None
+    num_classes: int | None = None
+
+    @property
+    def folder(self) -> str:
+        return self.url.rsplit("/", 1)[0]
+
+    def urls(self, which: str) -> list[str]:
+        """The URLs of the stream shards (`stream`), the seed set (`labeled`) or the test set (`test`)."""
+        entry = SETS[which][0]
+        files = [s["file"] for s in self.shards] if which == "stream" else self.sets.get(entry, [])
+        if not files:
+            key = "stream.urls" if which == "stream" else f"stream.{which}_urls"
+            raise ShardError(f"manifest {self.url}: no {entry} in it; name the shards in {key}")
+        return [f"{self.folder}/{f}" for f in files]
+
+    def shard_sizes(self) -> dict[str, int]:
+        return {s["file"]: s["samples"] for s in self.shards}
+
+    def histograms(self) -> dict[str, np.ndarray]:
+        return {s["file"]: np.asarray(s["class_histogram"], dtype=np.int64) for s in self.shards}
+
+    def check_classes(self, num_classes: int) -> None:
+        """The manifest describes a dataset of num_classes classes (else the run would fail late)."""
+        counts = [("num_classes", self.num_classes), ("class_names", None if self.class_names is None else
+                                                        len(self.class_names))]
+        counts += [(f"shards[{i}].class_histogram", len(s["class_histogram"])) for i, s in enumerate(self.shards)]
+        for name, n in counts:
+            if n is not None and n != num_classes:
+                raise ShardError(f"manifest {self.url}: {name} has {n} classes but dataset.num_classes={num_classes}; "
+                                 f"set dataset.num_classes (or the dataset the stream was made from) to match")
+
+
+def read_manifest(folder: str) -> Manifest | None:
+    """The checked manifest of a folder of shards, or None when it has none."""
+    url = f"{folder.rstrip('/')}/{MANIFEST}"
+    try:
+        data = read_bytes(url)
+    except ShardError as e:  # the storage's own message starts with the URL
+        raise type(e)(f"cannot read the manifest {e}") from None
+    return None if data is None else parse_manifest(data, url)
+
+
+def parse_manifest(data: bytes, url: str) -> Manifest:
+    try:
+        m = json.loads(data)
+    except ValueError as e:  # JSONDecodeError and UnicodeDecodeError both are
+        raise ShardError(f"manifest {url}: not valid JSON ({e}); {FIX}") from None
+    _check(isinstance(m, dict), url, "its top level", "is not a JSON object")
+    shards = m.get("shards", [])
+    _check(isinstance(shards, list), url, "shards", "is not a list")
+    for i, s in enumerate(shards):
+        where = f"shards[{i}]"
+        _check(isinstance(s, dict), url, where, "is not an object with file, samples and class_histogram")
+        _check(_is_file(s.get("file")), url, f"{where}.file", "is not a file name in the manifest's folder")
+        _check(_is_count(s.get("samples")), url, f"{where}.samples", "is not an integer >= 0")
+        histogram = s.get("class_histogram")
+        _check(isinstance(histogram, list) and all(map(_is_count, histogram)), url, f"{where}.class_histogram",
+               "is not a list of integers >= 0")
+    sets = {}
+    for name in ("labeled_set", "test_set", "unlabeled_set"):
+        if name in m:
+            files = m[name].get("files") if isinstance(m[name], dict) else None
+            _check(isinstance(files, list) and files and all(map(_is_file, files)), url, f"{name}.files",
+                   "is not a list of the set's file names")
+            sets[name] = files
+    names, n = m.get("class_names"), m.get("num_classes")
+    _check(names is None or (isinstance(names, list) and all(isinstance(x, str) for x in names)), url,
+           "class_names", "is not a list of strings")
+    _check(n is None or _is_count(n), url, "num_classes", "is not an integer >= 0")
+    return Manifest(url, shards, sets, names, n)
+
+
+def _check(ok: bool, url: str, name: str, problem: str) -> None:
+    if not ok:
+        raise ShardError(f"manifest {url}: {name} {problem}; {FIX}")
+
+
+def _is_count(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def _is_file(x) -> bool:
+    """A plain file name: a manifest names files in its own folder, never elsewhere."""
+    return isinstance(x, str) and x not in ("", ".", "..") and "/" not in x and "\\" not in x
