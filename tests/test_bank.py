@@ -125,3 +125,79 @@ def test_state_dict_round_trip_continues_the_same_random_stream():
     assert torch.equal(a.labels[: a.fill], b.labels[: b.fill]) and torch.equal(a.features, b.features)
     da, db = a.draw(10, torch.ones(4)), b.draw(10, torch.ones(4))
     assert torch.equal(da[1], db[1])
+
+
+# --- the count rule: `present` keeps the rebalancing but lets no absent class gate the bank ----------
+
+def test_present_rule_equals_reference_when_every_class_is_in_the_bank():
+    for counts in (torch.tensor([10, 20, 40]), torch.tensor([1, 7, 3, 250])):
+        for beta in (0.0, 1.0, 2.0, 3.0):
+            assert torch.equal(put_probabilities(counts, beta, rule="present"), put_probabilities(counts, beta))
+    nhat = torch.tensor([8.0, 2.0, 0.5])
+    labels = torch.tensor([0, 0, 1, 2, 2, 2])
+    assert torch.allclose(draw_probabilities(nhat, labels, 1.5, rule="present"), draw_probabilities(nhat, labels, 1.5))
+
+
+def test_present_rule_admits_present_classes_while_one_is_absent():
+    counts = torch.tensor([0, 5, 20])
+    ref = put_probabilities(counts, beta_put=2.0)
+    assert ref[1] < 1e-7 and ref[2] < 1e-8  # the reference gate: nothing present gets in
+    rho = put_probabilities(counts, beta_put=2.0, rule="present")
+    assert torch.allclose(rho, torch.tensor([1.0, 1.0, 0.0625]))  # absent 1, rarest present 1, head (5/20)^2
+    w = eviction_weights(rho, torch.tensor([1, 2]))
+    assert w[1] > w[0]  # eviction still prefers the head class
+    assert torch.equal(put_probabilities(torch.zeros(4, dtype=torch.long), 2.0, rule="present"), torch.ones(4))
+
+
+def test_present_rule_draws_do_not_all_go_to_a_class_nhat_has_not_counted():
+    nhat = torch.tensor([10.0, 1.0, 0.0])
+    labels = torch.tensor([0] * 10 + [1] * 10 + [2])
+    ref = draw_probabilities(nhat, labels, beta_get=1.0)
+    assert ref[-1] > 0.9  # the reference: one entry of the uncounted class takes > 90% of the draws
+    p = draw_probabilities(nhat, labels, beta_get=1.0, rule="present")
+    assert p[-1] == pytest.approx(p[10]) and p[10] == pytest.approx(10 * p[0])  # as rare as the rarest counted
+
+
+def test_zipf_candidates_fill_the_bank_with_every_class_under_the_present_rule():
+    """100 classes, gamma-100 candidates, few per step (an early, rarely confident balanced head): the
+    reference keeps the bank at about one entry per class while any class is missing; `present` fills
+    it, holds every class and keeps it balanced."""
+    gen = torch.Generator().manual_seed(0)
+    banks = {rule: MemoryBank(256, 1, 100, beta_put=3.0, beta_get=1.0, count_rule=rule, seed=0)
+             for rule in ("reference", "present")}
+    for step in range(3000):
+        labels = skewed_labels(6, 100, 100.0, gen)
+        for bank in banks.values():
+            bank.put(torch.zeros(6, 1), labels)
+        if step == 99:
+            assert banks["reference"].fill < 100 < banks["present"].fill
+    counts = banks["present"].class_counts()
+    assert banks["present"].fill == 256 and bool((counts > 0).all()), counts
+    assert counts.max() <= 8 * counts.min()
+
+
+def test_a_late_class_gates_the_reference_bank_but_not_the_present_one():
+    """Class 9 is never offered: the reference bank stays nearly empty, `present` fills and balances
+    the nine classes it has; when class 9 arrives it is admitted at once (rho = 1)."""
+    gen = torch.Generator().manual_seed(1)
+    banks = {rule: MemoryBank(256, 1, 10, beta_put=2.0, beta_get=1.0, count_rule=rule, seed=0)
+             for rule in ("reference", "present")}
+    for _ in range(500):
+        labels = skewed_labels(16, 9, 100.0, gen)
+        for bank in banks.values():
+            bank.put(torch.zeros(16, 1), labels)
+    assert banks["reference"].fill < 40
+    present = banks["present"]
+    assert present.fill == 256 and tv_from_uniform(present.class_counts()[:9]) < 0.15  # 0.09 measured
+    slots, _ = present.put(torch.zeros(3, 1), torch.full((3,), 9))
+    assert len(slots) == 3 and int(present.class_counts()[9]) == 3
+
+
+def test_count_rule_is_validated_and_not_part_of_the_state():
+    with pytest.raises(ValueError, match="reference, present"):
+        MemoryBank(8, 1, 2, beta_put=1.0, beta_get=1.0, count_rule="smooth")
+    with pytest.raises(ValueError, match="reference, present"):
+        put_probabilities(torch.tensor([1, 2]), 1.0, rule="smooth")
+    bank = MemoryBank(8, 1, 2, beta_put=1.0, beta_get=1.0, count_rule="present")
+    bank.put(torch.randn(4, 1), torch.tensor([0, 1, 0, 1]))
+    assert set(bank.state_dict()) == {"features", "labels", "capacity", "generator"}  # same form as before

@@ -66,3 +66,49 @@ def test_estimate_state_round_trip():
 def test_unknown_kind_is_rejected():
     with pytest.raises(ValueError, match="cumulative"):
         PseudoLabelEstimate(2, "median")
+
+
+# --- the count rule: `present` keeps an unseen class from zeroing everyone else's weight -------------
+
+def test_present_rule_equals_reference_when_every_class_is_seen():
+    for stat in (torch.tensor([100.0, 10.0, 1.0]), torch.tensor([7.0, 3.0, 11.0, 0.5]), torch.tensor([1e-3, 2.0])):
+        assert torch.equal(class_weights(stat, 1.5, len(stat), rule="present"), class_weights(stat, 1.5, len(stat)))
+
+
+def test_present_rule_with_a_class_at_nhat_zero():
+    stat = torch.tensor([16.0, 4.0, 1.0, 0.0])
+    ref = class_weights(stat, alpha=1.0, num_classes=4)
+    assert torch.all(ref[:3] <= 1e-3)  # the reference gate: every seen class weighs ~0
+    w = class_weights(stat, alpha=1.0, num_classes=4, rule="present")
+    assert torch.allclose(w, torch.tensor([1 / 16, 1 / 4, 1.0, 1.0]))  # rebalanced among the seen; unseen 1
+    assert w[0] < w[1] < w[2]
+
+
+def test_present_rule_counts_a_statistic_below_the_floor_as_unseen():
+    """An EMA estimate of a class not predicted for a while decays towards 0; below the floor the
+    reference cannot tell it from 0, and `present` does not let it gate the others either."""
+    w = class_weights(torch.tensor([1e-7, 2.0, 8.0]), alpha=1.0, num_classes=3, rule="present")
+    assert torch.allclose(w, torch.tensor([1.0, 1.0, 0.25]))
+    assert torch.equal(class_weights(torch.zeros(3), alpha=1.0, num_classes=3, rule="present"), torch.ones(3))
+
+
+def test_unknown_count_rule_is_rejected():
+    with pytest.raises(ValueError, match="reference, present"):
+        class_weights(torch.ones(2), alpha=1.0, num_classes=2, rule="smoothed")
+
+
+def test_count_rule_defaults_and_the_learner_uses_it():
+    from bmb_stream.config import compose
+    from bmb_stream.engine.learner import Learner
+
+    rules = lambda *o: (compose(list(o)).method.bank.count_rule, compose(list(o)).method.weights.count_rule)  # noqa: E731
+    assert rules("mode=offline", "experiment=fmnist_lt_r100") == ("reference", "reference")
+    assert rules("experiment=cifar10_lt_r100", "dataset.root=/tmp") == ("reference", "reference")
+    assert rules("mode=stream", "experiment=fmnist_lt_r100") == ("present", "reference")  # stream mode: the bank gate only
+    assert rules() == ("reference", "reference")  # the demo keeps the reference (measured, see demo.yaml)
+    cfg = compose(["mode=offline", "model.width=4", "method.bank.capacity=16", "method.weights.count_rule=present"])
+    learner = Learner(cfg, 3, [100, 10, 1], torch.device("cpu"))
+    assert learner.bank.count_rule == "reference"
+    learner.estimate.update(torch.tensor([8, 2, 0]))
+    _, wu = learner.class_weights()
+    assert torch.allclose(wu, torch.tensor([(2 / 8) ** 1.5, 1.0, 1.0]))

@@ -67,7 +67,7 @@ class Learner:
             b = self.method.bank
             self.bank = MemoryBank(int(b.capacity), self.model.feature_dim, num_classes, beta_put=b.beta_put,
                                    beta_get=b.beta_get, count_floor=b.count_floor,
-                                   count_rule=self.method.get("count_rule") or "reference",  # old configs: reference
+                                   count_rule=b.get("count_rule") or "reference",  # configs older than the key: reference
                                    seed=int(cfg.seed))
         self.step_fn = STEP_FUNCTIONS[self.method.name]
         self.step = 0
@@ -93,7 +93,7 @@ class Learner:
     def class_weights(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         if self.estimate is None or not self.method.weights.enabled:
             return None, None
-        alpha, rule = self.method.weights.alpha, self.method.get("count_rule") or "reference"
+        alpha, rule = self.method.weights.alpha, self.method.weights.get("count_rule") or "reference"
         return (class_weights(self.labeled_counts, alpha, self.num_classes, rule=rule),
                 class_weights(self.pseudo_label_stat(), alpha, self.num_classes, rule=rule))
 

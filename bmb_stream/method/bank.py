@@ -3,21 +3,28 @@
 Balance is enforced by probabilities, not quotas: a candidate of class c is admitted with
 probability rho_c = (min_j n_j / n_c) ** beta_put, evictions prefer classes with small rho (the
 head classes), and draws for the bank loss favour classes the pseudo-label estimate says are rare.
+The count rule (`reference` or `present`, see weights.relative_rarity) says what an absent class
+does to that minimum.
 """
 
 from __future__ import annotations
 
 import torch
 
+from bmb_stream.method.weights import COUNT_RULES, relative_rarity
 
-def put_probabilities(class_counts: torch.Tensor, beta_put: float, floor: float = 1e-3) -> torch.Tensor:
+
+def put_probabilities(class_counts: torch.Tensor, beta_put: float, floor: float = 1e-3,
+                      rule: str = "reference") -> torch.Tensor:
     """rho_k = (min_c n_c / n_k) ** beta_put with counts floored at `floor`.
 
-    While a class is absent (count = floor) every present class gets rho ~ 0: only candidates of
-    absent classes get in. That is the reference behaviour; a larger floor softens it.
+    `reference`: while a class is absent (count = floor) every present class gets rho ~ 0, so only
+    candidates of absent classes get in and the bank holds about one entry per class until the last
+    class arrives (a larger floor softens it). `present`: the minimum runs over the classes in the bank;
+    absent classes get rho = 1 and the present ones are rebalanced among themselves as the reference
+    does once every class is in.
     """
-    n = class_counts.float().clamp_min(floor)
-    return (n.min() / n) ** beta_put
+    return relative_rarity(class_counts, beta_put, floor, rule)
 
 
 def eviction_weights(rho: torch.Tensor, entry_labels: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -26,9 +33,17 @@ def eviction_weights(rho: torch.Tensor, entry_labels: torch.Tensor, eps: float =
 
 
 def draw_probabilities(nhat: torch.Tensor, entry_labels: torch.Tensor, beta_get: float,
-                       floor: float = 1e-3) -> torch.Tensor:
-    """Normalised draw probabilities, entry e proportional to max(Nhat[label(e)], floor) ** -beta_get."""
-    w = nhat.float().clamp_min(floor)[entry_labels] ** (-beta_get)
+                       floor: float = 1e-3, rule: str = "reference") -> torch.Tensor:
+    """Normalised draw probabilities, entry e proportional to max(Nhat[label(e)], floor) ** -beta_get.
+
+    `reference`: an entry of a class Nhat has not counted weighs floor ** -beta_get (1,000 times a class
+    at Nhat = 1), so one such entry takes almost every draw. `present`: it weighs as much as an entry of
+    the rarest class Nhat has counted; the same distribution as `reference` when Nhat has seen them all.
+    """
+    if rule == "reference":
+        w = nhat.float().clamp_min(floor)[entry_labels] ** (-beta_get)
+    else:
+        w = relative_rarity(nhat, beta_get, floor, rule)[entry_labels]
     return w / w.sum()
 
 
@@ -37,18 +52,22 @@ class MemoryBank:
 
     Entries occupy slots [0, fill). The bank owns a random generator, so the same seed gives the
     same admissions, evictions and draws (on every rank of a distributed run, too), and the
-    generator state travels in `state_dict` for an exact resume.
+    generator state travels in `state_dict` for an exact resume. `count_rule` (reference | present)
+    applies to the put and the draw probabilities; it is configuration, not state.
     """
 
     def __init__(self, capacity: int, feature_dim: int, num_classes: int, *, beta_put: float,
-                 beta_get: float, count_floor: float = 1e-3, seed: int = 0):
+                 beta_get: float, count_floor: float = 1e-3, count_rule: str = "reference", seed: int = 0):
         if capacity <= 0:
             raise ValueError(f"bank capacity must be positive, got {capacity}")
+        if count_rule not in COUNT_RULES:
+            raise ValueError(f"unknown count rule {count_rule!r}; accepted: {', '.join(COUNT_RULES)}")
         self.capacity = capacity
         self.num_classes = num_classes
         self.beta_put = beta_put
         self.beta_get = beta_get
         self.count_floor = count_floor
+        self.count_rule = count_rule
         self.features = torch.zeros(capacity, feature_dim)
         self.labels = torch.zeros(capacity, dtype=torch.long)
         self.fill = 0
@@ -67,7 +86,7 @@ class MemoryBank:
             return empty, empty
         features = features.detach().float().cpu()
         labels = labels.detach().long().cpu()
-        rho = put_probabilities(self.class_counts(), self.beta_put, self.count_floor)
+        rho = put_probabilities(self.class_counts(), self.beta_put, self.count_floor, self.count_rule)
         sources = torch.nonzero(torch.rand(labels.numel(), generator=self.generator) < rho[labels]).flatten()
         if sources.numel() > self.capacity:  # more newcomers than the whole bank: keep a random subset
             sources = sources[torch.randperm(sources.numel(), generator=self.generator)[: self.capacity]]
@@ -89,7 +108,8 @@ class MemoryBank:
         k = min(k, self.fill)
         if k == 0:
             return None
-        p = draw_probabilities(nhat.cpu(), self.labels[: self.fill], self.beta_get, self.count_floor)
+        p = draw_probabilities(nhat.cpu(), self.labels[: self.fill], self.beta_get, self.count_floor,
+                               self.count_rule)
         idx = torch.multinomial(p, k, replacement=True, generator=self.generator)
         return self.features[idx], self.labels[idx]
 

@@ -5,15 +5,41 @@ from __future__ import annotations
 import torch
 
 
-def class_weights(stat: torch.Tensor | None, alpha: float, num_classes: int, floor: float = 1e-3) -> torch.Tensor:
+COUNT_RULES = ("reference", "present")
+
+
+def relative_rarity(stat: torch.Tensor, power: float, floor: float = 1e-3, rule: str = "reference") -> torch.Tensor:
+    """(min_c s_c / s_k) ** power with s = max(stat, floor): 1 for the rarest class, less for the head.
+
+    BMB's put probabilities, class weights and (normalised) draw weights are all this ratio.
+    `reference`: the minimum runs over every class, so a single class below the floor (absent) pins it
+    at the floor and every other class gets ~(floor / s_k) ** power ~ 0: the gate that keeps the bank
+    nearly empty and the unlabeled weights off until the last class shows up.
+    `present`: the minimum runs over the classes at or above the floor (those the statistic has seen);
+    a class below it counts as the rarest (1) and does not pull the others down. It equals `reference`
+    whenever every class is at or above the floor, so the rebalancing among seen classes is unchanged.
+    """
+    if rule not in COUNT_RULES:
+        raise ValueError(f"unknown count rule {rule!r}; accepted: {', '.join(COUNT_RULES)}")
+    s = stat.float().clamp_min(floor)
+    if rule == "reference":
+        return (s.min() / s) ** power
+    seen = stat.float() >= floor
+    if not seen.any():
+        return torch.ones_like(s)
+    return torch.where(seen, (s[seen].min() / s) ** power, torch.ones_like(s))
+
+
+def class_weights(stat: torch.Tensor | None, alpha: float, num_classes: int, floor: float = 1e-3,
+                  rule: str = "reference") -> torch.Tensor:
     """w_k = (min_c s_c / s_k) ** alpha with s = max(stat, floor): the rarest class gets 1, the head less.
 
-    Without a statistic yet (None) every weight is 1.
+    Without a statistic yet (None) every weight is 1. `rule`: see `relative_rarity` (`present` keeps a
+    class with no confident pseudo-label yet from zeroing everyone else's unlabeled weight).
     """
     if stat is None:
         return torch.ones(num_classes)
-    s = stat.float().clamp_min(floor)
-    return (s.min() / s) ** alpha
+    return relative_rarity(stat, alpha, floor, rule)
 
 
 class PseudoLabelEstimate:
