@@ -50,10 +50,16 @@ def run_offline(cfg) -> dict:
     with StopFlag() as stop:
         while learner.step < steps and stop.raised is None:
             t = time.time()
-            x_l, y_l = next(labeled)
+            try:
+                x_l, y_l = next(labeled)
+                unlabeled_views = next(unlabeled)[0] if unlabeled is not None else None  # true labels unused
+            except RuntimeError as e:  # SIGTERM to the process group also ended the DataLoader workers
+                if stop.stopping(e):
+                    break
+                raise
             batch = Batch(x_l.to(device, non_blocking=True), y_l.to(device, non_blocking=True))
-            if unlabeled is not None:
-                (u_w, u_s1, u_s2), _ = next(unlabeled)  # the true labels are never used
+            if unlabeled_views is not None:
+                u_w, u_s1, u_s2 = unlabeled_views
                 batch.u_weak, batch.u_strong1, batch.u_strong2 = (v.to(device, non_blocking=True) for v in (u_w, u_s1, u_s2))
             terms = learner.train_step(batch)
             train_time += time.time() - t

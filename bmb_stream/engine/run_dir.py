@@ -47,7 +47,8 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 def experiment_changes(stored: dict, cfg) -> list[str]:
     """Keys whose values differ between a stored config and this one and change the experiment."""
     old, new = _flat(stored), _flat(OmegaConf.to_container(redacted(cfg), resolve=True))
-    changed = [k for k in sorted(old.keys() | new.keys()) if old.get(k, "<absent>") != new.get(k, "<absent>")]
+    # a key the stored config lacks was added since the run began; its default keeps the old behaviour
+    changed = [k for k in sorted(old.keys()) if old[k] != new.get(k, "<absent>")]
     return [f"{k}: {old.get(k, '<absent>')} -> {new.get(k, '<absent>')}" for k in changed
             if not any(k == allowed or (allowed.endswith(".") and k.startswith(allowed)) for allowed in RESUMABLE_CHANGES)]
 

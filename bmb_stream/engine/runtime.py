@@ -20,11 +20,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def ignore_stop_signals(worker_id: int = 0) -> None:
-    """DataLoader workers leave SIGINT/SIGTERM to the main process: `timeout`, Slurm, systemd and Ctrl-C
-    signal the whole process group, and a worker killed by them would end the run before its checkpoint."""
+def ignore_interrupts(worker_id: int = 0) -> None:
+    """DataLoader workers leave Ctrl-C (sent to the whole foreground process group) to the main process,
+    which finishes its step and checkpoints. SIGTERM keeps its default: the DataLoader stops its workers
+    with it; a worker killed by a SIGTERM sent to the group is expected by the loops (`stopping`)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def endless_batches(dataset, batch_size: int, seed: int, num_workers: int) -> Iterator:
@@ -33,7 +33,7 @@ def endless_batches(dataset, batch_size: int, seed: int, num_workers: int) -> It
     sampler = RandomSampler(dataset, num_samples=max(len(dataset), batch_size), generator=generator)
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True, num_workers=num_workers,
                         persistent_workers=num_workers > 0, generator=generator,
-                        worker_init_fn=ignore_stop_signals)
+                        worker_init_fn=ignore_interrupts)
     while True:
         yield from loader
 
@@ -52,6 +52,11 @@ class StopFlag:
 
     def _handle(self, signum, frame):
         self.raised = signal.Signals(signum).name
+
+    def stopping(self, error: BaseException) -> bool:
+        """Whether `error` is what a stop signal sent to the whole process group does to a DataLoader
+        (its workers killed): then the loop checkpoints and stops instead of failing."""
+        return self.raised is not None and isinstance(error, RuntimeError) and "DataLoader worker" in str(error)
 
     def __exit__(self, *exc):
         for sig, handler in self._old.items():

@@ -31,7 +31,7 @@ from bmb_stream.engine.checkpoint import load_checkpoint, save_atomic
 from bmb_stream.engine.learner import Learner
 from bmb_stream.engine.offline import build_summary, method_state
 from bmb_stream.engine.run_dir import RunDir
-from bmb_stream.engine.runtime import StopFlag, endless_batches, ignore_stop_signals, resolve_device
+from bmb_stream.engine.runtime import StopFlag, endless_batches, ignore_interrupts, resolve_device
 from bmb_stream.evaluation.evaluator import Evaluator
 from bmb_stream.evaluation.monitor import StreamMonitor
 from bmb_stream.evaluation.plots import write_plots
@@ -44,14 +44,16 @@ def derived_seed(seed: int, experience: int, purpose: int) -> int:
 
 
 def experience_batches(shards: list[str], views, batch_size: int, workers: int, passes: int, seed: int, k: int,
-                       on_error: str = "fail", skipped_before: dict[int, frozenset] | None = None):
+                       on_error: str = "fail", skipped_before: dict[int, frozenset] | None = None,
+                       num_classes: int | None = None):
     """The unlabeled batches of experience k: `passes` reads of its shards, each with its own seeds;
     each batch says its pass. `skipped_before[p]`: shards skipped in pass p before a checkpoint, skipped
     again without reading when the experience is replayed."""
     for p in range(passes):
-        batches = make_unlabeled_batches(shards, views, batch_size, on_error, (skipped_before or {}).get(p, frozenset()))
+        batches = make_unlabeled_batches(shards, views, batch_size, on_error, (skipped_before or {}).get(p, frozenset()),
+                                         num_classes=num_classes)
         loader = wds.WebLoader(batches, batch_size=None, num_workers=min(workers, len(shards)),
-                               worker_init_fn=ignore_stop_signals, generator=torch.Generator().manual_seed(derived_seed(seed, k, 2 + p)))
+                               worker_init_fn=ignore_interrupts, generator=torch.Generator().manual_seed(derived_seed(seed, k, 2 + p)))
         for batch in loader:
             batch["pass"] = p
             yield batch
@@ -155,7 +157,7 @@ def run_stream(cfg) -> dict:
                 skipped_before[entry["pass"]] = skipped_before.get(entry["pass"], frozenset()) | {entry["url"]}
             try:
                 unlabeled = experience_batches(shards, unlabeled_views, b_u, workers, int(cfg.stream.passes), seed, k,
-                                               on_error, skipped_before)
+                                               on_error, skipped_before, num_classes)
                 for ub in unlabeled:
                     t = time.time()
                     batches += 1
@@ -196,6 +198,10 @@ def run_stream(cfg) -> dict:
                 evaluator.close()
                 raise StorageUnavailable(f"{e}\nstopped in experience {k} with a checkpoint; resume when the storage "
                                          f"is back") from None
+            except RuntimeError as e:  # SIGTERM to the process group also ended the DataLoader workers
+                if not stop.stopping(e):
+                    raise
+                batches = max(batches, skip)
             if stop.raised is not None:
                 checkpoint(k, batches)
                 break
