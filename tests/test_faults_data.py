@@ -5,7 +5,6 @@ import gzip
 import json
 import pickle
 import re
-import struct
 
 import numpy as np
 import pytest
