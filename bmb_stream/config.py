@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
+
+from bmb_stream.evaluation.summary import STATISTICS
 from omegaconf.errors import MissingMandatoryValue
 
 GROUPS = ("mode", "method", "model", "dataset", "experiment")
@@ -138,7 +140,6 @@ def text(nullable: bool = True):
 
 
 SCHEDULES = ("constant", "cosine", "fixmatch_cosine")
-HEADLINES = ("final", "best", "mean_last_20", "median_last_20")
 POSITIVE = integer(1)
 SCHEMA = {
     "seed": integer(0), "resume": boolean(), "progress": boolean(),
@@ -156,7 +157,7 @@ SCHEMA = {
     "storage.s3.path_style": boolean(), "storage.s3.connect_timeout_s": number(0, open_low=True),
     "storage.s3.read_timeout_s": number(0, open_low=True), "storage.retry.budget_s": number(0),
     "storage.retry.backoff_s": number(0, open_low=True), "storage.retry.max_backoff_s": number(0, open_low=True),
-    "eval.batch_size": POSITIVE, "eval.headline": choice(*HEADLINES),
+    "eval.batch_size": POSITIVE, "eval.headline": choice(*STATISTICS),
     "method.eval_head": choice("std", "bal"), "method.tau": number(0, 1, open_low=True),
     "method.lambda_u": number(0), "method.lambda_mb": number(0), "method.warmup": integer(0),
     "method.bank_warmup": integer(0, nullable=True),

@@ -10,6 +10,7 @@ from contextlib import nullcontext
 import torch
 from omegaconf import OmegaConf
 
+from bmb_stream.config import SCHEDULES
 from bmb_stream.engine.ema import ModelEMA
 from bmb_stream.method.bank import MemoryBank
 from bmb_stream.method.steps import STEP_FUNCTIONS, Batch, StepContext
@@ -18,7 +19,6 @@ from bmb_stream.models import build_model
 from bmb_stream.models.heads import HeadPredictor
 
 
-SCHEDULES = ("constant", "cosine", "fixmatch_cosine")
 
 
 def lr_factor(step: int, total_steps: int, schedule: str) -> float:
