@@ -351,3 +351,20 @@ def test_classes_missing_from_the_seed_or_test_set_are_a_warning(tmp_path, capsy
     source = prepare_stream(cfg)
     assert source.class_names == ["dark", "light"] and len(source.experiences) == 1
     assert capsys.readouterr().err == "bmb-stream: warning: the test set has no samples of class 1 (light)\n"
+
+
+def test_every_rank_reads_the_whole_seed_and_test_sets(tmp_path, monkeypatch):
+    """Under torchrun (RANK / WORLD_SIZE set) the stream's shards are split across ranks, but the
+    labeled seed set and the test set are read whole by each rank."""
+    from bmb_stream.data.stream import read_labeled_shards
+
+    urls = []
+    for n in range(2):
+        path = tmp_path / f"test-{n:06d}.tar"
+        write_tar(path, [(f"t{n}-{j}", {"png": png(j), "cls": str(j % 2).encode()}) for j in range(3)])
+        urls.append(str(path))
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    images, labels = read_labeled_shards(urls)
+    assert len(images) == 6 and labels.tolist() == [0, 1, 0, 0, 1, 0]
+    assert len([s for s in shard_samples(urls)]) == 3  # the stream's own reader splits by rank

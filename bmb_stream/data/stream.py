@@ -260,14 +260,17 @@ def _class(data: bytes, name: str, where: str, num_classes: int | None) -> int:
 
 
 def sample_stages(urls: list[str], on_error: str = "fail", skip_urls: frozenset = frozenset(),
-                  num_classes: int | None = None) -> list:
-    """The pipeline stages to parsed samples of `urls`, the shards split across ranks and DataLoader workers."""
-    return [wds.SimpleShardList(urls), wds.split_by_node, wds.split_by_worker, read_shards(on_error, skip_urls),
+                  num_classes: int | None = None, split_by_rank: bool = True) -> list:
+    """The pipeline stages to parsed samples of `urls`, the shards split across DataLoader workers and,
+    with `split_by_rank`, across the ranks of a distributed run (RANK / WORLD_SIZE)."""
+    ranks = [wds.split_by_node] if split_by_rank else []
+    return [wds.SimpleShardList(urls), *ranks, wds.split_by_worker, read_shards(on_error, skip_urls),
             wds.map(partial(parse_sample, on_error=on_error, num_classes=num_classes))]
 
 
-def shard_samples(urls: list[str], on_error: str = "fail", num_classes: int | None = None) -> wds.DataPipeline:
-    return wds.DataPipeline(*sample_stages(urls, on_error, num_classes=num_classes))
+def shard_samples(urls: list[str], on_error: str = "fail", num_classes: int | None = None,
+                  split_by_rank: bool = True) -> wds.DataPipeline:
+    return wds.DataPipeline(*sample_stages(urls, on_error, num_classes=num_classes, split_by_rank=split_by_rank))
 
 
 def make_unlabeled_batches(urls: list[str], views: Callable, batch_size: int, on_error: str = "fail",
@@ -307,9 +310,10 @@ def make_unlabeled_batches(urls: list[str], views: Callable, batch_size: int, on
 
 def read_labeled_shards(urls: list[str], require_cls: bool = True,
                         num_classes: int | None = None) -> tuple[list[bytes], np.ndarray]:
-    """Every (image bytes, class) of some shards, in order: the labeled seed set or the test set."""
+    """Every (image bytes, class) of some shards, in order: the labeled seed set or the test set, whole
+    on every rank of a distributed run."""
     images, labels = [], []
-    for s in shard_samples(urls, num_classes=num_classes):
+    for s in shard_samples(urls, num_classes=num_classes, split_by_rank=False):
         label = s["cls"] if s["cls"] >= 0 else s["gt"]
         if label < 0 or (require_cls and s["cls"] < 0):
             raise ShardError(f"sample {s['key']} in {s['url']} has no cls: labeled and test shards need one")
