@@ -166,8 +166,10 @@ def small_disk(tmp_path, reference_run):
     size = (reference_run / "checkpoints" / "last.pt").stat().st_size
     mount = tmp_path / "disk"
     mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={int(size * 3.5) // 4096 * 4096}", "tmpfs", str(mount)],
-                   check=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={int(size * 3.5) // 4096 * 4096}", "tmpfs",
+                              str(mount)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small file system here: {mounted.stderr.strip()}")
     yield mount
     subprocess.run(["umount", str(mount)], check=True)
 
