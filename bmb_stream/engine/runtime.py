@@ -38,6 +38,10 @@ def endless_batches(dataset, batch_size: int, seed: int, num_workers: int) -> It
         yield from loader
 
 
+def _ignore(signum, frame) -> None:
+    pass
+
+
 class StopFlag:
     """SIGINT/SIGTERM finish the current step, then the loop checkpoints and exits cleanly."""
 
@@ -52,6 +56,11 @@ class StopFlag:
 
     def _handle(self, signum, frame):
         self.raised = signal.Signals(signum).name
+        # PyTorch's SIGCHLD handler raises in the main process, wherever it is, when a DataLoader worker
+        # dies; after a stop signal to the process group they die by design, and the checkpoint must
+        # still be written. Their exit is then collected when the loaders shut down.
+        if signal.SIGCHLD not in self._old:
+            self._old[signal.SIGCHLD] = signal.signal(signal.SIGCHLD, _ignore)  # not SIG_DFL: one may be pending
 
     def stopping(self, error: BaseException) -> bool:
         """Whether `error` is what a stop signal sent to the whole process group does to a DataLoader
@@ -60,4 +69,5 @@ class StopFlag:
 
     def __exit__(self, *exc):
         for sig, handler in self._old.items():
-            signal.signal(sig, handler)
+            if sig != signal.SIGCHLD:  # after a stop, loaders still shutting down must not raise either
+                signal.signal(sig, handler)
