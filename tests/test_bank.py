@@ -10,6 +10,17 @@ def skewed_labels(n, num_classes, gamma, gen):
     return torch.multinomial(prior / prior.sum(), n, replacement=True, generator=gen)
 
 
+def banks_under_both_rules(num_classes, beta_put):
+    return {rule: MemoryBank(256, 1, num_classes, beta_put=beta_put, beta_get=1.0, count_rule=rule, seed=0)
+            for rule in ("reference", "present")}
+
+
+def offer(banks, labels) -> None:
+    """The same candidates to every bank."""
+    for bank in banks.values():
+        bank.put(torch.zeros(len(labels), 1), labels)
+
+
 def tv_from_uniform(counts):
     counts = np.asarray(counts, dtype=float)
     p = counts / counts.sum()
@@ -163,12 +174,9 @@ def test_zipf_candidates_fill_the_bank_with_every_class_under_the_present_rule()
     reference keeps the bank at about one entry per class while any class is missing; `present` fills
     it, holds every class and keeps it balanced."""
     gen = torch.Generator().manual_seed(0)
-    banks = {rule: MemoryBank(256, 1, 100, beta_put=3.0, beta_get=1.0, count_rule=rule, seed=0)
-             for rule in ("reference", "present")}
+    banks = banks_under_both_rules(100, beta_put=3.0)
     for step in range(3000):
-        labels = skewed_labels(6, 100, 100.0, gen)
-        for bank in banks.values():
-            bank.put(torch.zeros(6, 1), labels)
+        offer(banks, skewed_labels(6, 100, 100.0, gen))
         if step == 99:
             assert banks["reference"].fill < 100 < banks["present"].fill
     counts = banks["present"].class_counts()
@@ -180,12 +188,9 @@ def test_a_late_class_gates_the_reference_bank_but_not_the_present_one():
     """Class 9 is never offered: the reference bank stays nearly empty, `present` fills and balances
     the nine classes it has; when class 9 arrives it is admitted at once (rho = 1)."""
     gen = torch.Generator().manual_seed(1)
-    banks = {rule: MemoryBank(256, 1, 10, beta_put=2.0, beta_get=1.0, count_rule=rule, seed=0)
-             for rule in ("reference", "present")}
+    banks = banks_under_both_rules(10, beta_put=2.0)
     for _ in range(500):
-        labels = skewed_labels(16, 9, 100.0, gen)
-        for bank in banks.values():
-            bank.put(torch.zeros(16, 1), labels)
+        offer(banks, skewed_labels(16, 9, 100.0, gen))
     assert banks["reference"].fill < 40
     present = banks["present"]
     assert present.fill == 256 and tv_from_uniform(present.class_counts()[:9]) < 0.15  # 0.09 measured

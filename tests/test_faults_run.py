@@ -17,7 +17,7 @@ import torch
 
 from bmb_stream.cli import main
 from bmb_stream.config import compose
-from tests.stream_helpers import stream_args
+from tests.stream_helpers import png, stream_args, write_tar
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -242,30 +242,12 @@ def test_labeled_stream_samples_join_the_pool_once(reference_run, fmnist_stream)
 
 def test_a_failing_run_with_workers_exits(tmp_path):
     """An error raised in a DataLoader worker ends the process too, not only main()."""
-    import io
-    import tarfile
-
-    import numpy as np
-    from PIL import Image
-
-    def write(path, samples):
-        with tarfile.open(path, "w") as tar:
-            for key, ext, data in samples:
-                info = tarfile.TarInfo(f"{key}.{ext}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-
-    def png(value):
-        buf = io.BytesIO()
-        Image.fromarray(np.full((32, 32, 3), value, dtype=np.uint8)).save(buf, format="PNG")
-        return buf.getvalue()
-
     for s in range(4):
-        write(tmp_path / f"stream-{s:06d}.tar", [(f"s{s}-{j}", "png", b"\x89PNG broken" if (s, j) == (2, 3) else png(j))
-                                                for j in range(8)])
+        write_tar(tmp_path / f"stream-{s:06d}.tar", [(f"s{s}-{j}", {"png": b"\x89PNG broken" if (s, j) == (2, 3) else png(j)})
+                                                    for j in range(8)])
     for name in ("labeled", "test"):
-        write(tmp_path / f"{name}-000000.tar", [x for j in range(8) for x in ((f"{name}{j}", "png", png(j)),
-                                                                             (f"{name}{j}", "cls", str(j % 2).encode()))])
+        write_tar(tmp_path / f"{name}-000000.tar", [(f"{name}{j}", {"png": png(j), "cls": str(j % 2).encode()})
+                                                     for j in range(8)])
     proc = subprocess.run([sys.executable, "-m", "bmb_stream", f"stream.urls={tmp_path}", "dataset.num_classes=2",
                            f"run.dir={tmp_path / 'run'}", "progress=false", "stream.num_workers=2",
                            "train.batch_labeled=4", "train.batch_unlabeled=4", "method.bank.capacity=8",

@@ -1,24 +1,19 @@
 """Stream mode end to end on real Fashion-MNIST shards: the run directory, exact resume after SIGKILL
 and SIGTERM, state continuity across experiences, flat memory, and hand-written shards."""
 
-import io
 import json
-import os
 import signal
 import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
-from PIL import Image
 
 from bmb_stream.cli import main
 from bmb_stream.data.simulate import load_recipe, simulate
-from tests.stream_helpers import FAST, metrics, stream_args
+from tests.stream_helpers import FAST, metrics, png, stream_args, write_tar
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -102,25 +97,6 @@ def test_sigterm_checkpoints_mid_experience_and_resumes_exactly(fmnist_stream, r
     a = json.loads((reference_run / "summary.json").read_text())
     b = json.loads((tmp_path / "summary.json").read_text())
     assert metrics(a) == metrics(b)
-
-
-def png(value: int) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(np.full((32, 32, 3), value, dtype=np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def add(tar, name, data: bytes):
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tar.addfile(info, io.BytesIO(data))
-
-
-def write_tar(path, samples):
-    with tarfile.open(path, "w") as tar:
-        for key, fields in samples:
-            for ext, data in fields.items():
-                add(tar, f"{key}.{ext}", data)
 
 
 def test_shards_written_by_hand_with_tarfile(tmp_path):

@@ -15,6 +15,8 @@ clients are not safe to share across a fork.
 
 from __future__ import annotations
 
+import abc
+
 import http.client
 import importlib
 import io
@@ -250,9 +252,9 @@ class ResumableReader(io.RawIOBase):
         self.body = None
         with_retries(self._open, url, policy, self._drop)  # a missing object fails here, at open time
 
+    @abc.abstractmethod
     def _request(self) -> tuple[object, int | None, str | None, str]:
         """(body, content length, ETag, Content-Range) of a read from self.position."""
-        raise NotImplementedError
 
     def _open(self) -> None:
         body, size, etag, content_range = self._request()
@@ -336,14 +338,15 @@ class HttpReader(ResumableReader):
                 response.headers.get("Content-Range", ""))
 
 
-class Opener:
+class Opener(abc.ABC):
     """An entry of WebDataset's gopen table: URL -> a buffered, fault-tolerant byte stream."""
 
     def __init__(self, settings: S3Settings):
         self.settings = settings
 
+    @abc.abstractmethod
     def reader(self, url: str) -> ResumableReader:
-        raise NotImplementedError
+        """The resumable stream of one object of this scheme."""
 
     def __call__(self, url: str, mode: str = "rb", bufsize: int = 8192, **_):
         if mode != "rb":

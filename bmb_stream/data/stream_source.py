@@ -28,12 +28,16 @@ class StreamSource:
     segment_start: list[int] = field(default_factory=list)  # the experience that introduced each segment
     shard_sizes: dict[str, int] = field(default_factory=dict)  # samples per shard file, where a manifest says
 
+    def size_of(self, url: str) -> int | None:
+        """The shard's sample count as its manifest gives it (None where unknown)."""
+        return self.shard_sizes.get(_name(url))
+
     def short_shards(self, shards: list[str], read: Counter, passes: int, skipped: set[str]) -> list[tuple[str, str]]:
         """Shards that yielded fewer samples than their manifest promises (truncated or replaced), as
         (url, error); shards already skipped are not counted twice."""
         short = []
         for url, times in Counter(shards).items():
-            expected = self.shard_sizes.get(_name(url))
+            expected = self.size_of(url)
             if url not in skipped and expected is not None and read[url] != expected * times * passes:
                 short.append((url, f"shard {url}: {read[url] // max(1, times * passes)} samples read, its manifest "
                                    f"says {expected} (truncated or replaced?)"))

@@ -65,7 +65,7 @@ def stream_steps(source: StreamSource, batch_size: int, workers: int, passes: in
     what it reads, ending on a partial batch."""
     total = 0
     for shards in source.experiences:
-        sizes = [source.shard_sizes.get(url.rstrip("/").rsplit("/", 1)[-1]) for url in shards]
+        sizes = [source.size_of(url) for url in shards]
         if None in sizes:
             return None
         n = max(1, min(workers, len(shards)))
