@@ -209,13 +209,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def subcommand(argv: list[str]) -> int:
+    from bmb_stream.atomic import WriteFailed
     from bmb_stream.data.errors import DataError
     from bmb_stream.data.simulate import StreamError
     from bmb_stream.data.sources import DataNotFound
 
     try:
         return SUBCOMMANDS[argv[0]](argv[1:])
-    except (ConfigError, StreamError, DataNotFound, DataError) as e:
+    except (ConfigError, StreamError, DataNotFound, DataError, WriteFailed) as e:
         print(f"bmb-stream {argv[0]}: error: {e}", file=sys.stderr)
         return 2
 
@@ -233,6 +234,7 @@ def run_command(argv: list[str]) -> int:
     from bmb_stream.data.sources import DataNotFound
     from bmb_stream.data.errors import DataError, StorageUnavailable
     from bmb_stream.engine.checkpoint import CheckpointError
+    from bmb_stream.atomic import WriteFailed
 
     if cfg.mode == "stream":
         from bmb_stream.engine.stream_loop import run_stream as run
@@ -243,7 +245,7 @@ def run_command(argv: list[str]) -> int:
     except StorageUnavailable as e:  # a checkpoint was written: try again later (EX_TEMPFAIL)
         print(f"bmb-stream: error: {e}\nresume with: {resume_command(argv, cfg.run.dir)}", file=sys.stderr)
         return 75
-    except (ConfigError, DataNotFound, CheckpointError, DataError, StreamError) as e:
+    except (ConfigError, DataNotFound, CheckpointError, DataError, StreamError, WriteFailed) as e:
         print(f"bmb-stream: error: {e}", file=sys.stderr)
         return 2
     if "stopped" in summary:

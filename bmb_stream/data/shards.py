@@ -19,6 +19,7 @@ import torch
 import webdataset as wds
 from PIL import Image
 
+from bmb_stream.atomic import atomic_write
 from bmb_stream.data.sources import ImagePool
 
 IMAGE_KEYS = ("png", "jpg", "jpeg", "webp")
@@ -55,10 +56,9 @@ def write_shard(path: str | Path, pool: ImagePool, samples: list[ShardSample], n
                 keep_hidden_labels: bool = True) -> dict:
     """Write one shard atomically; returns its manifest entry (file, counts, class histogram)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
     histogram = np.zeros(num_classes, dtype=np.int64)
     labeled = 0
-    with wds.TarWriter(str(tmp), encoder=False, mtime=0, user="bmb", group="bmb") as sink:
+    with atomic_write(path) as f, wds.TarWriter(f, encoder=False, mtime=0, user="bmb", group="bmb") as sink:
         for s in samples:
             image_key, data = encode_image(pool, s.index)
             obj = {"__key__": s.key, image_key: data}
@@ -71,7 +71,6 @@ def write_shard(path: str | Path, pool: ImagePool, samples: list[ShardSample], n
                 obj["json"] = json.dumps(s.meta, sort_keys=True).encode()
             sink.write(obj)
             histogram[s.label] += 1
-    os.replace(tmp, path)
     return {"file": path.name, "samples": len(samples), "labeled": labeled, "class_histogram": histogram.tolist()}
 
 

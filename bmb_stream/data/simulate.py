@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 import bmb_stream
+from bmb_stream.atomic import write_text
 from bmb_stream.data.object_store import ShardDestination
 from bmb_stream.data.datasets import load_split
 from bmb_stream.data.priors import shard_priors
@@ -259,9 +260,7 @@ def _test_indices(recipe: dict, targets: np.ndarray, num_classes: int) -> np.nda
 
 
 def write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(obj, indent=1) + "\n")
 
 
 def plot_priors(manifest: dict, path: Path) -> None:

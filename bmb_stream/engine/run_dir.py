@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from bmb_stream.atomic import WriteFailed, write_failure, write_text
 from bmb_stream.config import ConfigError, redacted
-from bmb_stream.engine.checkpoint import CheckpointError, write_failure
+from bmb_stream.engine.checkpoint import CheckpointError
 
 # What may change when a run is resumed: how it runs, how long, what is logged; never what it learns from
 # or how. Prefixes end with a dot.
@@ -108,16 +108,13 @@ class RunDir:
             with open(self.path / "eval.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(_clean(record)) + "\n")
         except OSError as e:
-            raise CheckpointError(f"could not write {self.path / 'eval.jsonl'}: {write_failure(self.path, e)}") from None
+            raise CheckpointError(f"could not write {self.path / 'eval.jsonl'}: {write_failure(self.path / 'eval.jsonl', e)}") from None
 
     def write_summary(self, summary: dict) -> None:
         self._write_text("summary.json", json.dumps(_clean(summary), indent=2) + "\n")
 
     def _write_text(self, name: str, text: str) -> None:
-        tmp = self.path / f".{name}.tmp"
         try:
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, self.path / name)
-        except OSError as e:
-            tmp.unlink(missing_ok=True)
-            raise CheckpointError(f"could not write {self.path / name}: {write_failure(self.path / name, e)}") from None
+            write_text(self.path / name, text)
+        except WriteFailed as e:
+            raise CheckpointError(str(e)) from None
