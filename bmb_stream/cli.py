@@ -103,7 +103,9 @@ def print_headline(summary: dict, run_dir: str) -> None:
         print(f"{stat:<16}{fmt[0]:>10}{fmt[1]:>10}{fmt[2]:>8}{fmt[3]:>8}{fmt[4]:>8}")
     counts = s.get("bank_class_counts")
     if counts is not None:
-        purity = f", {100 * s['bank_purity']:.0f}% pure" if s.get("bank_purity") is not None else ""
+        purity = f", pseudo-labels {100 * s['bank_purity']:.0f}% pure" if s.get("bank_purity") is not None else ""
+        if s.get("bank_labeled"):
+            purity = f", {s['bank_labeled']} from labeled images" + purity
         print(f"memory bank: {sum(counts)} of {s.get('bank_capacity') or '?'} entries, "
               f"{sum(c > 0 for c in counts)} of {len(counts)} classes{purity}; entries per class: {counts}")
     print(f"headline ({head['statistic']}): balanced accuracy {100 * head['balanced_acc']:.2f}%")

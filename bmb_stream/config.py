@@ -164,7 +164,7 @@ SCHEMA = {
     "method.bank.enabled": boolean(), "method.bank.capacity": POSITIVE, "method.bank.draw": POSITIVE,
     "method.bank.beta_put": number(0), "method.bank.beta_get": number(0),
     "method.bank.count_floor": number(0, open_low=True), "method.bank.features": choice("strong", "weak"),
-    "method.bank.reset_after_warmup": boolean(), "method.bank.count_rule": choice("reference", "present"),
+    "method.bank.reset_after_warmup": boolean(), "method.bank.labeled": boolean(), "method.bank.count_rule": choice("reference", "present"),
     "method.weights.count_rule": choice("reference", "present"),
     "method.weights.enabled": boolean(), "method.weights.alpha": number(0),
     "method.weights.unlabeled_source": choice("estimate", "labeled"),

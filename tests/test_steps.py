@@ -91,6 +91,39 @@ def test_strong_candidates_enter_the_bank_weak_variant_uses_the_weak_view():
     assert bank.fill == 0
 
 
+def test_labeled_images_join_the_bank_with_their_labels_and_no_unlabeled_origin():
+    torch.manual_seed(0)
+    model = build_model("small_cnn", 3, width=4)
+    batch = make_batch()
+    bank = MemoryBank(64, model.feature_dim, 3, beta_put=0.0, beta_get=1.0)
+    cfg = OmegaConf.merge(METHOD, {"tau": 1.0, "bank": {"features": "weak", "labeled": True}})  # no pseudo-label passes
+    out = bmb_step(model, batch, StepContext(0, cfg, bank=bank))
+    assert bank.fill == 4 and bank.labels[:4].tolist() == batch.y_labeled.tolist()
+    with torch.no_grad():  # the labeled chunk of the step's one forward pass (batch norm sees all four)
+        whole = model(torch.cat([batch.x_labeled, batch.u_weak, batch.u_strong1, batch.u_strong2]))
+    assert torch.allclose(bank.features[:4], whole[:4], atol=1e-5)
+    slots, origin = out.extras["bank_write"]
+    assert slots.tolist() == [0, 1, 2, 3] and origin.tolist() == [-1] * 4
+    # with confident unlabeled candidates too: labeled first (-1), then the unlabeled samples' indices
+    bank = MemoryBank(64, model.feature_dim, 3, beta_put=0.0, beta_get=1.0)
+    out = bmb_step(model, batch, StepContext(0, OmegaConf.merge(cfg, {"tau": 0.0}), bank=bank))
+    assert bank.fill == 8 and out.extras["bank_write"][1].tolist() == [-1, -1, -1, -1, 0, 1, 2, 3]
+
+
+def test_monitor_purity_counts_pseudo_labeled_entries_only():
+    from bmb_stream.evaluation.monitor import StreamMonitor
+
+    bank = MemoryBank(8, 2, 3, beta_put=0.0, beta_get=1.0)
+    monitor = StreamMonitor(3, bank_capacity=8)
+    slots, _ = bank.put(torch.zeros(4, 2), torch.tensor([0, 1, 2, 2]))
+    truth = torch.tensor([0, 2])  # the unlabeled batch's hidden classes
+    monitor.observe({"pseudo_labels": torch.tensor([0, 2]), "mask": torch.tensor([True, True]),
+                     "bank_write": (slots, torch.tensor([-1, -1, 0, 1]))}, truth)
+    report = monitor.report(bank)
+    assert report["bank_labeled"] == 2
+    assert report["bank_purity"] == 0.5  # slot 2 holds label 2 for a class-0 image; slot 3 is right
+
+
 def test_fixmatch_and_supervised_touch_the_standard_head_only():
     torch.manual_seed(0)
     model = build_model("small_cnn", 3, width=4)

@@ -112,5 +112,6 @@ def build_summary(cfg, learner: Learner, history: list[dict], wall_s: float, ima
         "bank_class_counts": history[-1].get("bank_class_counts"),
         "bank_capacity": learner.bank.capacity if learner.bank is not None else None,
         "bank_purity": history[-1].get("bank_purity"),  # stream mode, where the stream carries the true classes
+        "bank_labeled": history[-1].get("bank_labeled"),
         "data": data,
     }

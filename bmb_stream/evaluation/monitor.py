@@ -7,11 +7,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+LABELED = -2  # bank_truth of an entry written from a labeled image (its label is its true class)
+
 
 class StreamMonitor:
     def __init__(self, num_classes: int, bank_capacity: int = 0):
         self.num_classes = num_classes
-        self.bank_truth = torch.full((bank_capacity,), -1, dtype=torch.long)  # true class per bank slot
+        self.bank_truth = torch.full((bank_capacity,), -1, dtype=torch.long)  # true class per slot (-1: unknown)
         self.reset_counts()
 
     def reset_counts(self) -> None:
@@ -31,8 +33,8 @@ class StreamMonitor:
             np.add.at(self.correct, labels[sel & (labels == truth)].numpy(), 1)
             np.add.at(self.present, truth[known].numpy(), 1)
         if "bank_write" in extras and len(self.bank_truth):
-            slots, samples = extras["bank_write"]
-            self.bank_truth[slots] = truth[samples]
+            slots, origin = extras["bank_write"]  # origin: unlabeled sample index, -1 for a labeled image
+            self.bank_truth[slots] = torch.where(origin >= 0, truth[origin.clamp_min(0)], LABELED)
 
     def report(self, bank=None) -> dict:
         if self.present.sum() == 0:
@@ -43,8 +45,9 @@ class StreamMonitor:
         out = {"pseudo_label_precision": precision.tolist(), "pseudo_label_recall": recall.tolist()}
         if bank is not None and bank.fill:
             truth = self.bank_truth[: bank.fill]
-            known = truth >= 0
+            known = truth >= 0  # pseudo-labeled entries whose true class the stream carries
             out["bank_purity"] = float((truth[known] == bank.labels[: bank.fill][known]).float().mean()) if known.any() else None
+            out["bank_labeled"] = int((truth == LABELED).sum())
         return out
 
     def state_dict(self) -> dict:

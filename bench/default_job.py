@@ -1,0 +1,70 @@
+"""The default job (`bmb-stream`: BMB, small CNN, the simulated fmnist_lt_drift stream, 320 steps) over
+several seeds, with the memory bank as configured against the reference's bank (unlabeled pseudo-labels
+only, the reference count rule): balanced accuracy of the EMA model and of the online weights, each the
+mean of the run's evaluations (every second experience: 5 per run), then mean +- std over the seeds;
+and the bank at the end (entries, classes, entries from labeled images, purity of the pseudo-labeled ones).
+
+    python bench/default_job.py [--seeds 0 1 2] [--variants default reference-bank] [--out bench/results/default_job]
+
+Each seed simulates its own stream once (cached). Finished runs under --out are reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+warnings.filterwarnings("ignore", message="no QP solver found")
+
+from bmb_stream.config import compose  # noqa: E402
+from bmb_stream.engine.stream_loop import run_stream  # noqa: E402
+
+VARIANTS = {
+    "default": [],
+    "reference-bank": ["method.bank.labeled=false", "method.bank.count_rule=reference"],
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--out", default="bench/results/default_job")
+    args = ap.parse_args()
+    rows: dict[str, list[dict]] = {v: [] for v in args.variants}
+    for seed in args.seeds:
+        for name in args.variants:
+            run_dir = Path(args.out) / f"{name}-seed{seed}"
+            started = time.time()
+            if not (run_dir / "summary.json").exists():
+                run_stream(compose([f"seed={seed}", "progress=false", f"run.dir={run_dir}", *VARIANTS[name]]))
+            summary = json.loads((run_dir / "summary.json").read_text())
+            records = [json.loads(line) for line in (run_dir / "eval.jsonl").read_text().splitlines()]
+            counts = summary["bank_class_counts"]
+            row = {"ema": 100 * np.mean([r["balanced_acc"] for r in records]),
+                   "online": 100 * np.mean([r["raw_balanced_acc"] for r in records]),
+                   "final_ema": 100 * summary["final"]["balanced_acc"], "entries": sum(counts),
+                   "classes": sum(c > 0 for c in counts), "labeled": summary.get("bank_labeled") or 0,
+                   "purity": summary.get("bank_purity")}
+            rows[name].append(row)
+            print(f"{name:<15} seed {seed}: EMA {row['ema']:.1f}  online {row['online']:.1f}  final EMA "
+                  f"{row['final_ema']:.1f}  bank {row['entries']}/{summary['bank_capacity']}, {row['classes']} classes, "
+                  f"{row['labeled']} labeled  ({time.time() - started:.0f} s)", flush=True)
+    print(f"\nThe default job, seeds {args.seeds}: balanced accuracy (%), mean over each run's evaluations, "
+          "then mean +- std over seeds; the bank at the end, mean over seeds")
+    print(f"{'variant':<16}{'EMA model':>14}{'online':>14}{'final EMA':>14}{'entries':>9}{'classes':>9}{'labeled':>9}")
+    for name, runs in rows.items():
+        def cell(key):
+            vals = [r[key] for r in runs]
+            return f"{np.mean(vals):.1f} +- {np.std(vals, ddof=1) if len(vals) > 1 else 0.0:.1f}"
+        print(f"{name:<16}{cell('ema'):>14}{cell('online'):>14}{cell('final_ema'):>14}"
+              + "".join(f"{np.mean([r[k] for r in runs]):>9.0f}" for k in ("entries", "classes", "labeled")))
+
+
+if __name__ == "__main__":
+    main()
