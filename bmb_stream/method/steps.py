@@ -56,51 +56,79 @@ def _active(step: int, start) -> float:
     return 1.0 if step >= int(start or 0) else 0.0
 
 
+def _bank_candidates(cfg, batch: Batch, f_l, f_w, f_s, strong_logits_bal, yhat_bal, mask_bal):
+    """This step's bank candidates: features, labels and origin (the unlabeled sample's index in the
+    batch, for monitoring bank purity; -1 for a labeled image, whose label is its true class).
+
+    Unlabeled candidates are confident `head_bal` predictions on the weak view or on both strong views
+    (`bank.features`); with `bank.labeled`, the labeled images' features and labels join them.
+    """
+    if cfg.bank.features == "strong":
+        _, labels, mask = pseudo_labels(strong_logits_bal, cfg.tau)
+        feats = f_s
+    else:
+        feats, labels, mask = f_w, yhat_bal, mask_bal
+    chosen = torch.nonzero(mask).flatten()
+    feats, labels, origin = feats[chosen], labels[chosen], chosen.cpu() % len(batch.u_weak)
+    if cfg.bank.get("labeled", False):
+        feats = torch.cat([f_l, feats])
+        labels = torch.cat([batch.y_labeled, labels])
+        origin = torch.cat([torch.full((len(f_l),), -1, dtype=torch.long), origin])
+    return feats, labels, origin
+
+
 def supervised_step(model, batch: Batch, ctx: StepContext) -> StepOutput:
     loss = labeled_loss(model.head_std(model(batch.x_labeled)), batch.y_labeled)
     return StepOutput(loss, {"loss_l": loss.item()})
 
 
+def fixmatch_losses(head, f_l, y_l, f_w, f_s, tau: float):
+    """FixMatch's terms for one head: the labeled CE, and the CE of both strong views against the weak
+    view's confident argmax; also the pseudo-labels and their mask."""
+    loss_l = labeled_loss(head(f_l), y_l)
+    _, yhat, mask = pseudo_labels(head(f_w), tau)
+    loss_u = hard_pseudo_label_loss(head(f_s), yhat.repeat(2), mask.repeat(2))
+    return loss_l, loss_u, yhat, mask
+
+
 def fixmatch_step(model, batch: Batch, ctx: StepContext) -> StepOutput:
     cfg = ctx.cfg
     f_l, f_w, f_s = _forward_all(model, batch)
-    loss_l = labeled_loss(model.head_std(f_l), batch.y_labeled)
-    _, yhat, mask = pseudo_labels(model.head_std(f_w), cfg.tau)
-    loss_u = hard_pseudo_label_loss(model.head_std(f_s), yhat.repeat(2), mask.repeat(2))
+    loss_l, loss_u, yhat, mask = fixmatch_losses(model.head_std, f_l, batch.y_labeled, f_w, f_s, cfg.tau)
     loss = loss_l + _active(ctx.step, cfg.warmup) * cfg.lambda_u * loss_u
     return StepOutput(loss, {"loss_l": loss_l.item(), "loss_u": loss_u.item(), "mask": mask.float().mean().item()},
                       extras={"pseudo_labels": yhat, "mask": mask})
 
 
+def bank_loss(model, ctx: StepContext, candidates) -> tuple[torch.Tensor, tuple]:
+    """Enqueue this step's candidates (features, labels, origin), then draw a rebalanced set from the
+    bank and return head_bal's CE on it (0 while the bank is empty) and the (slots, origin) written."""
+    feats, labels, origin = candidates
+    slots, sources = ctx.bank.put(feats, labels)
+    nhat = ctx.nhat if ctx.nhat is not None else torch.ones(ctx.bank.num_classes)
+    drawn = ctx.bank.draw(int(ctx.cfg.bank.draw), nhat)
+    device = feats.device
+    if drawn is None:
+        return torch.zeros((), device=device), (slots, origin[sources])
+    drawn_feats, drawn_labels = drawn
+    return labeled_loss(model.head_bal(drawn_feats.to(device)), drawn_labels.to(device)), (slots, origin[sources])
+
+
 def bmb_step(model, batch: Batch, ctx: StepContext) -> StepOutput:
+    """FixMatch's step on the standard head (it trains the representation), plus the balanced head:
+    class-weighted labeled CE, class-weighted soft pseudo-labels, and the memory bank's CE."""
     cfg = ctx.cfg
     f_l, f_w, f_s = _forward_all(model, batch)
-    # standard head: FixMatch, unweighted, hard pseudo-labels; it trains the representation
-    loss_l_std = labeled_loss(model.head_std(f_l), batch.y_labeled)
-    _, yhat_std, mask_std = pseudo_labels(model.head_std(f_w), cfg.tau)
-    loss_u_std = hard_pseudo_label_loss(model.head_std(f_s), yhat_std.repeat(2), mask_std.repeat(2))
-    # balanced head: class-weighted, soft pseudo-labels
+    loss_l_std, loss_u_std, _, _ = fixmatch_losses(model.head_std, f_l, batch.y_labeled, f_w, f_s, cfg.tau)
     loss_l_bal = labeled_loss(model.head_bal(f_l), batch.y_labeled, ctx.labeled_weights)
     p_bal, yhat_bal, mask_bal = pseudo_labels(model.head_bal(f_w), cfg.tau)
     strong_logits_bal = model.head_bal(f_s)
     loss_u_bal = soft_pseudo_label_loss(strong_logits_bal, p_bal.repeat(2, 1), mask_bal.repeat(2), ctx.unlabeled_weights)
-    # memory bank: enqueue this step's confident features, then draw a rebalanced set for head_bal
     loss_mb = torch.zeros((), device=f_l.device)
     extras = {"pseudo_labels": yhat_bal, "mask": mask_bal}
     if ctx.bank is not None:
-        if cfg.bank.features == "strong":
-            _, cand_labels, cand_mask = pseudo_labels(strong_logits_bal, cfg.tau)
-            cand_feats = f_s
-        else:
-            cand_feats, cand_labels, cand_mask = f_w, yhat_bal, mask_bal
-        slots, sources = ctx.bank.put(cand_feats[cand_mask], cand_labels[cand_mask])
-        # which unlabeled sample each written slot came from (for monitoring bank purity)
-        extras["bank_write"] = (slots, torch.nonzero(cand_mask.cpu()).flatten()[sources] % len(batch.u_weak))
-        nhat = ctx.nhat if ctx.nhat is not None else torch.ones(ctx.bank.num_classes)
-        drawn = ctx.bank.draw(int(cfg.bank.draw), nhat)
-        if drawn is not None:
-            feats, labels = drawn
-            loss_mb = labeled_loss(model.head_bal(feats.to(f_l.device)), labels.to(f_l.device))
+        loss_mb, extras["bank_write"] = bank_loss(
+            model, ctx, _bank_candidates(cfg, batch, f_l, f_w, f_s, strong_logits_bal, yhat_bal, mask_bal))
     loss = (loss_l_std + loss_l_bal
             + _active(ctx.step, cfg.warmup) * cfg.lambda_u * (loss_u_std + loss_u_bal)
             + _active(ctx.step, cfg.bank_warmup if cfg.bank_warmup is not None else cfg.warmup) * cfg.lambda_mb * loss_mb)
