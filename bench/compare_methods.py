@@ -1,10 +1,14 @@
-"""Supervised vs FixMatch vs BMB at the same budget on real Fashion-MNIST-LT (gamma 100), small CNN,
-several seeds: prints mean and standard deviation of balanced and few-shot accuracy (%).
+"""Supervised vs FixMatch vs BMB, and BMB's ablations, at the same budget on real Fashion-MNIST-LT
+(gamma 100), small CNN, several seeds.
 
-    python bench/compare_methods.py [--steps 1000] [--seeds 0 1 2] [--out bench/results/methods]
+    python bench/compare_methods.py [--steps 1000] [--eval-every 50] [--last 10] [--seeds 0 1 2]
+                                    [--variants supervised fixmatch bmb ...] [--out bench/results/methods]
 
-Runs already finished under --out are reused (their summary.json), so an interrupted benchmark
-continues where it stopped.
+The statistic: per run, the mean of the last `--last` evaluations (the EMA model and the online
+weights, balanced accuracy, %), then the mean and standard deviation of that over the seeds. One
+evaluation is not a result here: online accuracy moves by 15 points between neighbouring evaluations.
+Runs already finished under --out are reused (their eval.jsonl), so an interrupted benchmark continues
+where it stopped. Variants (each a list of config overrides on top of `experiment=fmnist_lt_r100`):
 """
 
 from __future__ import annotations
@@ -22,45 +26,61 @@ warnings.filterwarnings("ignore", message="no QP solver found")
 from bmb_stream.config import compose  # noqa: E402
 from bmb_stream.engine.offline import run_offline  # noqa: E402
 
-METHODS = ("supervised", "fixmatch", "bmb")
+VARIANTS = {
+    "supervised": ["method=supervised"],
+    "fixmatch": ["method=fixmatch"],
+    "bmb": ["method=bmb"],
+    "bmb, bank off": ["method=bmb", "method.bank.enabled=false"],
+    "bmb, weights off": ["method=bmb", "method.weights.enabled=false"],
+    "bmb, strong features": ["method=bmb", "method.bank.features=strong"],
+    "bmb, count rule present": ["method=bmb", "method.bank.count_rule=present", "method.weights.count_rule=present"],
+    "bmb, labeled in bank": ["method=bmb", "method.bank.labeled=true"],
+}
+__doc__ += "".join(f"\n    {name}: {' '.join(o)}" for name, o in VARIANTS.items()) + "\n"
+COLUMNS = (("balanced_acc", "EMA balanced"), ("raw_balanced_acc", "online balanced"), ("few_acc", "EMA few-shot"),
+           ("many_acc", "EMA many-shot"))
+
+
+def run_variant(name: str, seed: int, args) -> list[dict]:
+    """The variant's evaluations at this seed (training it first unless a finished run is there)."""
+    run_dir = Path(args.out) / f"{name.replace(', ', '-').replace(' ', '_')}-seed{seed}"
+    if not (run_dir / "summary.json").exists():
+        cfg = compose(["mode=offline", "experiment=fmnist_lt_r100", "model=small_cnn", *VARIANTS[name], f"seed={seed}",
+                       f"train.steps={args.steps}", f"train.eval_every={args.eval_every}", "train.ema_warmup=true",
+                       "progress=false", f"run.dir={run_dir}", f"resume={str((run_dir / 'config.yaml').exists()).lower()}"])
+        run_offline(cfg)
+    return [json.loads(line) for line in (run_dir / "eval.jsonl").read_text().splitlines()]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=1000)
-    ap.add_argument("--eval-every", type=int, default=250)
+    ap.add_argument("--eval-every", type=int, default=50)
+    ap.add_argument("--last", type=int, default=10, help="evaluations averaged per run")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--methods", nargs="+", default=list(METHODS))
+    ap.add_argument("--variants", nargs="+", default=["supervised", "fixmatch", "bmb"], choices=list(VARIANTS))
     ap.add_argument("--out", default="bench/results/methods")
     args = ap.parse_args()
-    results: dict[str, list[dict]] = {m: [] for m in args.methods}
+    per_run: dict[str, list[dict]] = {v: [] for v in args.variants}
     t0 = time.time()
     for seed in args.seeds:
-        for method in args.methods:
-            run_dir = Path(args.out) / f"{method}-seed{seed}"
-            summary_file = run_dir / "summary.json"
-            if not summary_file.exists():
-                cfg = compose(["mode=offline", "experiment=fmnist_lt_r100", "model=small_cnn", f"method={method}", f"seed={seed}",
-                               f"train.steps={args.steps}", f"train.eval_every={args.eval_every}",
-                               "train.ema_warmup=true", "progress=false", f"run.dir={run_dir}"])
-                run_offline(cfg)
-            summary = json.loads(summary_file.read_text())
-            results[method].append(summary)
-            f = summary["final"]
-            print(f"{method:<11} seed {seed}: balanced {100 * f['balanced_acc']:.1f}  few {100 * f['few_acc']:.1f}  "
-                  f"online balanced {100 * f['raw_balanced_acc']:.1f}  ({summary['wall_s']:.0f} s)", flush=True)
-    print(f"\nFashion-MNIST-LT gamma 100 (N1 1500, M1 3000), small CNN, {args.steps} steps, batch 64 + 64, "
-          f"seeds {args.seeds}; final evaluation (EMA model, decay warm-up), mean +- std over seeds, %")
-    print(f"{'method':<12}{'balanced':>16}{'few-shot':>16}{'many-shot':>16}{'online balanced':>18}")
+        for name in args.variants:
+            started = time.time()
+            records = run_variant(name, seed, args)[-args.last:]
+            mean = {key: 100 * float(np.mean([r[key] for r in records])) for key, _ in COLUMNS}
+            per_run[name].append(mean)
+            print(f"{name:<26} seed {seed}: " + "  ".join(f"{label} {mean[key]:.1f}" for key, label in COLUMNS)
+                  + f"  (steps {records[0]['step']}-{records[-1]['step']}, {time.time() - started:.0f} s)", flush=True)
+    print(f"\nFashion-MNIST-LT gamma 100 (N1 1500, M1 3000), small CNN, {args.steps} steps, batch 64 + 64; per run the "
+          f"mean of the last {args.last} evaluations (every {args.eval_every} steps), then mean +- std over seeds "
+          f"{args.seeds}; balanced accuracy, %")
+    print(f"{'variant':<26}" + "".join(f"{label:>18}" for _, label in COLUMNS))
     table = {}
-    for method, runs in results.items():
-        row = {}
-        for key in ("balanced_acc", "few_acc", "many_acc", "raw_balanced_acc"):
-            vals = 100 * np.asarray([r["final"][key] for r in runs])
-            row[key] = (float(vals.mean()), float(vals.std(ddof=1)) if len(vals) > 1 else 0.0)
-        table[method] = row
-        cells = [f"{row[k][0]:.1f} +- {row[k][1]:.1f}" for k in ("balanced_acc", "few_acc", "many_acc", "raw_balanced_acc")]
-        print(f"{method:<12}{cells[0]:>16}{cells[1]:>16}{cells[2]:>16}{cells[3]:>18}")
+    for name, runs in per_run.items():
+        row = {key: (float(np.mean([r[key] for r in runs])),
+                     float(np.std([r[key] for r in runs], ddof=1)) if len(runs) > 1 else 0.0) for key, _ in COLUMNS}
+        table[name] = row
+        print(f"{name:<26}" + "".join(f"{f'{row[k][0]:.1f} +- {row[k][1]:.1f}':>18}" for k, _ in COLUMNS))
     print(f"total wall time {time.time() - t0:.0f} s")
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "table.json").write_text(json.dumps({"args": vars(args), "table": table}, indent=2))
