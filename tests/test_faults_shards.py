@@ -201,7 +201,7 @@ def test_skip_mode_leaves_bad_samples_out_and_counts_them(tmp_path, capsys):
     assert [s["url"] for s in summary["skipped_shards"]] == [f"{folder}/stream-{i:06d}.tar" for i in range(2, 6)]
     for i, (name, skipped) in enumerate(zip(bad, summary["skipped_shards"], strict=True)):
         assert f"s{i + 2}-bad-{name}" in skipped["error"]
-    assert summary["skipped_shards"][-1]["error"].endswith("not an image PIL can read")  # no "<_io.BytesIO at 0x..>"
+    assert summary["skipped_shards"][-1]["error"].endswith("not an image (PIL cannot identify its format)")  # no "<_io.BytesIO at 0x..>"
 
 
 def test_a_class_out_of_range_in_a_stream_shard_names_the_sample(tmp_path, capsys):

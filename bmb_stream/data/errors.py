@@ -19,3 +19,9 @@ class ShardError(DataError):
 
 class StorageUnavailable(ShardError):
     """The storage stayed unreachable past the retry budget: a run stops with a resumable checkpoint."""
+
+
+def one_line(e: BaseException) -> str:
+    """An exception as one line: its type and its message's words."""
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tqdm import tqdm
 
-from bmb_stream.data.errors import DataError
+from bmb_stream.data.errors import DataError, one_line
+from bmb_stream.data.images import UnusableImage, decode_rgb, why
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 FOLDER_LAYOUT = "expected <root>/train/<class>/<image> and <root>/test/<class>/<image>"
@@ -33,11 +34,6 @@ class DataNotFound(FileNotFoundError):
 class BadData(DataError, ValueError):
     """A file of the user's dataset (or a split of it) is unusable; the message names it and what to do.
     A ValueError too, as these readers raised before."""
-
-
-def one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return f"{type(e).__name__}: {text}" if text else type(e).__name__
 
 
 @dataclass
@@ -61,14 +57,6 @@ def _require(path: Path, hint: str) -> Path:
 
 # --- checking image files up front -----------------------------------------------------------------
 
-def _why(e: Exception) -> str:
-    if isinstance(e, FileNotFoundError):
-        return "not found"
-    if isinstance(e, UnidentifiedImageError):  # its own message repeats the path
-        return "not an image (PIL cannot identify its format)"
-    return f"not a readable image ({one_line(e)})"
-
-
 def image_problem(path: str) -> str | None:
     """Why the image file cannot be used, or None. Cheap: a JPEG is decoded at 1/8 scale (every byte is
     still read, so a file cut short fails), a PNG's chunk checksums are verified, other formats open
@@ -81,7 +69,7 @@ def image_problem(path: str) -> str | None:
             else:
                 img.verify()
     except Exception as e:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, struct.error ...
-        return _why(e)
+        return why(e)
     return None
 
 
@@ -116,10 +104,9 @@ def check_image_files(pool: ImagePool, indices: np.ndarray | None = None, progre
 def open_image(path: str) -> Image.Image:
     """The decoded RGB image; a file that went bad after the split was checked is named too."""
     try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except Exception as e:  # noqa: BLE001 - see image_problem
-        raise BadData(f"cannot decode image {path}: {_why(e)}: replace it or remove it") from None
+        return decode_rgb(path)
+    except UnusableImage as e:
+        raise BadData(f"cannot decode image {path}: {e.reason}: replace it or remove it") from None
 
 
 # --- Fashion-MNIST (IDX files, Debian's dataset-fashion-mnist) -------------------------------------

@@ -2,7 +2,7 @@
 
 Only the keys of the shard contract are read (an image, `cls`, `gt.cls`, `json`); nothing is
 unpickled, and no member, image or class index is taken on trust: a tar member over
-MAX_MEMBER_BYTES is not read, an image over MAX_IMAGE_PIXELS is not decoded (a decompression bomb
+MAX_MEMBER_BYTES is not read, an image over MAX_IMAGE_PIXELS (data/images.py) is not decoded (a decompression bomb
 declares a huge size in a few bytes), a class outside 0..num_classes-1 is refused. Each is a
 ShardError naming the shard and the sample (skipped and counted under stream.on_shard_error=skip).
 `gt.cls`, the hidden true class of a simulated sample, travels beside the batch for monitoring and
@@ -11,12 +11,9 @@ never enters the training step.
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import re
 import tarfile
-import warnings
 from dataclasses import dataclass
 from fnmatch import fnmatch
 from functools import partial
@@ -31,13 +28,13 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from bmb_stream.data.errors import ShardError, StorageUnavailable
+from bmb_stream.data.images import UnusableImage, decode_rgb
 from bmb_stream.data.manifest import SETS, read_manifest
 from bmb_stream.data.object_store import list_objects, open_url
 from bmb_stream.data.shards import IMAGE_KEYS
 
 WANTED_SUFFIXES = tuple(f".{k}" for k in IMAGE_KEYS) + (".cls", ".gt.cls", ".json")
 MAX_MEMBER_BYTES = 64 << 20  # one tar member (an image, a label, metadata): 64 MB, beyond any real image file
-MAX_IMAGE_PIXELS = 64 << 20  # 64 megapixels (8192 x 8192), decoded: about 200 MB of RGB bytes
 URL_KEYS = {"stream": "stream.urls", "labeled": "stream.labeled_urls", "test": "stream.test_urls"}
 
 
@@ -121,27 +118,12 @@ def experience_shards(urls: list[str], shards_per_experience: int, seed: int, sh
 
 def decode_image(data: bytes, where: str = "") -> Image.Image:
     """Encoded bytes -> an RGB image, the size checked from the header before any pixel is decoded."""
-    where = where or "a sample"
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own, lower limit follows
-            with Image.open(io.BytesIO(data)) as img:
-                if img.width * img.height > MAX_IMAGE_PIXELS:
-                    raise _too_big(where, f"{img.width}x{img.height} pixels")
-                return img.convert("RGB")
-    except ShardError:
-        raise
-    except Image.DecompressionBombError as e:  # PIL's own check, at twice its limit, fires in Image.open
-        raise _too_big(where, re.sub(r"^Image size \((\d+) pixels\).*", r"\1 pixels", str(e))) from None
-    except Image.UnidentifiedImageError:  # its message shows the BytesIO object's address, not the sample
-        raise ShardError(f"cannot decode the image of {where}: not an image PIL can read") from None
-    except Exception as e:  # noqa: BLE001 - hostile bytes make PIL raise OSError, DecompressionBombError, ValueError...
-        raise ShardError(f"cannot decode the image of {where}: {e}") from None
-
-
-def _too_big(where: str, size: str) -> ShardError:
-    return ShardError(f"the image of {where} is {size}, over the limit of {MAX_IMAGE_PIXELS >> 20} megapixels "
-                      f"(MAX_IMAGE_PIXELS): a decompression bomb?")
+        return decode_rgb(data)
+    except UnusableImage as e:
+        where = where or "a sample"
+        raise ShardError(f"the image of {where} is {e.reason}" if e.too_big
+                         else f"cannot decode the image of {where}: {e.reason}") from None
 
 
 def naming_the_shard(exn: Exception, url: str) -> ShardError:
