@@ -2,8 +2,8 @@
 
 Only the keys of the shard contract are read (an image, `cls`, `gt.cls`, `json`); nothing is
 unpickled, and no member, image or class index is taken on trust: a tar member over
-MAX_MEMBER_BYTES is not read, an image over MAX_IMAGE_PIXELS (data/images.py) is not decoded (a decompression bomb
-declares a huge size in a few bytes), a class outside 0..num_classes-1 is refused. Each is a
+MAX_MEMBER_BYTES is not read, an image over MAX_IMAGE_PIXELS (data/images.py) is not decoded (a
+decompression bomb declares a huge size in a few bytes), a class outside 0..num_classes-1 is refused. Each is a
 ShardError naming the shard and the sample (skipped and counted under stream.on_shard_error=skip).
 `gt.cls`, the hidden true class of a simulated sample, travels beside the batch for monitoring and
 never enters the training step.
