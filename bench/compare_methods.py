@@ -41,10 +41,13 @@ COLUMNS = (("balanced_acc", "EMA balanced"), ("raw_balanced_acc", "online balanc
            ("many_acc", "EMA many-shot"))
 
 
-def run_variant(name: str, seed: int, args) -> list[dict]:
-    """The variant's evaluations at this seed (training it first unless a finished run is there)."""
+def run_variant(name: str, seed: int, args) -> list[dict] | None:
+    """The variant's evaluations at this seed (training it first unless a finished run is there, or
+    None with --finished-only)."""
     run_dir = Path(args.out) / f"{name.replace(', ', '-').replace(' ', '_')}-seed{seed}"
     if not (run_dir / "summary.json").exists():
+        if args.finished_only:
+            return None
         cfg = compose(["mode=offline", "experiment=fmnist_lt_r100", "model=small_cnn", *VARIANTS[name], f"seed={seed}",
                        f"train.steps={args.steps}", f"train.eval_every={args.eval_every}", "train.ema_warmup=true",
                        "progress=false", f"run.dir={run_dir}", f"resume={str((run_dir / 'config.yaml').exists()).lower()}"])
@@ -60,13 +63,17 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--variants", nargs="+", default=["supervised", "fixmatch", "bmb"], choices=list(VARIANTS))
     ap.add_argument("--out", default="bench/results/methods")
+    ap.add_argument("--finished-only", action="store_true", help="tabulate the finished runs, train none")
     args = ap.parse_args()
     per_run: dict[str, list[dict]] = {v: [] for v in args.variants}
     t0 = time.time()
     for seed in args.seeds:
         for name in args.variants:
             started = time.time()
-            records = run_variant(name, seed, args)[-args.last:]
+            records = run_variant(name, seed, args)
+            if records is None:
+                continue
+            records = records[-args.last:]
             mean = {key: 100 * float(np.mean([r[key] for r in records])) for key, _ in COLUMNS}
             per_run[name].append(mean)
             print(f"{name:<26} seed {seed}: " + "  ".join(f"{label} {mean[key]:.1f}" for key, label in COLUMNS)
@@ -74,13 +81,16 @@ def main() -> None:
     print(f"\nFashion-MNIST-LT gamma 100 (N1 1500, M1 3000), small CNN, {args.steps} steps, batch 64 + 64; per run the "
           f"mean of the last {args.last} evaluations (every {args.eval_every} steps), then mean +- std over seeds "
           f"{args.seeds}; balanced accuracy, %")
-    print(f"{'variant':<26}" + "".join(f"{label:>18}" for _, label in COLUMNS))
+    print(f"{'variant':<26}" + "".join(f"{label:>18}" for _, label in COLUMNS) + f"{'seeds':>7}")
     table = {}
     for name, runs in per_run.items():
+        if not runs:
+            continue
         row = {key: (float(np.mean([r[key] for r in runs])),
                      float(np.std([r[key] for r in runs], ddof=1)) if len(runs) > 1 else 0.0) for key, _ in COLUMNS}
         table[name] = row
-        print(f"{name:<26}" + "".join(f"{f'{row[k][0]:.1f} +- {row[k][1]:.1f}':>18}" for k, _ in COLUMNS))
+        print(f"{name:<26}" + "".join(f"{f'{row[k][0]:.1f} +- {row[k][1]:.1f}':>18}" for k, _ in COLUMNS)
+              + f"{len(runs):>7}")
     print(f"total wall time {time.time() - t0:.0f} s")
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "table.json").write_text(json.dumps({"args": vars(args), "table": table}, indent=2))
