@@ -51,7 +51,8 @@ def run_variant(name: str, seed: int, args) -> list[dict] | None:
         cfg = compose(["mode=offline", "experiment=fmnist_lt_r100", "model=small_cnn", *VARIANTS[name], f"seed={seed}",
                        f"train.steps={args.steps}", f"train.eval_every={args.eval_every}", "train.ema_warmup=true",
                        "progress=false", f"run.dir={run_dir}", f"resume={str((run_dir / 'config.yaml').exists()).lower()}"])
-        run_offline(cfg)
+        if "stopped" in run_offline(cfg):
+            raise SystemExit(f"stopped: {run_dir} resumes where it stopped on the next call")
     return [json.loads(line) for line in (run_dir / "eval.jsonl").read_text().splitlines()]
 
 
