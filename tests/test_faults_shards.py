@@ -20,7 +20,8 @@ from bmb_stream.config import compose
 from bmb_stream.data import manifest as manifest_module
 from bmb_stream.data import stream as stream_module
 from bmb_stream.data.errors import ShardError, StorageUnavailable
-from bmb_stream.data.object_store import RetryPolicy, S3Settings, read_bytes, use_storage
+from bmb_stream.data.object_store import S3Settings, read_bytes, use_storage
+from bmb_stream.data.storage_retry import RetryPolicy
 from bmb_stream.data.stream import expand_urls, make_unlabeled_batches, shard_samples
 from bmb_stream.data.stream_source import prepare_stream
 

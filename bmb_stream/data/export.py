@@ -16,9 +16,9 @@ from tqdm import tqdm
 
 import bmb_stream
 from bmb_stream.data.datasets import SplitIndices, load_split
-from bmb_stream.data.object_store import ShardDestination
 from bmb_stream.data.shards import write_set
 from bmb_stream.data.simulate import MANIFEST, StreamError, earlier_output, write_json
+from bmb_stream.data.upload import ShardDestination
 
 FORMAT = "bmb-stream-split/1"
 SPLIT_PREFIXES = ("labeled-", "unlabeled-", "test-")

@@ -14,11 +14,11 @@ from tqdm import tqdm
 
 import bmb_stream
 from bmb_stream.atomic import write_text
-from bmb_stream.data.object_store import ShardDestination
 from bmb_stream.data.datasets import load_split
 from bmb_stream.data.priors import shard_priors
 from bmb_stream.data.shards import ShardSample, write_set, write_shard
 from bmb_stream.data.sources import check_image_files
+from bmb_stream.data.upload import ShardDestination
 
 MANIFEST = "manifest.json"
 PLOT = "plots/stream_prior.png"
