@@ -93,15 +93,14 @@ class Evaluator:
         return {"segment_acc": accs, "segment_forgetting": values,
                 "forgetting": float(np.mean(known)) if known else None}
 
-    def evaluate(self, learner, trained_segments: list[int] | None = None) -> dict:
-        """Evaluate the learner; `trained_segments` (stream mode): the class segments trained so far."""
-        was_training = learner.model.training
-        top1, per_class, loss, per_exp = self._run(self.strategy, learner.evaluated_model())
-        if learner.ema is not None:
-            raw_top1, raw_per_class, _, _ = self._run(self.raw_strategy, learner.online_model())
+    def evaluate(self, model, online_model=None, trained_segments: list[int] | None = None) -> dict:
+        """Evaluate `model` (the EMA model where there is one) and `online_model` (the online weights;
+        None: the same model). `trained_segments` (stream mode): the class segments trained so far."""
+        top1, per_class, loss, per_exp = self._run(self.strategy, model)
+        if online_model is not None:
+            raw_top1, raw_per_class, _, _ = self._run(self.raw_strategy, online_model)
         else:
             raw_top1, raw_per_class = top1, per_class
-        learner.model.train(was_training)
         forgetting = self._forgetting(per_exp, trained_segments) if self.segments and trained_segments is not None else {}
         return {**forgetting,
             "balanced_acc": float(np.nanmean(per_class)),

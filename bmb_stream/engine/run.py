@@ -1,0 +1,162 @@
+"""The run skeleton both modes share: device, seed, run directory, resume, learner, evaluator, timers,
+progress bar, stop flag and summary. A mode fills in its phases (`prepare`, `train`) and what its
+checkpoint and summary add; `execute` runs them in order:
+
+    open the run directory -> prepare (data, learner, evaluator) -> write config.yaml -> resume
+    -> train (until done or stopped) -> summary.json and plots (or a stop message)
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from tqdm import tqdm
+
+from bmb_stream.engine.checkpoint import load_checkpoint, save_atomic
+from bmb_stream.engine.learner import Learner
+from bmb_stream.engine.run_dir import RunDir
+from bmb_stream.engine.runtime import StopFlag, resolve_device
+from bmb_stream.evaluation.evaluator import Evaluator
+from bmb_stream.evaluation.plots import write_plots
+from bmb_stream.evaluation.summary import summarize
+
+
+class Run:
+    learner: Learner
+    evaluator: Evaluator
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        self.run_dir = RunDir.open(cfg)  # before any data is read: a bad run.dir or resume ends the run at once
+        self.seed = int(cfg.seed)
+        torch.manual_seed(self.seed)
+        self.history: list[dict] = []
+        self.train_time, self.train_images = 0.0, 0
+        self.start_wall = time.time()
+        self.bar: tqdm | None = None
+
+    # --- what a mode fills in ---------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Read the data; build the learner and the evaluator."""
+        raise NotImplementedError
+
+    def train(self, stop: StopFlag) -> None:
+        """Train until the end of the run or until `stop` is raised (then checkpoint)."""
+        raise NotImplementedError
+
+    def total_steps(self) -> int | None:
+        raise NotImplementedError
+
+    def checkpoint_state(self) -> dict:
+        """What the checkpoint holds besides the learner and the history."""
+        return {}
+
+    def load_state(self, state: dict) -> None:
+        """Restore what `checkpoint_state` saved."""
+
+    def resumed_message(self) -> str:
+        return f"resumed from {self.run_dir.last_checkpoint} at step {self.learner.step}"
+
+    def stopped_message(self, stop: StopFlag) -> str:
+        return f"stopped by {stop.raised} at step {self.learner.step}; checkpoint {self.run_dir.last_checkpoint}"
+
+    def summary_data(self) -> dict:
+        """The per-class counts the run used, for summary.json's `data`."""
+        raise NotImplementedError
+
+    def finish_summary(self, summary: dict) -> None:
+        """Mode-specific keys of summary.json."""
+
+    def plot_options(self) -> dict:
+        return {}
+
+    # --- the skeleton -----------------------------------------------------------------------------
+    def execute(self) -> dict:
+        self.prepare()
+        self.run_dir.write_config(self.cfg)
+        self.resume()
+        self.run_dir.rewrite_evals(self.history)
+        self.start_wall = time.time() - (self.history[-1]["wall_s"] if self.history else 0.0)
+        self.bar = tqdm(total=self.total_steps(), initial=self.learner.step, desc=f"{self.cfg.method.name} {self.cfg.mode}",
+                        unit="step", dynamic_ncols=True, disable=not self.cfg.progress)
+        with StopFlag() as stop:
+            self.train(stop)
+        self.close()
+        if stop.raised is not None:
+            return {"stopped": self.stopped_message(stop)}
+        summary = self.build_summary()
+        self.run_dir.write_summary(summary)
+        write_plots(self.history, self.run_dir.path / "plots", **self.plot_options())
+        return summary
+
+    def resume(self) -> None:
+        if not (self.cfg.resume and self.run_dir.last_checkpoint.exists()):
+            return
+        state = load_checkpoint(self.run_dir.last_checkpoint)  # on the CPU: RNG states must stay there
+        self.learner.load_state_dict(state["learner"])
+        self.history = list(state["history"])
+        self.load_state(state)
+        print(self.resumed_message())
+
+    def save_checkpoint(self, path=None) -> None:
+        state = {"learner": self.learner.state_dict(), "history": self.history, **self.checkpoint_state()}
+        save_atomic(state, path or self.run_dir.last_checkpoint)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.evaluator.close()
+
+    def trained(self, images: int, started: float) -> None:
+        """Count one training step's images and time, and advance the bar."""
+        self.train_time += time.time() - started
+        self.train_images += images
+        self.bar.update(1)
+
+    def images_per_s(self) -> float:
+        return self.train_images / max(self.train_time, 1e-9)
+
+    def evaluate(self, before: dict | None = None, after: dict | None = None, **kw) -> dict:
+        """Evaluate the EMA model and the online weights; append the record to the history and eval.jsonl."""
+        learner = self.learner
+        was_training = learner.model.training
+        online = learner.online_model() if learner.ema is not None else None
+        results = self.evaluator.evaluate(learner.evaluated_model(), online, **kw)
+        learner.model.train(was_training)
+        record = {**(before or {}), "step": learner.step, "samples_seen": learner.samples_seen, **results,
+                  **method_state(learner), **(after or {}), "wall_s": time.time() - self.start_wall}
+        self.history.append(record)
+        self.run_dir.append_eval(record)
+        return record
+
+    def build_summary(self) -> dict:
+        cfg, learner, history = self.cfg, self.learner, self.history
+        stats = summarize(history)
+        statistic = cfg.eval.headline
+        summary = {
+            "mode": cfg.mode, "method": cfg.method.name, "dataset": cfg.dataset.name, "model": cfg.model.name,
+            "experiment": cfg.get("experiment_name"), "seed": self.seed, "steps": learner.step,
+            "samples_seen": learner.samples_seen, "wall_s": time.time() - self.start_wall,
+            "train_images_per_s": self.images_per_s(), "device": str(learner.device), **stats,
+            "headline": {"statistic": statistic, "balanced_acc": stats[statistic]["balanced_acc"]},
+            "bank_class_counts": history[-1].get("bank_class_counts"),
+            "bank_capacity": learner.bank.capacity if learner.bank is not None else None,
+            "bank_purity": history[-1].get("bank_purity"),  # stream mode, where the stream carries the true classes
+            "bank_labeled": history[-1].get("bank_labeled"),
+            "data": self.summary_data(),
+        }
+        self.finish_summary(summary)
+        return summary
+
+
+def method_state(learner: Learner) -> dict:
+    """The bank's composition and the unlabeled class weights, for each evaluation record."""
+    out = {}
+    if learner.bank is not None:
+        out["bank_class_counts"] = learner.bank.class_counts().tolist()
+    if learner.estimate is not None:
+        _, unlabeled_w = learner.class_weights()
+        out["class_weights"] = None if unlabeled_w is None else unlabeled_w.tolist()
+    return out
