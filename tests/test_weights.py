@@ -105,7 +105,10 @@ def test_count_rule_defaults_and_the_learner_uses_it():
     assert rules("mode=offline", "experiment=fmnist_lt_r100") == ("reference", "reference")
     assert rules("experiment=cifar10_lt_r100", "dataset.root=/tmp") == ("reference", "reference")
     assert rules("mode=stream", "experiment=fmnist_lt_r100") == ("present", "reference")  # stream mode: the bank gate only
-    assert rules() == ("reference", "reference")  # the demo keeps the reference (measured, see demo.yaml)
+    assert rules() == ("present", "reference")  # the default job: stream mode's rules
+    labeled = lambda *o: compose(list(o)).method.bank.labeled  # noqa: E731
+    assert labeled() and labeled("mode=stream", "experiment=fmnist_lt_r100") and labeled("mode=offline", "experiment=demo")
+    assert not labeled("mode=offline", "experiment=fmnist_lt_r100")  # the published protocols: the reference's bank
     cfg = compose(["mode=offline", "model.width=4", "method.bank.capacity=16", "method.weights.count_rule=present"])
     learner = Learner(cfg, 3, [100, 10, 1], torch.device("cpu"))
     assert learner.bank.count_rule == "reference"
