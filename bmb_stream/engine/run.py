@@ -8,6 +8,7 @@ checkpoint and summary add; `execute` runs them in order:
 
 from __future__ import annotations
 
+import abc
 import time
 
 import torch
@@ -22,7 +23,7 @@ from bmb_stream.evaluation.plots import write_plots
 from bmb_stream.evaluation.summary import summarize
 
 
-class Run:
+class Run(abc.ABC):
     learner: Learner
     evaluator: Evaluator
 
@@ -38,16 +39,17 @@ class Run:
         self.bar: tqdm | None = None
 
     # --- what a mode fills in ---------------------------------------------------------------------
+    @abc.abstractmethod
     def prepare(self) -> None:
         """Read the data; build the learner and the evaluator."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def train(self, stop: StopFlag) -> None:
         """Train until the end of the run or until `stop` is raised (then checkpoint)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def total_steps(self) -> int | None:
-        raise NotImplementedError
+        """Steps of the whole run, for the progress bar (None: unknown)."""
 
     def checkpoint_state(self) -> dict:
         """What the checkpoint holds besides the learner and the history."""
@@ -62,9 +64,9 @@ class Run:
     def stopped_message(self, stop: StopFlag) -> str:
         return f"stopped by {stop.raised} at step {self.learner.step}; checkpoint {self.run_dir.last_checkpoint}"
 
+    @abc.abstractmethod
     def summary_data(self) -> dict:
         """The per-class counts the run used, for summary.json's `data`."""
-        raise NotImplementedError
 
     def finish_summary(self, summary: dict) -> None:
         """Mode-specific keys of summary.json."""
