@@ -126,6 +126,17 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
         time.sleep(0.1)
 
 
+def test_a_stop_takes_a_broken_worker_hand_over_as_the_stop_and_nothing_else():
+    from bmb_stream.engine.runtime import StopFlag
+
+    flag = StopFlag()
+    broken = (RuntimeError("DataLoader worker (pid 7) exited unexpectedly"), EOFError(), ConnectionResetError())
+    assert not any(flag.stopping(e) for e in broken)  # without a stop signal these are failures
+    flag.raised = "SIGTERM"
+    assert all(flag.stopping(e) for e in broken)
+    assert not flag.stopping(RuntimeError("CUDA out of memory")) and not flag.stopping(ValueError("bad"))
+
+
 def test_sigterm_to_the_process_group_checkpoints_and_the_printed_command_resumes(fmnist_stream, tmp_path):
     """What timeout, Slurm and systemd send: the DataLoader workers get the signal too."""
     run_dir = tmp_path / "a run dir"  # a space: the printed command must quote it

@@ -8,7 +8,7 @@ import time
 from bmb_stream.data import build_split
 from bmb_stream.engine.learner import Learner
 from bmb_stream.engine.run import Run
-from bmb_stream.engine.runtime import StopFlag, endless_batches
+from bmb_stream.engine.runtime import WORKER_DEATH, StopFlag, endless_batches
 from bmb_stream.evaluation.evaluator import Evaluator
 from bmb_stream.method.steps import Batch
 
@@ -39,7 +39,7 @@ class OfflineRun(Run):
             try:
                 x_l, y_l = next(labeled)
                 unlabeled_views = next(unlabeled)[0] if unlabeled is not None else None  # true labels unused
-            except RuntimeError as e:  # SIGTERM to the process group also ended the DataLoader workers
+            except WORKER_DEATH as e:  # SIGTERM to the process group also ended the DataLoader workers
                 if stop.stopping(e):
                     break
                 raise

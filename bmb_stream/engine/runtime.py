@@ -42,6 +42,10 @@ def _ignore(signum, frame) -> None:
     pass
 
 
+# what a DataLoader raises in the main process when its workers are killed (see StopFlag.stopping)
+WORKER_DEATH = (RuntimeError, EOFError, ConnectionError)
+
+
 class StopFlag:
     """SIGINT/SIGTERM finish the current step, then the loop checkpoints and exits cleanly."""
 
@@ -64,8 +68,12 @@ class StopFlag:
 
     def stopping(self, error: BaseException) -> bool:
         """Whether `error` is what a stop signal sent to the whole process group does to a DataLoader
-        (its workers killed): then the loop checkpoints and stops instead of failing."""
-        return self.raised is not None and isinstance(error, RuntimeError) and "DataLoader worker" in str(error)
+        (its workers killed: "DataLoader worker ... exited", or a batch whose hand-over from a dying
+        worker broke off): then the loop checkpoints and stops instead of failing."""
+        if self.raised is None:
+            return False
+        return isinstance(error, (EOFError, ConnectionError)) or (
+            isinstance(error, RuntimeError) and "DataLoader worker" in str(error))
 
     def __exit__(self, *exc):
         for sig, handler in self._old.items():

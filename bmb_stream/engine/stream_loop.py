@@ -28,7 +28,7 @@ from bmb_stream.data.stream_source import StreamSource, prepare_stream
 from bmb_stream.data.transforms import MultiView, build_views
 from bmb_stream.engine.learner import Learner
 from bmb_stream.engine.run import Run
-from bmb_stream.engine.runtime import StopFlag, endless_batches, ignore_interrupts
+from bmb_stream.engine.runtime import WORKER_DEATH, StopFlag, endless_batches, ignore_interrupts
 from bmb_stream.evaluation.evaluator import Evaluator
 from bmb_stream.evaluation.monitor import StreamMonitor
 from bmb_stream.method.steps import Batch
@@ -201,7 +201,7 @@ class StreamRun(Run):
             self.close()
             raise StorageUnavailable(f"{e}\nstopped in experience {k} with a checkpoint; resume when the storage "
                                      f"is back") from None
-        except RuntimeError as e:  # SIGTERM to the process group also ended the DataLoader workers
+        except WORKER_DEATH as e:  # SIGTERM to the process group also ended the DataLoader workers
             if not stop.stopping(e):
                 raise
             batches = max(batches, replay)
