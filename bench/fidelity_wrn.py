@@ -2,47 +2,166 @@
 split (file order, no shuffle = the reference's seed 0), their CIFAR-10 gamma-100 settings (bank
 256 / draw 128, beta_put 2, beta_get 1, alpha 1.5, tau 0.95, Adam 2e-3, EMA 0.999 without warm-up,
 batch 64 + 64, no warm-up, the bank fed the weak view's feature as their script does, their RandAugment
-via dataset.randaugment=reference), 1050 steps. Prints ours next to what the authors' code scored on this
-machine (balanced accuracy, %): BMB 37.0 (EMA) / 68.6 (online weights), FixMatch 59.4 (EMA).
+via dataset.randaugment=reference), 1050 steps, an evaluation every 105 steps.
 
-    python bench/fidelity_wrn.py [--methods bmb fixmatch] [--out bench/results/fidelity]
+At each evaluation: balanced accuracy of both heads (balanced and standard), EMA model and online
+weights; the bank's entries, the draw size (min(draw, entries)), its purity over the unlabeled
+images' true classes, and Nhat's largest : smallest class; then the steps at which the bank first
+held every class and first gave a full draw of 128. Printed next to the authors' run on this machine
+(their code, the same split and settings), whose numbers are the constants below.
+
+    python bench/fidelity_wrn.py [--methods bmb fixmatch] [--steps 1050] [--every 105] [--out bench/results/fidelity]
+
+A finished method's run folder is read, not rerun (delete it to rerun). Each record's extra keys are
+in <out>/<method>/fidelity.jsonl.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import warnings
 from pathlib import Path
+
+import torch
 
 warnings.filterwarnings("ignore", message="no QP solver found")
 
 from bmb_stream.config import compose  # noqa: E402
-from bmb_stream.engine.offline import run_offline  # noqa: E402
+from bmb_stream.engine.offline import OfflineRun  # noqa: E402
 
-REFERENCE = {"bmb": {"ema": 37.0, "online": 68.6}, "fixmatch": {"ema": 59.4, "online": None}}
+# The authors' code on this machine, BMB: the curve's landmarks and the evaluation at step 1,050
+# (balanced accuracy, %). FixMatch: its EMA model at step 1,050.
+REFERENCE = {
+    "bmb": {"ema_bal": 37.1, "raw_bal": 68.6, "ema_std": 55.4, "raw_std": 69.3, "entries": 157, "purity": 93.0,
+            "landmarks": "EMA at chance until about step 420; full draws of 128 only after step 840"},
+    "fixmatch": {"ema_std": 59.4},
+}
+
+
+class FidelityRun(OfflineRun):
+    """The offline run (its own evaluation at the last step only), plus a curve: every `every` steps
+    both heads of the EMA model and of the online weights (one backbone pass per model over the test
+    set, decoded once), the bank's entries, draw, purity and Nhat; at every step, when the bank first
+    holds every class and first fills a draw. The curve's last point and the run's own evaluation
+    score the same models on the same images: `print_curve` checks that they agree."""
+
+    def __init__(self, cfg, every: int):
+        super().__init__(cfg)
+        self.every = every
+
+    def prepare(self) -> None:
+        super().prepare()
+        test = self.split.test
+        images = [test[i] for i in range(len(test))]
+        self.test_x = torch.stack([x for x, _ in images])
+        self.test_y = torch.tensor([int(y) for _, y in images])
+        self.first = {"all_classes": None, "full_draw": None}
+        step = self.learner.train_step
+
+        def observed_step(batch):
+            terms = step(batch)
+            self.note_bank()
+            if self.learner.step % self.every == 0:
+                self.write_point()
+            return terms
+        self.learner.train_step = observed_step
+
+    def note_bank(self) -> None:
+        bank, step = self.learner.bank, self.learner.step
+        if bank is None:
+            return
+        if self.first["all_classes"] is None and bool((bank.class_counts() > 0).all()):
+            self.first["all_classes"] = step
+        if self.first["full_draw"] is None and bank.fill >= self.cfg.method.bank.draw:
+            self.first["full_draw"] = step
+
+    @torch.no_grad()
+    def head_accuracies(self, model) -> dict[str, float]:
+        """Balanced accuracy of both heads of `model`, from one backbone pass."""
+        was_training = model.training
+        model.eval()
+        classes = model.num_classes
+        correct = {"bal": torch.zeros(classes), "std": torch.zeros(classes)}
+        for x, y in zip(self.test_x.split(500), self.test_y.split(500)):
+            features = model(x.to(self.device)).cpu()
+            for head in correct:
+                hit = (model.head(head).cpu()(features).argmax(1) == y).float()
+                correct[head] += torch.zeros(classes).index_add_(0, y, hit)
+        model.train(was_training)
+        present = torch.bincount(self.test_y, minlength=classes) > 0
+        total = torch.bincount(self.test_y, minlength=classes).float()
+        return {head: float((c[present] / total[present]).mean()) for head, c in correct.items()}
+
+    def write_point(self) -> None:
+        learner = self.learner
+        ema = learner.ema.module if learner.ema is not None else learner.model
+        ema_acc, raw_acc = self.head_accuracies(ema), self.head_accuracies(learner.model)
+        point = {"step": learner.step, "ema_bal": ema_acc["bal"], "raw_bal": raw_acc["bal"],
+                 "ema_std": ema_acc["std"], "raw_std": raw_acc["std"], **self.first}
+        if learner.bank is not None:
+            point |= {"entries": learner.bank.fill, "draw": min(self.cfg.method.bank.draw, learner.bank.fill),
+                      "purity": self.monitor.report(learner.bank).get("bank_purity")}
+        if learner.estimate is not None:
+            point["nhat"] = learner.estimate.value().tolist()
+        with open(self.run_dir.path / "fidelity.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(point) + "\n")
+        print(f"step {learner.step}: " + ", ".join(f"{k} {100 * point[k]:.1f}"
+                                                   for k in ("ema_bal", "raw_bal", "ema_std", "raw_std")), flush=True)
+
+
+def percent(value) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def nhat_ratio(nhat) -> str:
+    if not nhat or min(nhat) <= 0:
+        return "-" if not nhat else "inf"
+    return f"{max(nhat) / min(nhat):.0f}"
+
+
+def print_curve(method: str, run_dir: Path) -> None:
+    points = [json.loads(line) for line in (run_dir / "fidelity.jsonl").read_text().splitlines()]
+    final = json.loads((run_dir / "eval.jsonl").read_text().splitlines()[-1])
+    print(f"\n{method}: balanced accuracy (%), bank and Nhat every {points[0]['step']} steps")
+    print(f"{'step':>6}{'EMA bal':>9}{'raw bal':>9}{'EMA std':>9}{'raw std':>9}{'entries':>9}{'draw':>6}"
+          f"{'purity':>8}{'Nhat max:min':>14}")
+    for r in points:
+        print(f"{r['step']:>6}" + "".join(f"{percent(r[k]):>9}" for k in ("ema_bal", "raw_bal", "ema_std", "raw_std"))
+              + f"{r.get('entries', '-'):>9}{r.get('draw', '-'):>6}{percent(r.get('purity')):>8}"
+              f"{nhat_ratio(r.get('nhat')):>14}")
+    ref = REFERENCE.get(method, {})
+    print(f"{'ref':>6}" + "".join(f"{ref.get(k, '-'):>9}" for k in ("ema_bal", "raw_bal", "ema_std", "raw_std"))
+          + f"{ref.get('entries', '-'):>9}{'':>6}{ref.get('purity', '-'):>8}   (authors' code, step 1,050)")
+    if "landmarks" in ref:
+        print(f"authors' run: {ref['landmarks']}")
+    last = points[-1]
+    print(f"ours: bank first held every class at step {last.get('all_classes')}, first full draw at step "
+          f"{last.get('full_draw')}; wall {final['wall_s'] / 60:.0f} min")
+    head = "bal" if method == "bmb" else "std"  # the head the run's own evaluation reports
+    print(f"check: the run's own evaluation at step {final['step']}: EMA {percent(final['balanced_acc'])}, "
+          f"online {percent(final['raw_balanced_acc'])} (the curve's {head} head: {percent(last['ema_' + head])}, "
+          f"{percent(last['raw_' + head])})")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--methods", nargs="+", default=["bmb", "fixmatch"])
     ap.add_argument("--steps", type=int, default=1050)
+    ap.add_argument("--every", type=int, default=105)
     ap.add_argument("--out", default="bench/results/fidelity")
     args = ap.parse_args()
-    print(f"{'method':<10}{'ours EMA':>10}{'ref EMA':>10}{'ours online':>13}{'ref online':>12}{'wall s':>8}")
     for method in args.methods:
         run_dir = Path(args.out) / method
         if not (run_dir / "summary.json").exists():
-            cfg = compose(["mode=offline", "experiment=fmnist_lt_r100", f"method={method}", "seed=0", "dataset.split_shuffle=false",
-                           "dataset.randaugment=reference",
+            shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished run starts over: its curve is one run's
+            cfg = compose(["mode=offline", "experiment=fmnist_lt_r100", f"method={method}", "seed=0",
+                           "dataset.split_shuffle=false", "dataset.randaugment=reference",
                            f"train.steps={args.steps}", f"train.eval_every={args.steps}", "train.ema_warmup=false",
                            "progress=false", f"run.dir={run_dir}"])
-            run_offline(cfg)
-        s = json.loads((run_dir / "summary.json").read_text())
-        ref = REFERENCE[method]
-        ours_ema, ours_raw = 100 * s["final"]["balanced_acc"], 100 * s["final"]["raw_balanced_acc"]
-        ref_raw = "-" if ref["online"] is None else f"{ref['online']:.1f}"
-        print(f"{method:<10}{ours_ema:>10.1f}{ref['ema']:>10.1f}{ours_raw:>13.1f}{ref_raw:>12}{s['wall_s']:>8.0f}", flush=True)
+            FidelityRun(cfg, args.every).execute()
+        print_curve(method, run_dir)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from bmb_stream.engine.learner import Learner
 from bmb_stream.engine.run import Run
 from bmb_stream.engine.runtime import WORKER_DEATH, StopFlag, endless_batches
 from bmb_stream.evaluation.evaluator import Evaluator
+from bmb_stream.evaluation.monitor import StreamMonitor
 from bmb_stream.method.steps import Batch
 
 
@@ -22,6 +23,9 @@ class OfflineRun(Run):
                                    self.device, batch_size=int(cfg.eval.batch_size),
                                    many_threshold=int(cfg.dataset.many_threshold),
                                    few_threshold=int(cfg.dataset.few_threshold))
+        # the protocols' unlabeled images have known classes: pseudo-label precision and bank purity
+        bank = self.learner.bank
+        self.monitor = StreamMonitor(split.num_classes, bank.capacity if bank is not None else 0)
 
     def total_steps(self) -> int:
         return int(self.cfg.train.steps)
@@ -38,7 +42,7 @@ class OfflineRun(Run):
             t = time.time()
             try:
                 x_l, y_l = next(labeled)
-                unlabeled_views = next(unlabeled)[0] if unlabeled is not None else None  # true labels unused
+                unlabeled_views, y_u = next(unlabeled) if unlabeled is not None else (None, None)
             except WORKER_DEATH as e:  # SIGTERM to the process group also ended the DataLoader workers
                 if stop.stopping(e):
                     break
@@ -47,17 +51,27 @@ class OfflineRun(Run):
             if unlabeled_views is not None:
                 batch.u_weak, batch.u_strong1, batch.u_strong2 = (v.to(device, non_blocking=True) for v in unlabeled_views)
             terms = learner.train_step(batch)
+            if y_u is not None:  # read by monitoring only, never by a training step
+                self.monitor.observe(learner.last_extras, y_u)
             self.trained(len(x_l) + (len(batch.u_weak) if batch.u_weak is not None else 0), t)
             if learner.step % int(train.log_every) == 0 or learner.step == steps:
                 shown = {k: f"{terms[k]:.3g}" for k in ("loss", "loss_u", "loss_mb", "mask") if k in terms}
                 self.bar.set_postfix(shown | {"img/s": f"{self.images_per_s():.0f}"})
             if learner.step % int(train.eval_every) == 0 or learner.step == steps:
-                record = self.evaluate()
+                record = self.evaluate(after=self.monitor.report(learner.bank))
+                self.monitor.reset_counts()  # precision and recall over each evaluation period
                 self.bar.write(f"step {learner.step}: balanced acc {record['balanced_acc']:.4f} "
                                f"(online weights {record['raw_balanced_acc']:.4f})")
                 self.save_checkpoint()
         if stop.raised is not None:
             self.save_checkpoint()
+
+    def checkpoint_state(self) -> dict:
+        return {"monitor": self.monitor.state_dict()}
+
+    def load_state(self, state: dict) -> None:
+        if "monitor" in state:  # checkpoints written before offline runs were monitored have none
+            self.monitor.load_state_dict(state["monitor"])
 
     def summary_data(self) -> dict:
         split = self.split

@@ -145,7 +145,7 @@ class Run(abc.ABC):
             "headline": {"statistic": statistic, "balanced_acc": stats[statistic]["balanced_acc"]},
             "bank_class_counts": history[-1].get("bank_class_counts"),
             "bank_capacity": learner.bank.capacity if learner.bank is not None else None,
-            "bank_purity": history[-1].get("bank_purity"),  # stream mode, where the stream carries the true classes
+            "bank_purity": history[-1].get("bank_purity"),  # where the unlabeled images' true classes are known
             "bank_labeled": history[-1].get("bank_labeled"),
             "data": self.summary_data(),
         }

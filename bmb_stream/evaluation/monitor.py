@@ -1,5 +1,6 @@
-"""Monitoring with the hidden true classes of simulated streams (`gt.cls`): pseudo-label precision
-and recall per class, and the memory bank's label purity. It reads what a training step did; no
+"""Monitoring with the true classes of unlabeled images, where they are known (simulated streams'
+`gt.cls`, the offline protocols' unlabeled splits): pseudo-label precision and recall per class, and
+the memory bank's label purity. It reads what a training step did; no
 training step ever reads it."""
 
 from __future__ import annotations
