@@ -125,7 +125,7 @@ class Run(abc.ABC):
         learner = self.learner
         was_training = learner.model.training
         online = learner.online_model() if learner.ema is not None else None
-        results = self.evaluator.evaluate(learner.evaluated_model(), online, **kw)
+        results = self.evaluator.evaluate(learner.evaluated_model(), online, step=learner.step, **kw)
         learner.model.train(was_training)
         record = {**(before or {}), "step": learner.step, "samples_seen": learner.samples_seen, **results,
                   **method_state(learner), **(after or {}), "wall_s": time.time() - self.start_wall}

@@ -1,33 +1,40 @@
-"""Balanced accuracy and friends, computed by Avalanche's metrics in an EvaluationPlugin.
+"""Balanced accuracy and friends: per-class, balanced and top-1 accuracy, test loss, many/medium/few
+groups and, in a stream that introduces classes over time, forgetting per segment of classes.
 
-The test set is an Avalanche test stream (one experience, or one per segment of classes where a
-stream introduces classes over time); an eval-only Avalanche strategy runs the model given to it
-(the EMA model's head by default, then the online weights) and the plugin's metrics and loggers
-(text, CSV, TensorBoard) do the counting and the writing. Forgetting per segment is Avalanche's
-`Forgetting` metric: accuracy after the experience that introduced the segment minus accuracy now.
+The test set is read (decoded and transformed) once, when the evaluator is built, and kept as tensors
+if it fits in CACHE_BYTES; an evaluation is then one pass over those tensors that runs every model
+under evaluation on each batch. Top-1 accuracy and the test loss are Avalanche's standalone `Accuracy`
+and `LossMetric` (the mean cross-entropy of each batch, weighted by its size); per-class hits are
+counted with tensors (Avalanche's `ClassAccuracy` counts one sample at a time, in Python). Forgetting
+per segment is Avalanche's `Forgetting`: accuracy on the segment's classes at the first evaluation after
+it was trained on, minus accuracy now. With segments, only test images of their classes count, as in
+a test stream of one experience per segment.
+
+Each evaluation appends a line to log.txt, a row to csv/eval_results.csv and scalars to tensorboard/.
 """
 
 from __future__ import annotations
 
+import csv
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+from torch.utils.tensorboard import SummaryWriter
 
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="no QP solver found")
-    from avalanche.benchmarks import benchmark_from_datasets
-    from avalanche.benchmarks.utils import _make_taskaware_classification_dataset
-    from avalanche.evaluation.metrics import Forgetting, accuracy_metrics, class_accuracy_metrics, loss_metrics
-    from avalanche.logging import CSVLogger, TensorboardLogger, TextLogger
-    from avalanche.training.plugins import EvaluationPlugin
-    from avalanche.training.templates import SupervisedTemplate
+    from avalanche.evaluation.metrics import Accuracy, Forgetting, LossMetric
 
-ACC_KEY = "Top1_Acc_Stream/eval_phase/test_stream"
-EXP_ACC_PREFIX = "Top1_Acc_Exp/eval_phase/test_stream/"
-LOSS_KEY = "Loss_Stream/eval_phase/test_stream"
-CLASS_ACC_PREFIX = "Top1_ClassAcc_Stream/eval_phase/test_stream/Task000/"
+CACHE_BYTES = 2 * 2**30  # a larger test set (ImageNet-size images) is read again at every evaluation
+CSV_COLUMNS = ("step", "top1_acc", "balanced_acc", "raw_top1_acc", "raw_balanced_acc", "test_loss",
+               "many_acc", "medium_acc", "few_acc", "forgetting")
+TENSORBOARD_SCALARS = ("top1_acc", "balanced_acc", "raw_top1_acc", "raw_balanced_acc", "test_loss")
 
 
 def shot_groups(labeled_per_class, many_threshold: int = 100, few_threshold: int = 20) -> dict[str, list[int]]:
@@ -43,46 +50,112 @@ def group_accuracy(per_class: list[float], classes: list[int]) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
-def _eval_strategy(plugin: EvaluationPlugin, batch_size: int, device: torch.device) -> SupervisedTemplate:
-    placeholder = torch.nn.Linear(1, 1)  # replaced by the model under evaluation on every call
-    return SupervisedTemplate(model=placeholder, optimizer=torch.optim.SGD(placeholder.parameters(), lr=0.0),
-                              eval_mb_size=batch_size, evaluator=plugin, device=device)
+def _shown(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+def read_once(dataset, batch_size: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The whole dataset as (images, labels) tensors; None if the images would pass CACHE_BYTES
+    (known from the first batch)."""
+    images, labels = [], []
+    for x, y in DataLoader(dataset, batch_size=batch_size):
+        if not images and x[0].numel() * x.element_size() * len(dataset) > CACHE_BYTES:
+            return None
+        images.append(x)
+        labels.append(y)
+    if not images:
+        return torch.empty(0), torch.empty(0, dtype=torch.long)
+    return torch.cat(images), torch.cat(labels)
+
+
+@contextmanager
+def eval_mode(models):
+    """The models in eval mode; every module's previous train/eval mode restored after."""
+    modes = [(m, m.training) for model in models for m in model.modules()]
+    for model in models:
+        model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:  # parents come first, so a parent's (recursive) train() cannot undo a child's mode
+            m.train(training)
+
+
+class Tally:
+    """One model's counts over one pass."""
+
+    def __init__(self, num_classes: int, device: torch.device):
+        self.accuracy, self.loss = Accuracy(), LossMetric()
+        self.hits = torch.zeros(num_classes, dtype=torch.long, device=device)
+        self.seen = torch.zeros(num_classes, dtype=torch.long, device=device)
+
+    def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        predicted = logits.argmax(1)
+        self.accuracy.update(predicted, targets)
+        self.loss.update(F.cross_entropy(logits, targets), len(targets))
+        self.hits += torch.bincount(targets[predicted == targets], minlength=len(self.hits))
+        self.seen += torch.bincount(targets, minlength=len(self.seen))
+
+    def result(self, segments: list[list[int]] | None) -> dict:
+        hits, seen = self.hits.double().cpu(), self.seen.double().cpu()
+        per_class = torch.where(seen > 0, hits / seen.clamp(min=1), float("nan")).tolist()
+        with warnings.catch_warnings():  # no class in the test set: nan, as before
+            warnings.filterwarnings("ignore", message="Mean of empty slice")
+            result = {"balanced_acc": float(np.nanmean(per_class)), "top1_acc": self.accuracy.result(),
+                      "per_class_acc": per_class, "test_loss": self.loss.result()}
+        if segments is not None:  # a segment without test images: 0, as Avalanche's Accuracy gives
+            result["segment_acc"] = [float(hits[s].sum() / seen[s].sum()) if seen[s].sum() > 0 else 0.0
+                                     for s in segments]
+        return result
 
 
 class Evaluator:
     def __init__(self, test_dataset, num_classes: int, labeled_per_class: list[int], run_dir: str | Path,
                  device: torch.device, batch_size: int = 256, many_threshold: int = 100, few_threshold: int = 20,
                  segments: list[list[int]] | None = None):
-        self.num_classes = num_classes
+        self.num_classes, self.batch_size, self.device = num_classes, batch_size, torch.device(device)
         self.groups = shot_groups(labeled_per_class, many_threshold, few_threshold)
-        targets = np.asarray(test_dataset.targets)
-        dataset = _make_taskaware_classification_dataset(test_dataset, task_labels=0, targets=targets.tolist())
         self.segments = segments if segments and len(segments) > 1 else None
-        parts = [dataset] if self.segments is None else \
-            [dataset.subset(np.flatnonzero(np.isin(targets, seg)).tolist()) for seg in self.segments]
-        self.stream = benchmark_from_datasets(test=parts).test_stream
+        if self.segments is not None:  # classes in no segment are not in the test stream
+            kept = np.isin(np.asarray(test_dataset.targets), [c for s in self.segments for c in s])
+            test_dataset = Subset(test_dataset, np.flatnonzero(kept).tolist())
+        self.dataset = test_dataset
+        self.cache = read_once(test_dataset, batch_size)
+        if self.cache is not None and self.device.type == "cuda":
+            self.cache = tuple(t.pin_memory() for t in self.cache)
         self.forgetting = Forgetting()
         run_dir = Path(run_dir)
-        self._log = open(run_dir / "log.txt", "a", encoding="utf-8")
-        self._tensorboard = TensorboardLogger(str(run_dir / "tensorboard"))
-        self.strategy = _eval_strategy(EvaluationPlugin(
-            accuracy_metrics(experience=True, stream=True), class_accuracy_metrics(stream=True), loss_metrics(stream=True),
-            loggers=[TextLogger(self._log), CSVLogger(str(run_dir / "csv")), self._tensorboard]), batch_size, device)
-        with warnings.catch_warnings():  # the online-weights pass logs nothing on purpose
-            warnings.filterwarnings("ignore", message="No loggers specified")
-            self.raw_strategy = _eval_strategy(EvaluationPlugin(
-                accuracy_metrics(stream=True), class_accuracy_metrics(stream=True), loggers=[]), batch_size, device)
+        self.log_path, self.csv_path = run_dir / "log.txt", run_dir / "csv" / "eval_results.csv"
+        self.csv_path.parent.mkdir(parents=True, exist_ok=True)
+        self.log_path.touch()
+        rows = self.csv_path.read_text().splitlines() if self.csv_path.exists() else []
+        if not rows:
+            self.csv_path.write_text(",".join(CSV_COLUMNS) + "\n")
+        self.evaluations = max(len(rows) - 1, 0)  # a resumed run goes on counting its evaluations
+        self._writer = SummaryWriter(str(run_dir / "tensorboard"))
 
-    def _run(self, strategy: SupervisedTemplate, model) -> tuple[float, list[float], float | None, dict]:
-        strategy.model = model
-        with torch.inference_mode(False):
-            metrics = strategy.eval(self.stream)
-        per_class = [float(metrics.get(f"{CLASS_ACC_PREFIX}{c}", float("nan"))) for c in range(self.num_classes)]
-        per_exp = {k[len(EXP_ACC_PREFIX):]: float(v) for k, v in metrics.items() if k.startswith(EXP_ACC_PREFIX)}
-        return float(metrics[ACC_KEY]), per_class, metrics.get(LOSS_KEY), per_exp
+    def batches(self):
+        """(images, labels) batches of the test set, on the device."""
+        if self.cache is None:
+            batches = DataLoader(self.dataset, batch_size=self.batch_size)
+        else:
+            images, labels = self.cache
+            batches = ((images[i:i + self.batch_size], labels[i:i + self.batch_size])
+                       for i in range(0, len(labels), self.batch_size))
+        for x, y in batches:
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
-    def _forgetting(self, per_exp: dict, trained_segments: list[int]) -> dict:
-        accs = [per_exp[k] for k in sorted(per_exp)]
+    def evaluate_models(self, models: dict[str, nn.Module]) -> dict[str, dict]:
+        """Each model's balanced_acc, top1_acc, per_class_acc, test_loss (and segment_acc with segments),
+        from one pass over the test set; nothing is logged."""
+        tallies = {name: Tally(self.num_classes, self.device) for name in models}
+        with torch.inference_mode(), eval_mode(models.values()):
+            for x, y in self.batches():
+                for name, model in models.items():
+                    tallies[name].update(model(x), y)
+        return {name: tally.result(self.segments) for name, tally in tallies.items()}
+
+    def _forgetting(self, accs: list[float], trained_segments: list[int]) -> dict:
         for i in trained_segments:
             if i not in self.forgetting.initial:
                 self.forgetting.update_initial(i, accs[i])
@@ -93,32 +166,47 @@ class Evaluator:
         return {"segment_acc": accs, "segment_forgetting": values,
                 "forgetting": float(np.mean(known)) if known else None}
 
-    def evaluate(self, model, online_model=None, trained_segments: list[int] | None = None) -> dict:
+    def evaluate(self, model, online_model=None, trained_segments: list[int] | None = None,
+                 step: int | None = None) -> dict:
         """Evaluate `model` (the EMA model where there is one) and `online_model` (the online weights;
-        None: the same model). `trained_segments` (stream mode): the class segments trained so far."""
-        top1, per_class, loss, per_exp = self._run(self.strategy, model)
-        if online_model is not None:
-            raw_top1, raw_per_class, _, _ = self._run(self.raw_strategy, online_model)
-        else:
-            raw_top1, raw_per_class = top1, per_class
-        forgetting = self._forgetting(per_exp, trained_segments) if self.segments and trained_segments is not None else {}
-        return {**forgetting,
-            "balanced_acc": float(np.nanmean(per_class)),
-            "raw_balanced_acc": float(np.nanmean(raw_per_class)),
-            "top1_acc": top1,
-            "raw_top1_acc": raw_top1,
+        None: the same model). `trained_segments` (stream mode): the class segments trained so far.
+        `step`: the training step the logs file it under (None: the evaluation's index)."""
+        models = {"model": model} if online_model is None else {"model": model, "online": online_model}
+        results = self.evaluate_models(models)
+        main, raw = results["model"], results.get("online", results["model"])
+        forgetting = (self._forgetting(main["segment_acc"], trained_segments)
+                      if self.segments and trained_segments is not None else {})
+        per_class = main["per_class_acc"]
+        record = {**forgetting,
+            "balanced_acc": main["balanced_acc"],
+            "raw_balanced_acc": raw["balanced_acc"],
+            "top1_acc": main["top1_acc"],
+            "raw_top1_acc": raw["top1_acc"],
             "per_class_acc": per_class,
             "many_acc": group_accuracy(per_class, self.groups["many"]),
             "medium_acc": group_accuracy(per_class, self.groups["medium"]),
             "few_acc": group_accuracy(per_class, self.groups["few"]),
-            "test_loss": None if loss is None else float(loss),
+            "test_loss": main["test_loss"],
         }
+        self._write(record, self.evaluations if step is None else step)
+        return record
+
+    def _write(self, record: dict, n: int) -> None:
+        """One evaluation into log.txt, csv/eval_results.csv and TensorBoard, at step `n`."""
+        values = [_shown(record.get(k)) for k in CSV_COLUMNS[1:]]
+        shown = ", ".join(f"{k} {v or '-'}" for k, v in zip(CSV_COLUMNS[1:], values))
+        with open(self.log_path, "a", encoding="utf-8") as f:
+            f.write(f"step {n}: {shown}\n")
+        with open(self.csv_path, "a", encoding="utf-8", newline="") as f:
+            csv.writer(f).writerow([n, *values])
+        self.log_scalars({k: record[k] for k in TENSORBOARD_SCALARS}, n)
+        self.evaluations += 1
 
     def log_scalars(self, values: dict, step: int) -> None:
-        """Values Avalanche's plugin does not compute (forgetting, bank purity) into the same TensorBoard."""
+        """Numeric values (forgetting, bank purity, ...) into the run's TensorBoard; others are skipped."""
         for name, value in values.items():
             if isinstance(value, (int, float)):
-                self._tensorboard.writer.add_scalar(name, value, step)
+                self._writer.add_scalar(name, value, step)
 
     def state_dict(self) -> dict:
         return {"forgetting_initial": {int(k): float(v) for k, v in self.forgetting.initial.items()}}
@@ -128,6 +216,5 @@ class Evaluator:
             self.forgetting.update_initial(int(k), float(v))
 
     def close(self) -> None:
-        self._tensorboard.writer.flush()
-        self._tensorboard.writer.close()
-        self._log.close()
+        self._writer.flush()
+        self._writer.close()
