@@ -22,8 +22,10 @@ from bmb_stream.data import stream as stream_module
 from bmb_stream.data.errors import ShardError, StorageUnavailable
 from bmb_stream.data.object_store import S3Settings, read_bytes, use_storage
 from bmb_stream.data.storage_retry import RetryPolicy
-from bmb_stream.data.stream import expand_urls, make_unlabeled_batches, shard_samples
+from bmb_stream.data.stream import (SKIPPED, expand_urls, fail_on_error, handler_for, make_unlabeled_batches,
+                                    read_shards, shard_samples, skip_and_count)
 from bmb_stream.data.stream_source import prepare_stream
+from bmb_stream.engine.stream_loop import SkippedShards
 
 TINY = ["--mode", "stream", "model=small_cnn", "stream.num_workers=0", "progress=false", "train.batch_labeled=4",
         "train.batch_unlabeled=4", "method.bank.capacity=8", "method.bank.draw=4", "eval.batch_size=16",
@@ -177,7 +179,7 @@ def test_classes_out_of_range_or_negative_name_the_sample(tmp_path):
         with pytest.raises(ShardError, match=rf"sample abad-{name} in {tmp_path}/{name}.tar: {says}"):
             list(shard_samples([str(tmp_path / f"{name}.tar")], num_classes=2 if name != "neg" else None))
     views = lambda img: (torch.zeros(1),) * 3  # noqa: E731 - the parsing is tested, not the views
-    batches = list(make_unlabeled_batches([str(tmp_path / "big.tar")], views, 8, "skip", num_classes=2))
+    batches = list(make_unlabeled_batches([str(tmp_path / "big.tar")], views, 8, skip_and_count, num_classes=2))
     assert [e for b in batches for _, e in b["skipped"]] == [f"sample abad-big in {tmp_path}/big.tar: cls is 2, not "
                                                              f"a class: a class is 0..1 (dataset.num_classes=2); fix "
                                                              f"the shard, or the config"]
@@ -203,6 +205,56 @@ def test_skip_mode_leaves_bad_samples_out_and_counts_them(tmp_path, capsys):
     for i, (name, skipped) in enumerate(zip(bad, summary["skipped_shards"], strict=True)):
         assert f"s{i + 2}-bad-{name}" in skipped["error"]
     assert summary["skipped_shards"][-1]["error"].endswith("not an image (PIL cannot identify its format)")  # no "<_io.BytesIO at 0x..>"
+
+
+def test_the_config_names_one_handler_fail_raises_the_error_naming_the_shard(tmp_path):
+    assert handler_for("fail") is fail_on_error and handler_for("skip") is skip_and_count
+    with pytest.raises(ValueError, match="stream.on_shard_error=ignore: must be fail or skip"):
+        handler_for("ignore")
+    missing = str(tmp_path / "gone.tar")
+    with pytest.raises(ShardError, match=rf"^cannot read shard {missing}: no such file$"):
+        list(read_shards(fail_on_error)([{"url": missing}]))
+    error = ShardError(f"sample x in {missing}: bad cls/json")
+    with pytest.raises(ShardError) as raised:
+        fail_on_error(error, missing)
+    assert raised.value is error
+
+
+def test_skip_gives_one_marker_per_failure_and_still_stops_on_unreachable_storage(tmp_path):
+    missing, good = str(tmp_path / "gone.tar"), str(tmp_path / "good.tar")
+    write_tar(good, samples("g", 2))
+    read = list(read_shards(skip_and_count)([{"url": missing}, {"url": good}]))
+    assert read[0] == {SKIPPED: missing, "error": f"cannot read shard {missing}: no such file"}
+    assert [s["__key__"] for s in read[1:]] == ["g000", "g001"]
+    assert skip_and_count(ShardError("bad"), good) == {SKIPPED: good, "error": "bad"}
+    with pytest.raises(StorageUnavailable, match="still down"):  # not the shard's fault: the run stops, resumable
+        skip_and_count(StorageUnavailable(f"{good}: still down"), good)
+
+
+def test_a_skipped_shard_counts_once_per_experience_whatever_its_passes_and_bad_samples():
+    skipped = SkippedShards()
+    skipped.start_experience()
+    assert skipped.note(0, 0, "a.tar", "sample 1 in a.tar: bad")
+    assert not skipped.note(0, 0, "a.tar", "sample 2 in a.tar: bad")  # another bad sample of the same shard
+    assert not skipped.note(0, 1, "a.tar", "sample 1 in a.tar: bad")  # met again in a later pass
+    assert skipped.note(0, 1, "b.tar", "cannot read shard b.tar") and skipped.note(0, None, "c.tar", "c.tar: short")
+    skipped.start_experience()
+    assert skipped.note(1, 0, "a.tar", "sample 1 in a.tar: bad")  # a new experience counts it again
+    assert [(e["experience"], e["pass"], e["url"]) for e in skipped.entries] == [
+        (0, 0, "a.tar"), (0, 1, "b.tar"), (0, None, "c.tar"), (1, 0, "a.tar")]
+    assert skipped.before_checkpoint(0) == {0: {"a.tar"}, 1: {"b.tar"}, None: {"c.tar"}}
+
+
+def test_a_resumed_run_does_not_count_again_the_skips_of_its_replayed_batches():
+    before = SkippedShards()
+    before.start_experience()
+    before.note(2, 0, "a.tar", "bad")
+    resumed = SkippedShards(before.entries)  # the checkpoint's list
+    resumed.start_experience()
+    assert resumed.before_checkpoint(2) == {0: {"a.tar"}} and resumed.before_checkpoint(1) == {}
+    assert not resumed.note(2, 0, "a.tar", "a.tar: skipped before the checkpoint", replayed=True)
+    assert not resumed.note(2, 1, "a.tar", "bad")  # in a later pass, as in the run that was not interrupted
+    assert resumed.entries == before.entries == [{"experience": 2, "pass": 0, "url": "a.tar", "error": "bad"}]
 
 
 def test_a_class_out_of_range_in_a_stream_shard_names_the_sample(tmp_path, capsys):

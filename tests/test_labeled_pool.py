@@ -6,7 +6,7 @@ import io
 
 import torch
 
-from bmb_stream.data.stream import LabeledPool
+from bmb_stream.engine.labeled_pool import LabeledPool
 
 
 def fill(pool: LabeledPool, items) -> None:

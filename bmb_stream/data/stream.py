@@ -1,10 +1,11 @@
-"""The shard stream: shard URLs, experiences, decoding of untrusted shards, the labeled pool.
+"""The shard stream: shard URLs, experiences, decoding of untrusted shards, the shard error policy.
 
 Only the keys of the shard contract are read (an image, `cls`, `gt.cls`, `json`); nothing is
 unpickled, and no member, image or class index is taken on trust: a tar member over
 MAX_MEMBER_BYTES is not read, an image over MAX_IMAGE_PIXELS (data/images.py) is not decoded (a
 decompression bomb declares a huge size in a few bytes), a class outside 0..num_classes-1 is refused. Each is a
-ShardError naming the shard and the sample (skipped and counted under stream.on_shard_error=skip).
+ShardError naming the shard and the sample, handed to the error policy (handler_for): raised, or
+skipped and counted under stream.on_shard_error=skip.
 `gt.cls`, the hidden true class of a simulated sample, travels beside the batch for monitoring and
 never enters the training step.
 """
@@ -14,11 +15,11 @@ from __future__ import annotations
 import json
 import os
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from fnmatch import fnmatch
 from functools import partial
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -172,45 +173,75 @@ def tar_samples(url: str):
 
 
 SKIPPED = "__skipped__"  # the key of the marker that stands for a skipped shard or sample
+ShardErrorHandler = Callable[[ShardError, str], dict]  # (the error, its shard's URL) -> a skip marker, or raises
 
 
-def read_shards(on_error: str = "fail", skip_urls: frozenset = frozenset()):
-    """Pipeline stage: shard URLs -> raw samples, one shard at a time. A shard that cannot be read
-    ends the run (`fail`) or is replaced by one marker sample that the main process counts (`skip`).
-    Storage that stays unreachable past the retry budget always ends the run (it is not the shard's fault).
+def skip_marker(url: str, error: str) -> dict:
+    """What stands in the stream for a skipped shard or sample: the main process counts it."""
+    return {SKIPPED: url, "error": error}
+
+
+def fail_on_error(error: ShardError, url: str) -> dict:
+    """stream.on_shard_error=fail: a shard or sample that cannot be read ends the run, the error naming it."""
+    raise error from None
+
+
+def skip_and_count(error: ShardError, url: str) -> dict:
+    """stream.on_shard_error=skip: the shard or sample gives way to one skip marker, which the main process
+    counts (StreamRun). Storage that stays unreachable past the retry budget still ends the run: that is
+    not the shard's fault, and the run resumes once the storage is back."""
+    if isinstance(error, StorageUnavailable):
+        raise error from None
+    return skip_marker(url, str(error))
+
+
+SHARD_ERROR_HANDLERS: dict[str, ShardErrorHandler] = {"fail": fail_on_error, "skip": skip_and_count}
+
+
+def handler_for(on_shard_error: str) -> ShardErrorHandler:
+    """The handler that stream.on_shard_error names: the one place the setting is read."""
+    if str(on_shard_error) not in SHARD_ERROR_HANDLERS:
+        raise ValueError(f"stream.on_shard_error={on_shard_error}: must be fail or skip")
+    return SHARD_ERROR_HANDLERS[str(on_shard_error)]
+
+
+def read_shards(handler: ShardErrorHandler = fail_on_error, skip_urls: frozenset = frozenset()):
+    """Pipeline stage: shard URLs -> raw samples, one shard at a time. A shard that cannot be read goes
+    to the handler, named, after whatever samples it gave before the failure.
     `skip_urls` are skipped without reading: a resumed run replays the skips it made before its checkpoint."""
 
     def stage(shards):
         for shard in shards:
             url = shard["url"]
             if url in skip_urls:
-                yield {SKIPPED: url, "error": f"{url}: skipped before the checkpoint"}
+                yield skip_marker(url, f"{url}: skipped before the checkpoint")
                 continue
             try:
                 yield from tar_samples(url)
-            except Exception as exn:  # noqa: BLE001 - named and re-raised, or skipped on request
-                error = naming_the_shard(exn, url)
-                if on_error != "skip" or isinstance(error, StorageUnavailable):
-                    raise error from None
-                yield {SKIPPED: url, "error": str(error)}
+            except Exception as exn:  # noqa: BLE001 - any failure, named; the handler raises it or skips the shard
+                yield handler(naming_the_shard(exn, url), url)
 
     return stage
 
 
-def parse_sample(sample: dict, on_error: str = "fail", num_classes: int | None = None) -> dict:
+def guarded(step: Callable[[dict], dict], handler: ShardErrorHandler, url_key: str) -> Callable[[dict], dict]:
+    """A per-sample stage under the error policy: a skip marker passes through untouched, and a sample
+    whose `step` raises a ShardError goes to the handler (its shard's URL under `url_key`)."""
+
+    def stage(sample: dict) -> dict:
+        if SKIPPED in sample:
+            return sample
+        try:
+            return step(sample)
+        except ShardError as error:
+            return handler(error, sample.get(url_key))
+
+    return stage
+
+
+def parse_sample(sample: dict, num_classes: int | None = None) -> dict:
     """Raw tar members of one sample -> {key, url, image bytes, cls (-1: unlabeled), gt (-1: unknown)};
-    under on_error=skip a malformed sample becomes a skip marker. With num_classes, a class must be below it."""
-    if SKIPPED in sample:
-        return sample
-    try:
-        return _parse(sample, num_classes)
-    except ShardError as e:
-        if on_error != "skip":
-            raise
-        return {SKIPPED: sample.get("__url__"), "error": str(e)}
-
-
-def _parse(sample: dict, num_classes: int | None) -> dict:
+    a malformed sample is a ShardError naming it. With num_classes, a class must be below it."""
     where = f"sample {sample.get('__key__')} in {sample.get('__url__')}"
     for name, value in sample.items():
         if isinstance(value, Oversized):
@@ -241,37 +272,32 @@ def _class(data: bytes, name: str, where: str, num_classes: int | None) -> int:
     return value
 
 
-def sample_stages(urls: list[str], on_error: str = "fail", skip_urls: frozenset = frozenset(),
+def sample_stages(urls: list[str], handler: ShardErrorHandler = fail_on_error, skip_urls: frozenset = frozenset(),
                   num_classes: int | None = None, split_by_rank: bool = True) -> list:
     """The pipeline stages to parsed samples of `urls`, the shards split across DataLoader workers and,
-    with `split_by_rank`, across the ranks of a distributed run (RANK / WORLD_SIZE)."""
+    with `split_by_rank`, across the ranks of a distributed run (RANK / WORLD_SIZE). Shards and samples
+    that cannot be read go to `handler`."""
     ranks = [wds.split_by_node] if split_by_rank else []
-    return [wds.SimpleShardList(urls), *ranks, wds.split_by_worker, read_shards(on_error, skip_urls),
-            wds.map(partial(parse_sample, on_error=on_error, num_classes=num_classes))]
+    return [wds.SimpleShardList(urls), *ranks, wds.split_by_worker, read_shards(handler, skip_urls),
+            wds.map(guarded(partial(parse_sample, num_classes=num_classes), handler, "__url__"))]
 
 
-def shard_samples(urls: list[str], on_error: str = "fail", num_classes: int | None = None,
+def shard_samples(urls: list[str], handler: ShardErrorHandler = fail_on_error, num_classes: int | None = None,
                   split_by_rank: bool = True) -> wds.DataPipeline:
-    return wds.DataPipeline(*sample_stages(urls, on_error, num_classes=num_classes, split_by_rank=split_by_rank))
+    return wds.DataPipeline(*sample_stages(urls, handler, num_classes=num_classes, split_by_rank=split_by_rank))
 
 
-def make_unlabeled_batches(urls: list[str], views: Callable, batch_size: int, on_error: str = "fail",
-                           skip_urls: frozenset = frozenset(), num_classes: int | None = None):
+def make_unlabeled_batches(urls: list[str], views: Callable, batch_size: int,
+                           handler: ShardErrorHandler = fail_on_error, skip_urls: frozenset = frozenset(),
+                           num_classes: int | None = None):
     """Decoded, augmented and batched in the workers: dicts of u_weak, u_strong1, u_strong2, cls, gt,
     the encoded images of the labeled samples (for the labeled pool), and `skipped`: the shards and
-    samples left out under on_error=skip, as (url, error) pairs. A batch may hold no images at all
-    (only skips); then u_weak is None. With num_classes, a cls or gt.cls outside 0..num_classes-1 is
+    samples left out by the handler (skip_and_count), as (url, error) pairs. A batch may hold no images
+    at all (only skips); then u_weak is None. With num_classes, a cls or gt.cls outside 0..num_classes-1 is
     a bad sample (without it, a class past the end would fail later, in the training step)."""
 
     def to_views(s: dict) -> dict:
-        if SKIPPED in s:
-            return s
-        try:
-            weak, strong1, strong2 = views(decode_image(s["image"], f"sample {s['key']} in {s['url']}"))
-        except ShardError as e:
-            if on_error != "skip":
-                raise
-            return {SKIPPED: s["url"], "error": str(e)}
+        weak, strong1, strong2 = views(decode_image(s["image"], f"sample {s['key']} in {s['url']}"))
         return {"views": (weak, strong1, strong2), "cls": s["cls"], "gt": s["gt"], "url": s["url"],
                 "image": s["image"] if s["cls"] >= 0 else None}
 
@@ -286,7 +312,8 @@ def make_unlabeled_batches(urls: list[str], views: Callable, batch_size: int, on
                 "labeled_images": [(s["image"], s["cls"]) for s in samples if s["image"] is not None],
                 "urls": [s["url"] for s in samples], "skipped": skipped}
 
-    return wds.DataPipeline(*sample_stages(urls, on_error, skip_urls, num_classes), wds.map(to_views),
+    return wds.DataPipeline(*sample_stages(urls, handler, skip_urls, num_classes),
+                            wds.map(guarded(to_views, handler, "url")),
                             wds.batched(batch_size, collation_fn=collate, partial=True))
 
 
@@ -337,42 +364,3 @@ class PreparedImages(Dataset):
     def __getitem__(self, i: int):
         return self.images[i], int(self.targets[i])
 
-
-@dataclass
-class LabeledPool:
-    """Labeled samples met in the stream, bounded and class-balanced: when full, a random entry of
-    the most represented class leaves. Part of the learner's persistent state."""
-
-    capacity: int
-    num_classes: int
-    seed: int = 0
-
-    def __post_init__(self):
-        self.images: list[bytes] = []
-        self.labels: list[int] = []
-        self.generator = torch.Generator().manual_seed(self.seed)
-
-    def add(self, image: bytes, label: int) -> None:
-        if self.capacity <= 0:
-            return
-        if len(self.labels) >= self.capacity:
-            counts = np.bincount(self.labels, minlength=self.num_classes)
-            biggest = int(counts.argmax())
-            if counts[label] >= counts[biggest]:  # the newcomer's class is already the largest
-                return
-            members = [i for i, c in enumerate(self.labels) if c == biggest]
-            victim = members[int(torch.randint(len(members), (), generator=self.generator))]
-            self.images[victim], self.labels[victim] = image, label
-            return
-        self.images.append(image)
-        self.labels.append(label)
-
-    def class_counts(self) -> list[int]:
-        return np.bincount(np.asarray(self.labels, dtype=np.int64), minlength=self.num_classes).tolist()
-
-    def state_dict(self) -> dict:
-        return {"images": list(self.images), "labels": list(self.labels), "generator": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.images, self.labels = list(state["images"]), [int(x) for x in state["labels"]]
-        self.generator.set_state(state["generator"])

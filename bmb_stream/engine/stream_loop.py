@@ -23,9 +23,11 @@ from omegaconf import OmegaConf
 
 from bmb_stream.config import ConfigError, redacted
 from bmb_stream.data.errors import ShardError, StorageUnavailable
-from bmb_stream.data.stream import EncodedImages, LabeledPool, PreparedImages, make_unlabeled_batches
+from bmb_stream.data.stream import (EncodedImages, PreparedImages, ShardErrorHandler, fail_on_error, handler_for,
+                                    make_unlabeled_batches)
 from bmb_stream.data.stream_source import StreamSource, prepare_stream
 from bmb_stream.data.transforms import MultiView, build_views
+from bmb_stream.engine.labeled_pool import LabeledPool
 from bmb_stream.engine.learner import Learner
 from bmb_stream.engine.run import Run
 from bmb_stream.engine.runtime import WORKER_DEATH, StopFlag, endless_batches, ignore_interrupts
@@ -40,13 +42,14 @@ def derived_seed(seed: int, experience: int, purpose: int) -> int:
 
 
 def experience_batches(shards: list[str], views, batch_size: int, workers: int, passes: int, seed: int, k: int,
-                       on_error: str = "fail", skipped_before: dict[int, frozenset] | None = None,
+                       handler: ShardErrorHandler = fail_on_error, skipped_before: dict[int, frozenset] | None = None,
                        num_classes: int | None = None):
     """The unlabeled batches of experience k: `passes` reads of its shards, each with its own seeds;
-    each batch says its pass. `skipped_before[p]`: shards skipped in pass p before a checkpoint, skipped
-    again without reading when the experience is replayed."""
+    each batch says its pass. A shard or sample that cannot be read goes to `handler`.
+    `skipped_before[p]`: shards skipped in pass p before a checkpoint, skipped again without reading when
+    the experience is replayed."""
     for p in range(passes):
-        batches = make_unlabeled_batches(shards, views, batch_size, on_error, (skipped_before or {}).get(p, frozenset()),
+        batches = make_unlabeled_batches(shards, views, batch_size, handler, (skipped_before or {}).get(p, frozenset()),
                                          num_classes=num_classes)
         loader = wds.WebLoader(batches, batch_size=None, num_workers=min(workers, len(shards)),
                                worker_init_fn=ignore_interrupts, generator=torch.Generator().manual_seed(derived_seed(seed, k, 2 + p)))
@@ -69,6 +72,38 @@ def stream_steps(source: StreamSource, batch_size: int, workers: int, passes: in
     return total
 
 
+class SkippedShards:
+    """The shards and samples left out under stream.on_shard_error=skip, each counted once per experience:
+    eval.jsonl gives their number, summary.json lists them (url, pass, cause). Checkpointed with the run, so
+    that a run resumed mid-experience skips again, without reading, what it skipped before its checkpoint,
+    and replays exactly."""
+
+    def __init__(self, entries: list[dict] | None = None):
+        self.entries: list[dict] = list(entries or [])
+        self.in_experience: set[str] = set()  # shards met skipped in the experience under way, recorded or replayed
+
+    def start_experience(self) -> None:
+        self.in_experience = set()
+
+    def note(self, k: int, pass_: int | None, url: str, error: str, replayed: bool = False) -> bool:
+        """A skip reported in pass `pass_` of experience k (None: found short after the experience); True
+        where it is recorded now. A shard met again (another bad sample, a later pass) is not counted again,
+        nor is one in a replayed batch: the checkpoint holds it already."""
+        if url in self.in_experience:
+            return False
+        self.in_experience.add(url)
+        if not replayed:
+            self.entries.append({"experience": k, "pass": pass_, "url": url, "error": error})
+        return not replayed
+
+    def before_checkpoint(self, k: int) -> dict[int, frozenset]:
+        """The shards skipped in each pass of experience k before a mid-experience checkpoint, by pass."""
+        by_pass: dict[int, frozenset] = {}
+        for entry in (s for s in self.entries if s["experience"] == k):
+            by_pass[entry["pass"]] = by_pass.get(entry["pass"], frozenset()) | {entry["url"]}
+        return by_pass
+
+
 class StreamRun(Run):
     """The stream's phases: prepare the stream; per experience, before it (seeds, the labeled set),
     train on it (its unlabeled batches, replaying those of a mid-experience checkpoint without
@@ -87,6 +122,7 @@ class StreamRun(Run):
                               f"beside the shards gives every shard's sample count: use optim.schedule=constant")
         self.learner = Learner(cfg, num_classes, self.labeled_per_class, self.device, total_steps=self.steps or 1)
         self.pool = LabeledPool(int(cfg.stream.labeled_pool), num_classes, self.seed)
+        self.on_shard_error = handler_for(cfg.stream.on_shard_error)  # in the readers, and for short shards
         self.monitor = StreamMonitor(num_classes, self.learner.bank.capacity if self.learner.bank is not None else 0)
         self.views = build_views(int(cfg.dataset.image_size), cfg.dataset.mean, cfg.dataset.std, resize=True,
                                  randaugment=cfg.dataset.randaugment)
@@ -97,7 +133,7 @@ class StreamRun(Run):
                                    batch_size=int(cfg.eval.batch_size), many_threshold=int(cfg.dataset.many_threshold),
                                    few_threshold=int(cfg.dataset.few_threshold), segments=source.segments)
         self.position = {"experience": 0, "batches": 0}
-        self.skipped: list[dict] = []  # shards and samples left out under stream.on_shard_error=skip
+        self.skipped = SkippedShards()
         self.unlabeled_seen = np.zeros(num_classes, dtype=np.int64)  # true classes of the stream so far, where known
 
     def total_steps(self) -> int | None:
@@ -106,7 +142,8 @@ class StreamRun(Run):
     def checkpoint_state(self) -> dict:
         return {"labeled_pool": self.pool.state_dict(), "monitor": self.monitor.state_dict(),
                 "evaluator": self.evaluator.state_dict(), "unlabeled_seen": torch.from_numpy(self.unlabeled_seen),
-                "skipped": self.skipped, "position": dict(self.position), "config": OmegaConf.to_yaml(redacted(self.cfg))}
+                "skipped": self.skipped.entries, "position": dict(self.position),
+                "config": OmegaConf.to_yaml(redacted(self.cfg))}
 
     def load_state(self, state: dict) -> None:
         self.pool.load_state_dict(state["labeled_pool"])
@@ -114,7 +151,7 @@ class StreamRun(Run):
         self.evaluator.load_state_dict(state["evaluator"])
         self.position = dict(state["position"])
         self.unlabeled_seen = state["unlabeled_seen"].numpy().copy()
-        self.skipped = list(state.get("skipped", []))
+        self.skipped = SkippedShards(state.get("skipped", []))
 
     def resumed_message(self) -> str:
         return (f"resumed from {self.run_dir.last_checkpoint}: experience {self.position['experience']}, "
@@ -151,10 +188,8 @@ class StreamRun(Run):
                                           int(self.cfg.stream.num_workers))
         if replay == 0 and k % int(self.cfg.stream.eval_every) == 0:  # counts cover the experiences since the last evaluation
             self.monitor.reset_counts()
-        skipped_before: dict[int, frozenset] = {}  # a mid-experience resume skips again what the interrupted run skipped
-        for entry in (s for s in self.skipped if s["experience"] == k and replay > 0):
-            skipped_before[entry["pass"]] = skipped_before.get(entry["pass"], frozenset()) | {entry["url"]}
-        return labeled_batches, skipped_before
+        # a mid-experience resume skips again what the interrupted run skipped
+        return labeled_batches, self.skipped.before_checkpoint(k) if replay > 0 else {}
 
     def train_experience(self, k: int, replay: int, stop: StopFlag) -> int:
         """Train on experience k's batches after the first `replay` (read and augmented again, not trained
@@ -164,13 +199,13 @@ class StreamRun(Run):
         self.read = Counter()  # samples read per shard, checked against the manifest at the end
         self.joining = []  # labeled stream samples join the pool at the end of the experience, so that the
         # labeled set stays what it was at the experience's start (and a mid-experience resume sees the same)
-        self.skipped_here: set[str] = set()
+        self.skipped.start_experience()
         batches = 0
         views = MultiView(self.views["weak"], self.views["strong"], self.views["strong"])
         try:
             for ub in experience_batches(self.source.experiences[k], views, int(cfg.train.batch_unlabeled),
                                          int(cfg.stream.num_workers), int(cfg.stream.passes), self.seed, k,
-                                         str(cfg.stream.on_shard_error), skipped_before, self.num_classes):
+                                         self.on_shard_error, skipped_before, self.num_classes):
                 t = time.time()
                 batches += 1
                 self.note_skips(k, ub, replayed=batches <= replay)
@@ -210,11 +245,7 @@ class StreamRun(Run):
     def note_skips(self, k: int, ub: dict, replayed: bool) -> None:
         """Shards a batch reports skipped (stream.on_shard_error=skip), each counted once per experience."""
         for url, error in ub["skipped"]:
-            if url in self.skipped_here:  # met again in a later pass
-                continue
-            self.skipped_here.add(url)
-            if not replayed:  # a replayed batch's skips were counted before the checkpoint
-                self.skipped.append({"experience": k, "pass": ub["pass"], "url": url, "error": error})
+            if self.skipped.note(k, ub["pass"], url, error, replayed):
                 self.bar.write(f"skipped: {error}")
 
     def after_experience(self, k: int, batches: int) -> None:
@@ -223,11 +254,10 @@ class StreamRun(Run):
         shards = source.experiences[k]
         if batches == 0:
             raise ShardError(f"experience {k} ({', '.join(shards)}) yielded no samples")
-        for url, error in source.short_shards(shards, self.read, int(cfg.stream.passes), self.skipped_here):
-            if str(cfg.stream.on_shard_error) != "skip":
-                raise ShardError(error)
-            self.skipped.append({"experience": k, "pass": None, "url": url, "error": error})
-            self.bar.write(f"skipped: {error}")
+        for url, error in source.short_shards(shards, self.read, int(cfg.stream.passes), self.skipped.in_experience):
+            marker = self.on_shard_error(ShardError(error), url)  # under fail, the error ends the run
+            if self.skipped.note(k, None, url, marker["error"]):
+                self.bar.write(f"skipped: {error}")
         for image, label in self.joining:
             self.pool.add(image, label)
         if (k + 1) % int(cfg.stream.eval_every) == 0 or k == len(source.experiences) - 1:
@@ -235,7 +265,8 @@ class StreamRun(Run):
             record = self.evaluate(
                 before={"experience": k},
                 after={**self.monitor.report(self.learner.bank), "labeled_pool": len(self.pool.labels),
-                       "skipped_shards": len(self.skipped), "rss_mb": psutil.Process().memory_info().rss / 2**20},
+                       "skipped_shards": len(self.skipped.entries),
+                       "rss_mb": psutil.Process().memory_info().rss / 2**20},
                 trained_segments=trained)
             self.evaluator.log_scalars({"forgetting": record.get("forgetting"), "bank_purity": record.get("bank_purity")},
                                        self.learner.step)
@@ -252,7 +283,7 @@ class StreamRun(Run):
     def finish_summary(self, summary: dict) -> None:
         summary["experiences"] = len(self.source.experiences)
         summary["evaluations"] = len(self.history)
-        summary["skipped_shards"] = self.skipped
+        summary["skipped_shards"] = self.skipped.entries
 
     def plot_options(self) -> dict:
         return {"class_names": self.source.class_names, "x_key": "samples_seen"}
