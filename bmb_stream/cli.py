@@ -184,7 +184,7 @@ def shards_command(args: list[str]) -> int:
     workers = options["workers"]
     if not workers.isdigit():
         raise ConfigError(f"workers={workers}: must be an integer >= 0 (0: one per core)")
-    manifest = export_split(cfg.dataset, options["out"], seed=int(cfg.seed), max_samples=_positive(options, "max_samples"),
+    manifest = export_split(cfg.dataset, options["out"], seed=cfg.seed, max_samples=_positive(options, "max_samples"),
                             max_bytes=_positive(options, "max_bytes"), workers=int(workers),
                             overwrite=_flag(options, "overwrite"), keep_hidden_labels=not _flag(options, "hide_labels"),
                             progress=_flag(options, "progress"))

@@ -1,5 +1,6 @@
-"""Composing the configuration (Hydra, from the top-level configs/) and validating it, so that a bad
-value ends with one line naming the key and what it accepts."""
+"""Composing the configuration (Hydra, from the top-level configs/, typed by the schema in
+bmb_stream/config_schema.py) and validating it, so that a bad value ends with one line naming the key
+and what it accepts."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ import os
 import time
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, ValidationError
 
-from bmb_stream.evaluation.summary import STATISTICS
-from omegaconf.errors import MissingMandatoryValue
+from bmb_stream import config_schema as schema
 
 GROUPS = ("mode", "method", "model", "dataset", "experiment")
 
@@ -34,18 +35,25 @@ def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))
 
 
-def compose(overrides: list[str]) -> DictConfig:
-    """The configuration for these Hydra overrides, validated, with run.dir filled in."""
+def _hydra_compose(config_name: str, overrides: list[str]) -> DictConfig:
+    """Hydra's composition, its errors as one-line ConfigErrors."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    schema.register()
     try:
         with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
-            cfg = hydra_compose(config_name="config", overrides=list(overrides))
+            return hydra_compose(config_name=config_name, overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as e:
         raise ConfigError(redact_text(_hydra_message(e, overrides), overrides)) from None
+
+
+def compose(overrides: list[str]) -> DictConfig:
+    """The configuration for these Hydra overrides, validated, with run.dir filled in."""
+    cfg = _hydra_compose("config", overrides)
+    _without_dataset_folders(cfg)
     validate(cfg)
     if cfg.run.dir is None:
         name = cfg.experiment_name or cfg.dataset.name
@@ -53,22 +61,69 @@ def compose(overrides: list[str]) -> DictConfig:
     return cfg
 
 
+def option_config(group: str, option: str) -> DictConfig:
+    """One option of a config group alone, on its schema (e.g. a dataset for `bmb-stream simulate`)."""
+    return _hydra_compose(f"{group}/{option}", [])[group]
+
+
+def _without_dataset_folders(cfg: DictConfig) -> None:
+    """A stream run with shards reads its images from them: the dataset's folders, required (???) by the
+    dataset's file, are not needed there and become null."""
+    if cfg.mode == "stream" and cfg.stream.urls is not None:
+        for key in ("root", "list_dir"):
+            if key in cfg.dataset.keys() and OmegaConf.is_missing(cfg.dataset, key):  # `in` is False for ???
+                cfg.dataset[key] = None
+
+
 def _hydra_message(error: Exception, overrides: list[str]) -> str:
     text = str(error).strip().splitlines()[0]
     if type(error).__name__ == "OverrideParseException":
         return f"cannot parse the overrides ({text}); write KEY=VALUE, quoting lists: 'key=[1,2]'"
     if text.startswith("Could not override '"):
-        key = text.split("'")[1]
-        known = _known_keys()
-        if key in known:  # a key of the default config that the chosen option of its group lacks
-            return f"{key}: not a key of this configuration (the chosen {key.split('.')[0]} option has no such key)"
-        return f"{key}: no such configuration key{_did_you_mean(key, known)} (see bmb-stream --help)"
+        return _key_message(text.split("'")[1])
+    cause = error
+    while cause is not None and getattr(cause, "full_key", None) is None:
+        cause = cause.__cause__ or cause.__context__
+    message = _omegaconf_message(cause, overrides) if cause is not None else None
+    if message:  # from an override, or from a file: "In 'experiment/x': ... raised while composing config"
+        return message + (f" (in {config_dir() / text.split(chr(39))[1]}.yaml)" if text.startswith("In '") else "")
     for group in GROUPS:
         if f"'{group}/" in text or f"{group}/" in text and "Could not find" in text:
-            chosen = next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+~") == group), "?")
+            chosen = _override_value(overrides, group) or "?"
             return (f"{group}={chosen}: unknown option; accepted: {', '.join(group_options(group))}"
                     f"{_did_you_mean(chosen, group_options(group))}")
     return text
+
+
+def _omegaconf_message(error, overrides: list[str]) -> str | None:
+    """A key the chosen options lack, or a value Hydra could not convert to its key's type
+    (train.steps=abc), said as `validate` says it."""
+    if isinstance(error, (ConfigKeyError, ConfigAttributeError)):
+        return _key_message(error.full_key)
+    if not isinstance(error, ValidationError):
+        return None
+    key = error.full_key.split("[")[0]
+    parent = error.object_type
+    f = schema.schema_fields(parent).get(error.key) if schema.is_schema(parent) else schema.find_field(key)
+    if f is None:
+        return None
+    typed = _override_value(overrides, key)
+    return f"{key}={typed if typed is not None else _shown(error.value)}: must be {schema.field_check(f)[1]}"
+
+
+def _override_value(overrides: list[str], key: str) -> str | None:
+    """The value the overrides give `key`, as typed."""
+    return next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+~") == key), None)
+
+
+def _key_message(key: str) -> str:
+    if key in schema.known_keys():  # a key of some option of its group, but not of the chosen one
+        return f"{key}: not a key of this configuration (the chosen {key.split('.')[0]} option has no such key)"
+    return _no_such_key(key)
+
+
+def _no_such_key(key: str) -> str:
+    return f"{key}: no such configuration key{_did_you_mean(key, schema.known_keys())} (see bmb-stream --help)"
 
 
 def _did_you_mean(word: str, known) -> str:
@@ -76,148 +131,67 @@ def _did_you_mean(word: str, known) -> str:
     return f" (did you mean {close[0]}?)" if close else ""
 
 
-def _known_keys() -> list[str]:
-    """Every key of the default configuration, dotted."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
-        cfg = hydra_compose(config_name="config")
-    keys, stack = [], [("", OmegaConf.to_container(cfg))]
-    while stack:
-        prefix, node = stack.pop()
-        for k, v in node.items():
-            (stack.append((f"{prefix}{k}.", v)) if isinstance(v, dict) else keys.append(f"{prefix}{k}"))
-    return keys
-
-
-def _check(cond: bool, key: str, accepted: str, cfg: DictConfig) -> None:
+def _check(cond: bool, key: str, accepted: str, value) -> None:
     if not cond:
-        raise ConfigError(f"{key}={_shown(OmegaConf.select(cfg, key))}: must be {accepted}")
+        raise ConfigError(f"{key}={_shown(value)}: must be {accepted}")
 
 
 def _shown(value) -> str:
+    """A value as the user wrote it: a float key's 0 reads 0, not 0.0."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    if isinstance(value, (list, ListConfig)):
+        return f"[{', '.join(_shown(v) for v in value)}]"
     return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
-# The type and range of every key a user may set, declared once. A spec is (predicate, what it accepts).
-def integer(low: int | None = None, nullable: bool = False):
-    text = {None: "an integer", 1: "a positive integer"}.get(low, f"an integer >= {low}") + (" or null" if nullable else "")
-    return (lambda v: (nullable and v is None)
-            or (isinstance(v, int) and not isinstance(v, bool) and (low is None or v >= low))), text
-
-
-def number(low: float | None = None, high: float | None = None, open_low: bool = False, open_high: bool = False,
-           nullable: bool = False):
-    if low is not None and high is not None:
-        text = f"in {'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}"
-    elif low is not None:
-        text = "positive" if low == 0 and open_low else f"{'>' if open_low else '>='} {low}"
-    else:
-        text = "a number"
-    text += " or null" if nullable else ""
-
-    def ok(v) -> bool:
-        if nullable and v is None:
-            return True
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
-            return False
-        return ((low is None or (v > low if open_low else v >= low))
-                and (high is None or (v < high if open_high else v <= high)))
-    return ok, text
-
-
-def boolean():
-    return (lambda v: isinstance(v, bool)), "true or false"
-
-
-def choice(*options: str):
-    return (lambda v: v in options), ", ".join(options[:-1]) + f" or {options[-1]}" if len(options) > 1 else options[0]
-
-
-def text(nullable: bool = True):
-    return (lambda v: isinstance(v, str) or (nullable and v is None)), "a string" + (" or null" if nullable else "")
-
-
-SCHEDULES = ("constant", "cosine", "fixmatch_cosine")
-POSITIVE = integer(1)
-SCHEMA = {
-    "seed": integer(0), "resume": boolean(), "progress": boolean(),
-    "train.steps": POSITIVE, "train.eval_every": POSITIVE, "train.batch_labeled": POSITIVE,
-    "train.batch_unlabeled": POSITIVE, "train.log_every": POSITIVE, "train.num_workers": integer(0),
-    "train.ema_decay": number(0, 1, open_high=True), "train.ema_warmup": boolean(), "train.amp": boolean(),
-    "optim.name": choice("adam", "sgd"), "optim.lr": number(0, open_low=True), "optim.momentum": number(0, 1),
-    "optim.nesterov": boolean(), "optim.weight_decay": number(0), "optim.wd_shrink": number(0),
-    "optim.schedule": choice(*SCHEDULES),
-    "stream.shards_per_experience": POSITIVE, "stream.max_experiences": integer(1, nullable=True),
-    "stream.shuffle_shards": boolean(), "stream.resampled": boolean(), "stream.num_workers": integer(0),
-    "stream.passes": POSITIVE, "stream.eval_every": POSITIVE, "stream.labeled_pool": integer(0),
-    "stream.keep_checkpoints": integer(0), "stream.on_shard_error": choice("fail", "skip"),
-    "stream.recipe": text(), "stream.cache_dir": text(nullable=False),
-    "storage.s3.path_style": boolean(), "storage.s3.connect_timeout_s": number(0, open_low=True),
-    "storage.s3.read_timeout_s": number(0, open_low=True), "storage.retry.budget_s": number(0),
-    "storage.retry.backoff_s": number(0, open_low=True), "storage.retry.max_backoff_s": number(0, open_low=True),
-    "eval.batch_size": POSITIVE, "eval.headline": choice(*STATISTICS),
-    "method.eval_head": choice("std", "bal"), "method.tau": number(0, 1, open_low=True),
-    "method.lambda_u": number(0), "method.lambda_mb": number(0), "method.warmup": integer(0),
-    "method.bank_warmup": integer(0, nullable=True),
-    "method.bank.enabled": boolean(), "method.bank.capacity": POSITIVE, "method.bank.draw": POSITIVE,
-    "method.bank.beta_put": number(0), "method.bank.beta_get": number(0),
-    "method.bank.count_floor": number(0, open_low=True), "method.bank.features": choice("strong", "weak"),
-    "method.bank.reset_after_warmup": boolean(), "method.bank.labeled": boolean(), "method.bank.count_rule": choice("reference", "present"),
-    "method.weights.count_rule": choice("reference", "present"),
-    "method.weights.enabled": boolean(), "method.weights.alpha": number(0),
-    "method.weights.unlabeled_source": choice("estimate", "labeled"),
-    "method.estimate.kind": choice("cumulative", "ema"), "method.estimate.momentum": number(0, 1, open_high=True),
-    "method.estimate.threshold": boolean(),
-    "model.width": POSITIVE, "model.small_stem": boolean(),
-    "dataset.num_classes": integer(2), "dataset.image_size": POSITIVE, "dataset.n1": POSITIVE,
-    "dataset.m1": integer(0), "dataset.gamma_l": number(), "dataset.gamma_u": number(),
-    "dataset.labeled_ratio": number(0, 1, open_low=True, nullable=True), "dataset.split_shuffle": boolean(),
-    "dataset.many_threshold": integer(0), "dataset.few_threshold": integer(0),
-    "dataset.ratio_rounding": choice("ceil", "round"), "dataset.randaugment": choice("reference", "torchvision"),
-}
-
-
 def validate(cfg: DictConfig) -> None:
-    """Raise ConfigError on the first value of the wrong type, out of range or missing."""
-    if cfg.mode == "stream" and cfg.stream.urls is not None:  # the shards carry the data: no dataset folders
-        for key in ("root", "list_dir"):
-            if key in cfg.dataset.keys() and OmegaConf.is_missing(cfg.dataset, key):  # `in` is False for ???
-                cfg.dataset[key] = None
+    """Raise ConfigError on the first value missing, of the wrong type or out of range; `cfg` is not changed."""
     try:
         OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except MissingMandatoryValue as e:
         key = e.full_key
         hint = " (the folder of the dataset's files)" if key.endswith("root") else ""
         raise ConfigError(f"{key} is required{hint}: add {key}=...") from None
-    _check(cfg.mode in ("offline", "stream"), "mode", "offline or stream", cfg)
-    _check(isinstance(cfg.device, str) and (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")),
-           "device", "auto, cpu, cuda or cuda:N", cfg)
-    for key, (ok, accepted) in SCHEMA.items():
-        parent, _, leaf = key.rpartition(".")
-        node = OmegaConf.select(cfg, parent) if parent else cfg
-        if node is not None and leaf in node:
-            _check(ok(node[leaf]), key, accepted, cfg)
-    r = cfg.storage.retry
-    _check(r.backoff_s <= r.max_backoff_s, "storage.retry.backoff_s", "<= storage.retry.max_backoff_s", cfg)
-    _check(not cfg.stream.resampled or cfg.stream.max_experiences, "stream.max_experiences",
-           "set for a resampled (endless) stream", cfg)
-    d = cfg.dataset
-    if d.get("labeled_ratio") is None and "gamma_l" in d:
-        _check(d.gamma_l != 0 and d.gamma_u != 0, "dataset.gamma_l", "non-zero (and dataset.gamma_u too)", cfg)
-    for key in ("mean", "std"):
-        values = d.get(key)
-        _check(values is not None and len(values) == 3 and all(number()[0](v) for v in values), f"dataset.{key}",
-               "a list of three numbers", cfg)
-    root = d.get("root")
-    if root is not None and not Path(str(root)).exists():
-        hint = " (apt-get install dataset-fashion-mnist)" if d.source == "fashion_mnist" else ""
+    _check_keys(cfg, schema.Config, "")
+    _check_relations(cfg)
+    root = cfg.dataset.get("root")
+    if root is not None and not Path(root).exists():
+        hint = " (apt-get install dataset-fashion-mnist)" if cfg.dataset.source == "fashion_mnist" else ""
         raise ConfigError(f"dataset.root={root}: folder not found{hint}")
     if cfg.device.startswith("cuda"):
         import torch
 
-        _check(torch.cuda.is_available(), "device", "auto or cpu: no CUDA device is available here", cfg)
+        _check(torch.cuda.is_available(), "device", "auto or cpu: no CUDA device is available here", cfg.device)
+
+
+def _check_keys(node: DictConfig, node_schema: type, prefix: str) -> None:
+    """Every key of `node` against the check its schema declares. A group's node is typed by the chosen
+    option's schema; an open one (schema.CARRIES) is checked against the schema it carries too."""
+    own = OmegaConf.get_type(node)
+    declared = schema.schema_fields(own if schema.is_schema(own) else node_schema)
+    carried = schema.schema_fields(schema.CARRIES[own]) if own in schema.CARRIES else {}
+    for name in node:
+        f, key = declared.get(name) or carried.get(name), f"{prefix}{name}"
+        if f is None:
+            raise ConfigError(_no_such_key(key))
+        value = node[name]
+        ok, accepted = schema.field_check(f)
+        _check(ok(value), key, accepted, value)
+        sub = schema.section_schema(f) or (OmegaConf.get_type(value) if isinstance(value, DictConfig) else None)
+        if schema.is_schema(sub):
+            _check_keys(value, sub, f"{key}.")
+
+
+def _check_relations(cfg: DictConfig) -> None:
+    """The checks that involve more than one key."""
+    r = cfg.storage.retry
+    _check(r.backoff_s <= r.max_backoff_s, "storage.retry.backoff_s", "<= storage.retry.max_backoff_s", r.backoff_s)
+    _check(not cfg.stream.resampled or cfg.stream.max_experiences, "stream.max_experiences",
+           "set for a resampled (endless) stream", cfg.stream.max_experiences)
+    d = cfg.dataset
+    if d.get("labeled_ratio") is None and "gamma_l" in d:
+        _check(d.gamma_l != 0 and d.gamma_u != 0, "dataset.gamma_l", "non-zero (and dataset.gamma_u too)", d.gamma_l)
 
 
 def check_simulated_stream(cfg: DictConfig) -> None:
@@ -227,7 +201,7 @@ def check_simulated_stream(cfg: DictConfig) -> None:
     if not recipe:
         raise ConfigError("stream.urls is required in stream mode (shard URLs or a stream folder), "
                           "or stream.recipe=NAME to simulate one of streams/")
-    path = Path(str(recipe)) if Path(str(recipe)).suffix else Path(__file__).resolve().parents[1] / "streams" / f"{recipe}.yaml"
+    path = Path(recipe) if Path(recipe).suffix else Path(__file__).resolve().parents[1] / "streams" / f"{recipe}.yaml"
     if not path.exists():
         return  # load_recipe names the shipped recipes
     streamed = OmegaConf.load(path).get("dataset")

@@ -51,6 +51,11 @@ def test_unknown_mode_is_one_line_exit_2_naming_the_modes(argv, capsys):
     assert captured.err == "bmb-stream: error: mode=bogus: unknown option; accepted: offline, stream\n"
 
 
+def test_a_value_of_the_wrong_type_is_one_line_exit_2(capsys):
+    assert main(["train.steps=abc"]) == 2
+    assert capsys.readouterr().err == "bmb-stream: error: train.steps=abc: must be a positive integer\n"
+
+
 def test_mode_without_a_value_is_one_line_exit_2(capsys):
     assert main(["--mode"]) == 2
     err = capsys.readouterr().err

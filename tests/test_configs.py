@@ -1,7 +1,11 @@
+import re
+
 import pytest
+from omegaconf import OmegaConf
 
 from bmb_stream.cli import main
-from bmb_stream.config import ConfigError, compose, group_options
+from bmb_stream.config import ConfigError, compose, group_options, option_config, validate
+from bmb_stream.config_schema import OPTION_SCHEMAS
 
 EXPERIMENTS = group_options("experiment")
 
@@ -63,11 +67,56 @@ def test_reference_recipe_values_reach_the_config(tmp_path):
     ("stream.on_shard_error=ignore", "stream.on_shard_error=ignore: must be fail or skip"),
     ("storage.retry.budget_s=-1", "storage.retry.budget_s=-1: must be >= 0"),
     ("storage.retry.backoff_s=0", "storage.retry.backoff_s=0: must be positive"),
+    # values Hydra cannot convert to the key's type, and keys no option declares
+    ("train.steps=abc", "train.steps=abc: must be a positive integer"),
+    ("train.steps=1.5", "train.steps=1.5: must be a positive integer"),
+    ("resume=maybe", "resume=maybe: must be true or false"),
+    ("method.tau=abc", "method.tau=abc: must be in (0, 1]"),
+    ("seed=null", "seed=null: must be an integer >= 0"),
+    ("dataset.mean=[1,a,3]", "dataset.mean=[1,a,3]: must be a list of three numbers"),
+    ("method.bank.features=both", "method.bank.features=both: must be strong or weak"),
+    ("train=3", "train=3: must be a section of keys"),
+    ("method.tua=0.9", "method.tua: no such configuration key (did you mean method.tau?)"),
+    ("dataset.list_dir=x", "dataset.list_dir: not a key of this configuration"),
 ])
 def test_bad_values_name_the_key_and_what_is_accepted(override, message):
     with pytest.raises(ConfigError) as err:
         compose([override])
     assert message in str(err.value)
+
+
+def test_other_methods_keep_the_bmb_settings_of_experiments_checked():
+    cfg = compose(["method=fixmatch"])  # stream mode and the demo set method.bank.* and method.estimate.*
+    assert cfg.method.bank.labeled is True and cfg.method.estimate.kind == "ema"
+    for override, message in [("method.bank.capacity=0", "method.bank.capacity=0: must be a positive integer"),
+                               ("method.bank.capcity=3", "method.bank.capcity: no such configuration key (did you mean "
+                                                         "method.bank.capacity?)")]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            compose(["method=fixmatch", override])
+
+
+def test_values_are_typed_and_choices_are_plain_strings(tmp_path):
+    cfg = compose(["experiment=cifar10_lt_r100", f"dataset.root={tmp_path}", "optim.lr=1"])
+    assert type(cfg.optim.lr) is float and type(cfg.dataset.gamma_l) is float and type(cfg.train.steps) is int
+    assert type(cfg.optim.schedule) is str and "schedule: constant" in OmegaConf.to_yaml(cfg)
+    saved = OmegaConf.to_yaml(cfg, resolve=True)  # what config.yaml holds, loaded back
+    assert OmegaConf.to_container(OmegaConf.create(saved)) == OmegaConf.to_container(cfg)
+
+
+def test_validation_does_not_change_the_config(tmp_path):
+    cfg = compose(["mode=stream", "experiment=imagenet_lt_50", "stream.urls=s3://bucket/x"])
+    before = OmegaConf.to_container(cfg)
+    validate(cfg)
+    assert OmegaConf.to_container(cfg) == before
+    cfg.dataset.root = "???"  # compose, not validate, drops the folders a stream with shards does not need
+    with pytest.raises(ConfigError, match="dataset.root is required"):
+        validate(cfg)
+
+
+def test_every_option_file_is_on_its_groups_schema():
+    for group, schemas in OPTION_SCHEMAS.items():
+        for option in group_options(group):
+            assert OmegaConf.get_type(option_config(group, option)) in schemas.values()
 
 
 def test_missing_data_root_is_named():

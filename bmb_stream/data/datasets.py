@@ -93,10 +93,10 @@ def load_pools(cfg) -> tuple[ImagePool, ImagePool, list[str]]:
         names = FMNIST_CLASSES
     elif kind in ("cifar10", "cifar100"):
         train, test = sources.load_cifar(cfg.root, 10 if kind == "cifar10" else 100,  # the source, not the key
-                                         download=bool(cfg.get("download", False)))
+                                         download=cfg.get("download", False))
     elif kind == "imagefolder":
         train, test, names = sources.load_image_folder(cfg.root)
-        if len(names) != int(cfg.num_classes):
+        if len(names) != cfg.num_classes:
             raise BadData(f"dataset.num_classes={cfg.num_classes} but {train.source} has {len(names)} class folders "
                           f"({', '.join(names[:10])}{', ...' if len(names) > 10 else ''}): "
                           f"set dataset.num_classes={len(names)}")
@@ -112,13 +112,13 @@ def load_pools(cfg) -> tuple[ImagePool, ImagePool, list[str]]:
 def split_indices(cfg, train_targets: np.ndarray, seed: int = 0,
                   class_names: list[str] = ()) -> tuple[np.ndarray, np.ndarray]:
     """Indices of the labeled and unlabeled sets in the train pool, by the config's protocol."""
-    num_classes = int(cfg.num_classes)
+    num_classes = cfg.num_classes
     shuffle_seed = seed if cfg.get("split_shuffle", True) else None
     if cfg.get("labeled_ratio") is not None:
-        return split_by_ratio(train_targets, num_classes, float(cfg.labeled_ratio),
+        return split_by_ratio(train_targets, num_classes, cfg.labeled_ratio,
                               cfg.get("ratio_rounding", "ceil"), shuffle_seed)
-    return split_by_counts(train_targets, num_classes, int(cfg.n1), int(cfg.m1),
-                           float(cfg.gamma_l), float(cfg.gamma_u), shuffle_seed, class_names)
+    return split_by_counts(train_targets, num_classes, cfg.n1, cfg.m1, cfg.gamma_l, cfg.gamma_u, shuffle_seed,
+                           class_names)
 
 
 def check_labels(train: ImagePool, test: ImagePool, num_classes: int) -> None:
@@ -152,7 +152,7 @@ def warn_missing_classes(split: SplitIndices, num_classes: int) -> None:
 def load_split(cfg, seed: int = 0) -> SplitIndices:
     """The dataset named by `cfg` with its split: labels checked, missing classes warned about."""
     train, test, names = load_pools(cfg)
-    num_classes = int(cfg.num_classes)
+    num_classes = cfg.num_classes
     check_labels(train, test, num_classes)
     labeled, unlabeled = split_indices(cfg, train.targets, seed, names)
     split = SplitIndices(train, test, list(names), labeled, unlabeled)
@@ -166,8 +166,8 @@ def build_split(cfg, seed: int = 0, check_images: bool = True, progress: bool | 
     s = load_split(cfg, seed)
     if check_images:
         s.check_images(progress)
-    num_classes = int(cfg.num_classes)
-    views = build_views(int(cfg.image_size), cfg.mean, cfg.std, resize=isinstance(s.train.images, list),
+    num_classes = cfg.num_classes
+    views = build_views(cfg.image_size, cfg.mean, cfg.std, resize=isinstance(s.train.images, list),
                         randaugment=cfg.get("randaugment", "torchvision"))
     unlabeled_views = MultiView(views["weak"], views["strong"], views["strong"])
     return SplitData(

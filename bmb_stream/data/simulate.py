@@ -74,14 +74,16 @@ def check_recipe(recipe: dict) -> None:
 
 
 def dataset_config(recipe: dict):
-    from bmb_stream.config import config_dir
+    """The recipe's dataset: its option of configs/dataset/ on the dataset schema, with dataset_overrides."""
+    from bmb_stream.config import group_options, option_config
 
-    path = config_dir() / "dataset" / f"{recipe.get('dataset')}.yaml"
-    if not path.exists():
-        known = ", ".join(sorted(p.stem for p in path.parent.glob("*.yaml")))
-        raise StreamError(f"dataset={recipe.get('dataset')}: not a dataset config; accepted: {known}")
-    cfg = OmegaConf.load(path)
-    cfg = OmegaConf.merge(cfg, recipe.get("dataset_overrides") or {})
+    name = recipe.get("dataset")
+    if name not in group_options("dataset"):
+        raise StreamError(f"dataset={name}: not a dataset config; accepted: {', '.join(group_options('dataset'))}")
+    try:
+        cfg = OmegaConf.merge(option_config("dataset", name), recipe.get("dataset_overrides") or {})
+    except Exception as e:  # a key the dataset has not, or a value of the wrong type
+        raise StreamError(f"dataset_overrides: {str(e).splitlines()[0]}") from None
     try:
         OmegaConf.to_container(cfg, throw_on_missing=True)
     except Exception as e:
@@ -188,7 +190,7 @@ def simulate(recipe_name: str, recipe: dict, out: str | Path, overwrite: bool = 
     already there is kept as is."""
     check_recipe(recipe)
     ds_cfg = dataset_config(recipe)
-    num_classes = int(ds_cfg.num_classes)
+    num_classes = ds_cfg.num_classes
     try:  # a bad schedule fails here, before any data is read or any file touched
         shard_priors(recipe["prior"], num_classes, int(recipe["shards"]))
     except (ValueError, TypeError) as e:
@@ -206,7 +208,7 @@ def simulate(recipe_name: str, recipe: dict, out: str | Path, overwrite: bool = 
 
 def _write_stream(recipe_name: str, recipe: dict, ds_cfg, manifest: dict, dest: ShardDestination, overwrite: bool,
                   progress: bool) -> dict:
-    num_classes = int(ds_cfg.num_classes)
+    num_classes = ds_cfg.num_classes
     split = load_split(ds_cfg, int(recipe["seed"]))
     train, test, names, seed_set = split.train, split.test, split.class_names, split.labeled
     available = np.setdiff1d(np.arange(len(train)), seed_set)  # the stream never repeats a seed-set image

@@ -10,7 +10,7 @@ from contextlib import nullcontext
 import torch
 from omegaconf import OmegaConf
 
-from bmb_stream.config import SCHEDULES
+from bmb_stream.config_schema import OPTIMIZERS, SCHEDULES
 from bmb_stream.engine.ema import ModelEMA
 from bmb_stream.method.bank import MemoryBank
 from bmb_stream.method.steps import STEP_FUNCTIONS, Batch, StepContext
@@ -39,7 +39,7 @@ def build_optimizer(cfg, params) -> torch.optim.Optimizer:
     if cfg.name == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
                                weight_decay=cfg.weight_decay)
-    raise ValueError(f"unknown optimizer {cfg.name!r}; accepted: adam, sgd")
+    raise ValueError(f"unknown optimizer {cfg.name!r}; accepted: {', '.join(OPTIMIZERS)}")
 
 
 class Learner:
@@ -55,7 +55,7 @@ class Learner:
         self.model = build_model(cfg.model.name, num_classes, **model_options).to(device)
         self.ema = ModelEMA(self.model, cfg.train.ema_decay, cfg.train.ema_warmup) if cfg.train.ema_decay > 0 else None
         self.optimizer = build_optimizer(cfg.optim, self.model.parameters())
-        total = int(cfg.train.steps) if total_steps is None else total_steps
+        total = cfg.train.steps if total_steps is None else total_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda t: lr_factor(t, total, cfg.optim.schedule))
         self.labeled_counts = torch.tensor(labeled_per_class, dtype=torch.float32)
@@ -65,10 +65,10 @@ class Learner:
         self.bank = None
         if is_bmb and self.method.bank.enabled:
             b = self.method.bank
-            self.bank = MemoryBank(int(b.capacity), self.model.feature_dim, num_classes, beta_put=b.beta_put,
+            self.bank = MemoryBank(b.capacity, self.model.feature_dim, num_classes, beta_put=b.beta_put,
                                    beta_get=b.beta_get, count_floor=b.count_floor,
                                    count_rule=b.get("count_rule") or "reference",  # configs older than the key: reference
-                                   seed=int(cfg.seed))
+                                   seed=cfg.seed)
         self.step_fn = STEP_FUNCTIONS[self.method.name]
         self.step = 0
         self.samples_seen = 0  # unlabeled images consumed (labeled ones for the supervised baseline)
@@ -104,7 +104,7 @@ class Learner:
             self.bank.reset()
 
     def train_step(self, batch: Batch) -> dict[str, float]:
-        if self.step == int(self.method.get("warmup") or 0) and self.step > 0:
+        if self.step == (self.method.get("warmup") or 0) and self.step > 0:
             self._on_warmup_end()
         labeled_w, unlabeled_w = self.class_weights()
         # the bank's draw always follows Nhat, whatever the unlabeled weights use

@@ -53,7 +53,7 @@ def _forward_all(model, batch: Batch):
 
 
 def _active(step: int, start) -> float:
-    return 1.0 if step >= int(start or 0) else 0.0
+    return 1.0 if step >= (start or 0) else 0.0
 
 
 def _bank_candidates(cfg, batch: Batch, f_l, f_w, f_s, strong_logits_bal, yhat_bal, mask_bal):
@@ -106,7 +106,7 @@ def bank_loss(model, ctx: StepContext, candidates) -> tuple[torch.Tensor, tuple]
     feats, labels, origin = candidates
     slots, sources = ctx.bank.put(feats, labels)
     nhat = ctx.nhat if ctx.nhat is not None else torch.ones(ctx.bank.num_classes)
-    drawn = ctx.bank.draw(int(ctx.cfg.bank.draw), nhat)
+    drawn = ctx.bank.draw(ctx.cfg.bank.draw, nhat)
     device = feats.device
     if drawn is None:
         return torch.zeros((), device=device), (slots, origin[sources])

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch
 
-
-COUNT_RULES = ("reference", "present")
+from bmb_stream.config_schema import COUNT_RULES, ESTIMATE_KINDS
 
 
 def relative_rarity(stat: torch.Tensor, power: float, floor: float = 1e-3, rule: str = "reference") -> torch.Tensor:
@@ -49,7 +48,7 @@ class PseudoLabelEstimate:
     `ema` is an exponential moving average with `momentum`, which follows a drifting class mix.
     """
 
-    KINDS = ("cumulative", "ema")
+    KINDS = ESTIMATE_KINDS
 
     def __init__(self, num_classes: int, kind: str = "cumulative", momentum: float = 0.99):
         if kind not in self.KINDS:

@@ -1,0 +1,397 @@
+"""The configuration's schema, declared once: every key with its type (Hydra structured configs,
+registered in Hydra's ConfigStore) and, in each field's metadata, the range or choices `validate`
+checks. The YAML files under configs/ hold the values: each one names its schema first in its
+defaults list (`/schema/<group>/<option>@_here_`, the root config `schema`), so Hydra converts and
+type-checks every value as it composes.
+
+Fields default to ??? (MISSING): a YAML file gives the value, and a key that no file gives is reported
+as required. Accepted values of string choices are the tuples below, imported by the code that acts
+on them."""
+
+import dataclasses
+import math
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from bmb_stream.evaluation.summary import STATISTICS
+
+MODES = ("offline", "stream")
+DEVICES = ("auto", "cpu", "cuda")  # and cuda:N
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("constant", "cosine", "fixmatch_cosine")
+SHARD_ERRORS = ("fail", "skip")
+EVAL_HEADS = ("std", "bal")
+BANK_FEATURES = ("strong", "weak")
+COUNT_RULES = ("reference", "present")
+UNLABELED_SOURCES = ("estimate", "labeled")
+ESTIMATE_KINDS = ("cumulative", "ema")
+RATIO_ROUNDINGS = ("ceil", "round")
+RANDAUGMENT_KINDS = ("reference", "torchvision")
+
+Check = tuple[Callable[[Any], bool], str]  # a predicate over the value, and what it accepts: "a positive integer"
+
+
+# --- checks: a predicate and the words that say what it accepts --------------------------------------
+def integer(low: int | None = None, nullable: bool = False) -> Check:
+    text = {None: "an integer", 1: "a positive integer"}.get(low, f"an integer >= {low}") + (" or null" if nullable else "")
+    return (lambda v: (nullable and v is None)
+            or (isinstance(v, int) and not isinstance(v, bool) and (low is None or v >= low))), text
+
+
+def number(low: float | None = None, high: float | None = None, open_low: bool = False, open_high: bool = False,
+           nullable: bool = False) -> Check:
+    if low is not None and high is not None:
+        text = f"in {'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}"
+    elif low is not None:
+        text = "positive" if low == 0 and open_low else f"{'>' if open_low else '>='} {low}"
+    else:
+        text = "a number"
+
+    def ok(v) -> bool:
+        if nullable and v is None:
+            return True
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v):
+            return False
+        return ((low is None or (v > low if open_low else v >= low))
+                and (high is None or (v < high if open_high else v <= high)))
+    return ok, text + (" or null" if nullable else "")
+
+
+def boolean() -> Check:
+    return (lambda v: isinstance(v, bool)), "true or false"
+
+
+def choice(*options: str) -> Check:
+    return (lambda v: v in options), ", ".join(options[:-1]) + f" or {options[-1]}" if len(options) > 1 else options[0]
+
+
+def text(nullable: bool = True) -> Check:
+    return (lambda v: isinstance(v, str) or (nullable and v is None)), "a string" + (" or null" if nullable else "")
+
+
+def device() -> Check:
+    return (lambda v: isinstance(v, str) and (v in DEVICES or v.startswith("cuda:"))), "auto, cpu, cuda or cuda:N"
+
+
+def three_numbers() -> Check:
+    return (lambda v: v is not None and len(v) == 3 and all(number()[0](x) for x in v)), "a list of three numbers"
+
+
+def anything() -> Check:
+    return (lambda v: True), "any value"
+
+
+def key(check: Check | None = None) -> Any:
+    """A field whose value the YAML files give (??? until then), checked by `check` (else by its type)."""
+    return field(default=MISSING, metadata={"check": check} if check else {})
+
+
+POSITIVE = integer(1)
+COUNT = integer(0)
+FRACTION = number(0, 1, open_low=True)  # (0, 1]
+NON_NEGATIVE = number(0)
+SECONDS = number(0, open_low=True)
+
+
+# --- the root config: everything but the groups method, model and dataset ---------------------------
+@dataclass
+class Run:
+    dir: str | None = MISSING  # null: runs/<experiment>-<method>-<time>
+
+
+@dataclass
+class Train:
+    steps: int = key(POSITIVE)
+    eval_every: int = key(POSITIVE)
+    batch_labeled: int = key(POSITIVE)
+    batch_unlabeled: int = key(POSITIVE)
+    ema_decay: float = key(number(0, 1, open_high=True))
+    ema_warmup: bool = MISSING
+    num_workers: int = key(COUNT)
+    amp: bool = MISSING
+    log_every: int = key(POSITIVE)
+
+
+@dataclass
+class Optim:
+    name: str = key(choice(*OPTIMIZERS))
+    lr: float = key(number(0, open_low=True))
+    momentum: float = key(number(0, 1))
+    nesterov: bool = MISSING
+    weight_decay: float = key(NON_NEGATIVE)
+    wd_shrink: float = key(NON_NEGATIVE)
+    schedule: str = key(choice(*SCHEDULES))
+
+
+@dataclass
+class Stream:
+    urls: Any = MISSING  # a brace pattern, a list or a folder
+    labeled_urls: Any = MISSING
+    test_urls: Any = MISSING
+    recipe: str | None = MISSING
+    cache_dir: str = MISSING
+    shards_per_experience: int = key(POSITIVE)
+    max_experiences: int | None = key(integer(1, nullable=True))
+    shuffle_shards: bool = MISSING
+    resampled: bool = MISSING
+    num_workers: int = key(COUNT)
+    passes: int = key(POSITIVE)
+    eval_every: int = key(POSITIVE)
+    labeled_pool: int = key(COUNT)
+    keep_checkpoints: int = key(COUNT)
+    on_shard_error: str = key(choice(*SHARD_ERRORS))
+
+
+@dataclass
+class S3:
+    endpoint_url: str | None = MISSING
+    region: str | None = MISSING
+    access_key_id: str | None = MISSING
+    secret_access_key: str | None = MISSING
+    session_token: str | None = MISSING
+    path_style: bool = MISSING
+    connect_timeout_s: float = key(SECONDS)
+    read_timeout_s: float = key(SECONDS)
+
+
+@dataclass
+class Retry:
+    budget_s: float = key(NON_NEGATIVE)
+    backoff_s: float = key(SECONDS)
+    max_backoff_s: float = key(SECONDS)
+
+
+@dataclass
+class Storage:
+    s3: S3 = field(default_factory=S3)
+    retry: Retry = field(default_factory=Retry)
+
+
+@dataclass
+class Eval:
+    batch_size: int = key(POSITIVE)
+    headline: str = key(choice(*STATISTICS))
+
+
+@dataclass
+class Config:
+    seed: int = key(COUNT)
+    device: str = key(device())
+    resume: bool = MISSING
+    progress: bool = MISSING
+    experiment_name: str | None = MISSING
+    run: Run = field(default_factory=Run)
+    train: Train = field(default_factory=Train)
+    optim: Optim = field(default_factory=Optim)
+    stream: Stream = field(default_factory=Stream)
+    storage: Storage = field(default_factory=Storage)
+    eval: Eval = field(default_factory=Eval)
+    method: Any = MISSING  # the groups: typed by the chosen option's schema (OPTION_SCHEMAS below)
+    model: Any = MISSING
+    dataset: Any = MISSING
+    mode: str = key(choice(*MODES))
+
+
+# --- method ------------------------------------------------------------------------------------------
+@dataclass
+class Supervised:
+    name: str = MISSING
+    eval_head: str = key(choice(*EVAL_HEADS))
+
+
+@dataclass
+class FixMatch(Supervised):
+    tau: float = key(FRACTION)
+    lambda_u: float = key(NON_NEGATIVE)
+    warmup: int = key(COUNT)
+
+
+@dataclass
+class Bank:
+    enabled: bool = MISSING
+    capacity: int = key(POSITIVE)
+    draw: int = key(POSITIVE)
+    beta_put: float = key(NON_NEGATIVE)
+    beta_get: float = key(NON_NEGATIVE)
+    count_floor: float = key(number(0, open_low=True))
+    count_rule: str = key(choice(*COUNT_RULES))
+    labeled: bool = MISSING
+    features: str = key(choice(*BANK_FEATURES))
+    reset_after_warmup: bool = MISSING
+
+
+@dataclass
+class Weights:
+    enabled: bool = MISSING
+    alpha: float = key(NON_NEGATIVE)
+    unlabeled_source: str = key(choice(*UNLABELED_SOURCES))
+    count_rule: str = key(choice(*COUNT_RULES))
+
+
+@dataclass
+class Estimate:
+    kind: str = key(choice(*ESTIMATE_KINDS))
+    momentum: float = key(number(0, 1, open_high=True))
+    threshold: bool = MISSING
+
+
+@dataclass
+class BMB(FixMatch):
+    lambda_mb: float = key(NON_NEGATIVE)
+    bank_warmup: int | None = key(integer(0, nullable=True))
+    bank: Bank = field(default_factory=Bank)
+    weights: Weights = field(default_factory=Weights)
+    estimate: Estimate = field(default_factory=Estimate)
+
+
+# --- model -------------------------------------------------------------------------------------------
+@dataclass
+class Model:
+    name: str = MISSING
+
+
+@dataclass
+class SmallCNN(Model):
+    width: int = key(POSITIVE)
+
+
+@dataclass
+class ResNet50(Model):
+    small_stem: bool = MISSING
+
+
+# --- dataset -----------------------------------------------------------------------------------------
+@dataclass
+class Dataset:
+    name: str = MISSING
+    source: str = MISSING
+    root: str | None = MISSING  # null: a stream run reads its images from the shards
+    num_classes: int = key(integer(2))
+    image_size: int = key(POSITIVE)
+    labeled_ratio: float | None = key(number(0, 1, open_low=True, nullable=True))
+    split_shuffle: bool = MISSING
+    mean: list[float] = key(three_numbers())
+    std: list[float] = key(three_numbers())
+    randaugment: str = key(choice(*RANDAUGMENT_KINDS))
+    many_threshold: int = key(COUNT)
+    few_threshold: int = key(COUNT)
+
+
+@dataclass
+class CountsDataset(Dataset):
+    """Long-tailed counts: N_k = n1 * gamma_l ** (-k / (C - 1)) labeled, M_k likewise with m1, gamma_u."""
+    n1: int = key(POSITIVE)
+    m1: int = key(COUNT)
+    gamma_l: float = key(number())
+    gamma_u: float = key(number())
+
+
+@dataclass
+class CifarDataset(CountsDataset):
+    download: bool = MISSING
+
+
+@dataclass
+class RatioDataset(Dataset):
+    """A labeled fraction of each class of a given (long-tailed) training set."""
+    labeled_ratio: float = key(FRACTION)
+    ratio_rounding: str = key(choice(*RATIO_ROUNDINGS))
+
+
+@dataclass
+class ImageNetLTDataset(RatioDataset):
+    list_dir: str | None = MISSING  # null: root
+    train_list: str = MISSING
+    test_list: str = MISSING
+
+
+# Each group's options' schemas by name (/schema/<group>/<name> in a YAML's defaults list), and the
+# schema whose keys an option of the group may carry besides its own: the experiment and mode files set
+# BMB's settings (method.bank.*, method.weights.*, ...), which FixMatch and the supervised baseline
+# keep, unused, so that any method composes with any experiment.
+OPTION_SCHEMAS = {
+    "method": {"bmb": BMB, "fixmatch": FixMatch, "supervised": Supervised},
+    "model": {"small_cnn": SmallCNN, "wrn28_2": Model, "resnet50": ResNet50},
+    "dataset": {"counts": CountsDataset, "cifar": CifarDataset, "ratio": RatioDataset, "imagenet_lt": ImageNetLTDataset},
+}
+CARRIES = {FixMatch: BMB, Supervised: BMB}
+
+
+def register() -> None:
+    """Put the schemas in Hydra's ConfigStore (idempotent). A schema that CARRIES another's keys is an
+    open node: keys it does not declare are kept (and checked against that schema by `validate`)."""
+    from hydra.core.config_store import ConfigStore
+
+    store = ConfigStore.instance()
+    store.store(name="schema", node=Config)
+    for group, options in OPTION_SCHEMAS.items():
+        for name, schema in options.items():
+            node = OmegaConf.structured(schema)
+            if schema in CARRIES:
+                OmegaConf.set_struct(node, False)
+            store.store(group=f"schema/{group}", name=name, node=node)
+
+
+# --- looking fields up -------------------------------------------------------------------------------
+def schema_fields(schema: type) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(schema)}
+
+
+def is_schema(t) -> bool:
+    """Whether `t` is a schema class (a dataclass), as OmegaConf.get_type gives for a typed node."""
+    return isinstance(t, type) and dataclasses.is_dataclass(t)
+
+
+def section_schema(f: dataclasses.Field) -> type | None:
+    """The schema of a field that is itself a section, else None."""
+    return f.type if is_schema(f.type) else None
+
+
+def field_check(f: dataclasses.Field) -> Check:
+    """The field's declared check, else one its type implies (for the values of an open node)."""
+    if "check" in f.metadata:
+        return f.metadata["check"]
+    if section_schema(f):
+        return (lambda v: isinstance(v, DictConfig)), "a section of keys, not a value"
+    args = typing.get_args(f.type)
+    nullable = type(None) in args
+    base = next((a for a in args if a is not type(None)), f.type) if nullable else f.type
+    checks: dict[Any, Callable[[], Check]] = {bool: boolean, str: lambda: text(nullable),
+                                              int: lambda: integer(nullable=nullable),
+                                              float: lambda: number(nullable=nullable)}
+    return checks.get(base, anything)()
+
+
+def find_field(dotted: str) -> dataclasses.Field | None:
+    """The field of a dotted key (`train.steps`, `dataset.mean[1]`); a group's key is the first of its
+    options' schemas that declares it."""
+    parts, candidates = dotted.split("[")[0].split("."), [Config]
+    for i, part in enumerate(parts):
+        found = next((schema_fields(s)[part] for s in candidates if part in schema_fields(s)), None)
+        if found is None or i == len(parts) - 1:
+            return found
+        options = OPTION_SCHEMAS.get(part) if i == 0 else None
+        candidates = list(options.values()) if options else [section_schema(found)] if section_schema(found) else []
+    return None
+
+
+def known_keys() -> list[str]:
+    """Every dotted key some option of the schema declares."""
+    keys: list[str] = []
+
+    def walk(schema: type, prefix: str) -> None:
+        for name, f in schema_fields(schema).items():
+            if name in OPTION_SCHEMAS and schema is Config:
+                for option in OPTION_SCHEMAS[name].values():
+                    walk(option, f"{name}.")
+            elif section_schema(f):
+                walk(section_schema(f), f"{prefix}{name}.")
+            elif f"{prefix}{name}" not in keys:
+                keys.append(f"{prefix}{name}")
+    walk(Config, "")
+    return keys
+
