@@ -54,6 +54,7 @@ def compose(overrides: list[str]) -> DictConfig:
     """The configuration for these Hydra overrides, validated, with run.dir filled in."""
     cfg = _hydra_compose("config", overrides)
     _without_dataset_folders(cfg)
+    _count_class_folders(cfg)
     validate(cfg)
     if cfg.run.dir is None:
         name = cfg.experiment_name or cfg.dataset.name
@@ -73,6 +74,19 @@ def _without_dataset_folders(cfg: DictConfig) -> None:
         for key in ("root", "list_dir"):
             if key in cfg.dataset.keys() and OmegaConf.is_missing(cfg.dataset, key):  # `in` is False for ???
                 cfg.dataset[key] = None
+
+
+def _count_class_folders(cfg: DictConfig) -> None:
+    """An image folder dataset without dataset.num_classes has as many classes as <root>/train has
+    sub-folders, as torchvision's ImageFolder counts them."""
+    d = cfg.dataset
+    if d.source != "imagefolder" or not OmegaConf.is_missing(d, "num_classes") or OmegaConf.is_missing(d, "root"):
+        return
+    train = Path(str(d.root)) / "train"
+    if d.root is not None and train.is_dir():
+        from bmb_stream.data.sources import class_folders
+
+        d.num_classes = len(class_folders(train))
 
 
 def _hydra_message(error: Exception, overrides: list[str]) -> str:
@@ -151,7 +165,9 @@ def validate(cfg: DictConfig) -> None:
         OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except MissingMandatoryValue as e:
         key = e.full_key
-        hint = " (the folder of the dataset's files)" if key.endswith("root") else ""
+        hint = {"root": " (the folder of the dataset's files)",
+                "num_classes": " (an image folder's: counted from <root>/train when that folder exists)"}.get(
+                    key.rpartition(".")[2], "")
         raise ConfigError(f"{key} is required{hint}: add {key}=...") from None
     _check_keys(cfg, schema.Config, "")
     _check_relations(cfg)

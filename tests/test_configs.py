@@ -126,6 +126,16 @@ def test_missing_data_root_is_named():
     assert compose(["mode=stream", "experiment=imagenet_lt_50", "stream.urls=s3://bucket/inlt/unlabeled-"]).dataset.root is None
 
 
+def test_image_folder_counts_its_classes_unless_told(tmp_path):
+    for name in ("cat", "dog", "fox", ".cache"):  # a hidden folder is not a class
+        (tmp_path / "train" / name).mkdir(parents=True)
+    base = ["mode=offline", "dataset=imagefolder_lt", f"dataset.root={tmp_path}"]
+    assert compose(base).dataset.num_classes == 3
+    assert compose(base + ["dataset.num_classes=5"]).dataset.num_classes == 5  # given: kept (the loader then says it differs)
+    with pytest.raises(ConfigError, match="dataset.num_classes is required .*counted from <root>/train"):
+        compose(["mode=offline", "dataset=imagefolder_lt", f"dataset.root={tmp_path / 'elsewhere'}"])
+
+
 def test_credentials_are_redacted_from_saved_configs_and_messages():
     from omegaconf import OmegaConf
 

@@ -204,7 +204,8 @@ def load_cifar(root: str, num_classes: int, download: bool = False) -> tuple[Ima
 
 # --- image folders: root/train/<class>/*, root/test/<class>/* --------------------------------------
 
-def _class_folders(folder: Path) -> list[str]:
+def class_folders(folder: Path) -> list[str]:
+    """The class names of an image folder: its sub-folders, sorted (as torchvision's ImageFolder)."""
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
@@ -214,7 +215,7 @@ def list_image_folder(folder: Path, classes: list[str] | None = None) -> tuple[l
     or empty (build_split warns); one of the training set may not."""
     if not folder.is_dir():
         raise DataNotFound(f"{folder} is not a folder: {FOLDER_LAYOUT}")
-    found = _class_folders(folder)
+    found = class_folders(folder)
     training = classes is None
     classes = found if training else classes
     extra = sorted(set(found) - set(classes))

@@ -347,20 +347,3 @@ class EncodedImages(Dataset):
 
     def __getitem__(self, i: int):
         return self.transform(decode_image(self.images[i])), int(self.targets[i])
-
-
-class PreparedImages(Dataset):
-    """A dataset whose deterministic transform was applied once, up front (a small test set:
-    evaluating it after every experience then costs no decoding)."""
-
-    def __init__(self, dataset: Dataset):
-        items = [dataset[i] for i in range(len(dataset))]
-        self.images = torch.stack([x for x, _ in items])
-        self.targets = np.asarray([y for _, y in items], dtype=np.int64)
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, i: int):
-        return self.images[i], int(self.targets[i])
-

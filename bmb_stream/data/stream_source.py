@@ -92,7 +92,7 @@ def _simulated(cfg) -> list[str]:
     name, recipe = load_recipe(s.recipe)
     out = Path(s.cache_dir).expanduser() / f"{name}-seed{recipe['seed']}"
     print(f"stream: {name} (simulated once, cached in {out})")
-    simulate(name, recipe, out, overwrite=True, progress=bool(cfg.progress))  # our cache: rebuilt if the recipe changed
+    simulate(name, recipe, out, overwrite=True, progress=cfg.progress)  # our cache: rebuilt if the recipe changed
     return expand_urls(str(out))
 
 
@@ -126,11 +126,11 @@ def warn_missing_classes(what: str, labels: np.ndarray, names: list[str]) -> Non
 def prepare_stream(cfg) -> StreamSource:
     s = cfg.stream
     use_storage(S3Settings.from_config(cfg.get("storage")))
-    num_classes = int(cfg.dataset.num_classes)
+    num_classes = cfg.dataset.num_classes
     urls = _simulated(cfg) if s.urls is None else expand_urls(s.urls)  # null: the recipe; given: must name shards
     manifest = _manifest_of(urls, num_classes)
-    experiences = experience_shards(urls, int(s.shards_per_experience), int(cfg.seed), bool(s.shuffle_shards),
-                                    bool(s.resampled), s.max_experiences)
+    experiences = experience_shards(urls, s.shards_per_experience, cfg.seed, s.shuffle_shards,
+                                    s.resampled, s.max_experiences)
     labeled = read_labeled_shards(_set_urls("labeled", s.labeled_urls, manifest, urls), num_classes=num_classes)
     test = read_labeled_shards(_set_urls("test", s.test_urls, manifest, urls), num_classes=num_classes)
     names = (manifest.class_names if manifest else None) or [str(c) for c in range(num_classes)]

@@ -20,9 +20,8 @@ import torch
 from torch import nn
 from torchvision.transforms import v2
 
+from bmb_stream.config_schema import RANDAUGMENT_KINDS
 from bmb_stream.data.randaugment import ReferenceRandAugment
-
-RANDAUGMENT_KINDS = ("reference", "torchvision")
 
 
 class Cutout(nn.Module):

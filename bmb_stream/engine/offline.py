@@ -17,26 +17,26 @@ from bmb_stream.method.steps import Batch
 class OfflineRun(Run):
     def prepare(self) -> None:
         cfg = self.cfg
-        self.split = split = build_split(cfg.dataset, seed=self.seed, progress=bool(cfg.progress))
+        self.split = split = build_split(cfg.dataset, seed=self.seed, progress=cfg.progress)
         self.learner = Learner(cfg, split.num_classes, split.labeled_per_class, self.device)
         self.evaluator = Evaluator(split.test, split.num_classes, split.labeled_per_class, self.run_dir.path,
-                                   self.device, batch_size=int(cfg.eval.batch_size),
-                                   many_threshold=int(cfg.dataset.many_threshold),
-                                   few_threshold=int(cfg.dataset.few_threshold))
+                                   self.device, batch_size=cfg.eval.batch_size,
+                                   many_threshold=cfg.dataset.many_threshold,
+                                   few_threshold=cfg.dataset.few_threshold)
         # the protocols' unlabeled images have known classes: pseudo-label precision and bank purity
         bank = self.learner.bank
         self.monitor = StreamMonitor(split.num_classes, bank.capacity if bank is not None else 0)
 
     def total_steps(self) -> int:
-        return int(self.cfg.train.steps)
+        return self.cfg.train.steps
 
     def train(self, stop: StopFlag) -> None:
         train, learner, device = self.cfg.train, self.learner, self.device
         # the data order after a resume continues from a generator reseeded with the step reached
         data_seed = self.seed * 1_000_003 + learner.step
-        labeled = endless_batches(self.split.labeled, int(train.batch_labeled), data_seed, int(train.num_workers))
-        unlabeled = (endless_batches(self.split.unlabeled, int(train.batch_unlabeled), data_seed + 1,
-                                     int(train.num_workers)) if learner.needs_unlabeled else None)
+        labeled = endless_batches(self.split.labeled, train.batch_labeled, data_seed, train.num_workers)
+        unlabeled = (endless_batches(self.split.unlabeled, train.batch_unlabeled, data_seed + 1,
+                                     train.num_workers) if learner.needs_unlabeled else None)
         steps = self.total_steps()
         while learner.step < steps and stop.raised is None:
             t = time.time()
@@ -54,10 +54,10 @@ class OfflineRun(Run):
             if y_u is not None:  # read by monitoring only, never by a training step
                 self.monitor.observe(learner.last_extras, y_u)
             self.trained(len(x_l) + (len(batch.u_weak) if batch.u_weak is not None else 0), t)
-            if learner.step % int(train.log_every) == 0 or learner.step == steps:
+            if learner.step % train.log_every == 0 or learner.step == steps:
                 shown = {k: f"{terms[k]:.3g}" for k in ("loss", "loss_u", "loss_mb", "mask") if k in terms}
                 self.bar.set_postfix(shown | {"img/s": f"{self.images_per_s():.0f}"})
-            if learner.step % int(train.eval_every) == 0 or learner.step == steps:
+            if learner.step % train.eval_every == 0 or learner.step == steps:
                 record = self.evaluate(after=self.monitor.report(learner.bank))
                 self.monitor.reset_counts()  # precision and recall over each evaluation period
                 self.bar.write(f"step {learner.step}: balanced acc {record['balanced_acc']:.4f} "

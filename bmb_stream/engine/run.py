@@ -31,7 +31,7 @@ class Run(abc.ABC):
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
         self.run_dir = RunDir.open(cfg)  # before any data is read: a bad run.dir or resume ends the run at once
-        self.seed = int(cfg.seed)
+        self.seed = cfg.seed
         torch.manual_seed(self.seed)
         self.history: list[dict] = []
         self.train_time, self.train_images = 0.0, 0

@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 
 from bmb_stream.config import ConfigError, redacted
 from bmb_stream.data.errors import ShardError, StorageUnavailable
-from bmb_stream.data.stream import (EncodedImages, PreparedImages, ShardErrorHandler, fail_on_error, handler_for,
+from bmb_stream.data.stream import (EncodedImages, ShardErrorHandler, fail_on_error, handler_for,
                                     make_unlabeled_batches)
 from bmb_stream.data.stream_source import StreamSource, prepare_stream
 from bmb_stream.data.transforms import MultiView, build_views
@@ -112,26 +112,24 @@ class StreamRun(Run):
     def prepare(self) -> None:
         cfg = self.cfg
         self.source = source = prepare_stream(cfg)
-        self.num_classes = num_classes = int(cfg.dataset.num_classes)
+        self.num_classes = num_classes = cfg.dataset.num_classes
         self.seed_images, self.seed_labels = source.labeled
         self.labeled_per_class = np.bincount(self.seed_labels, minlength=num_classes).tolist()
-        self.steps = stream_steps(source, int(cfg.train.batch_unlabeled), int(cfg.stream.num_workers),
-                                  int(cfg.stream.passes))
+        self.steps = stream_steps(source, cfg.train.batch_unlabeled, cfg.stream.num_workers,
+                                  cfg.stream.passes)
         if self.steps is None and cfg.optim.schedule != "constant":
             raise ConfigError(f"optim.schedule={cfg.optim.schedule} needs the stream's length in steps, and no manifest "
                               f"beside the shards gives every shard's sample count: use optim.schedule=constant")
         self.learner = Learner(cfg, num_classes, self.labeled_per_class, self.device, total_steps=self.steps or 1)
-        self.pool = LabeledPool(int(cfg.stream.labeled_pool), num_classes, self.seed)
+        self.pool = LabeledPool(cfg.stream.labeled_pool, num_classes, self.seed)
         self.on_shard_error = handler_for(cfg.stream.on_shard_error)  # in the readers, and for short shards
         self.monitor = StreamMonitor(num_classes, self.learner.bank.capacity if self.learner.bank is not None else 0)
-        self.views = build_views(int(cfg.dataset.image_size), cfg.dataset.mean, cfg.dataset.std, resize=True,
+        self.views = build_views(cfg.dataset.image_size, cfg.dataset.mean, cfg.dataset.std, resize=True,
                                  randaugment=cfg.dataset.randaugment)
-        test_set = EncodedImages(source.test[0], source.test[1], self.views["test"])
-        if int(cfg.dataset.image_size) <= 64:  # small images: decode and normalise the test set once
-            test_set = PreparedImages(test_set)
+        test_set = EncodedImages(source.test[0], source.test[1], self.views["test"])  # the evaluator reads it once
         self.evaluator = Evaluator(test_set, num_classes, self.labeled_per_class, self.run_dir.path, self.device,
-                                   batch_size=int(cfg.eval.batch_size), many_threshold=int(cfg.dataset.many_threshold),
-                                   few_threshold=int(cfg.dataset.few_threshold), segments=source.segments)
+                                   batch_size=cfg.eval.batch_size, many_threshold=cfg.dataset.many_threshold,
+                                   few_threshold=cfg.dataset.few_threshold, segments=source.segments)
         self.position = {"experience": 0, "batches": 0}
         self.skipped = SkippedShards()
         self.unlabeled_seen = np.zeros(num_classes, dtype=np.int64)  # true classes of the stream so far, where known
@@ -163,7 +161,7 @@ class StreamRun(Run):
     def checkpoint(self, experience: int, batches: int) -> None:
         self.position = {"experience": experience, "batches": batches}
         self.save_checkpoint()
-        keep = int(self.cfg.stream.keep_checkpoints)
+        keep = self.cfg.stream.keep_checkpoints
         if keep > 0 and batches == 0:  # also keep the last few experience boundaries
             folder = self.run_dir.path / "checkpoints"
             self.save_checkpoint(folder / f"experience-{experience:06d}.pt")
@@ -184,9 +182,9 @@ class StreamRun(Run):
         torch.manual_seed(derived_seed(self.seed, k, 0))  # augmentations in the main process
         labeled_set = EncodedImages(self.seed_images + list(self.pool.images),
                                     np.concatenate([self.seed_labels, self.pool.labels]).astype(np.int64), self.views["weak"])
-        labeled_batches = endless_batches(labeled_set, int(self.cfg.train.batch_labeled), derived_seed(self.seed, k, 1),
-                                          int(self.cfg.stream.num_workers))
-        if replay == 0 and k % int(self.cfg.stream.eval_every) == 0:  # counts cover the experiences since the last evaluation
+        labeled_batches = endless_batches(labeled_set, self.cfg.train.batch_labeled, derived_seed(self.seed, k, 1),
+                                          self.cfg.stream.num_workers)
+        if replay == 0 and k % self.cfg.stream.eval_every == 0:  # counts cover the experiences since the last evaluation
             self.monitor.reset_counts()
         # a mid-experience resume skips again what the interrupted run skipped
         return labeled_batches, self.skipped.before_checkpoint(k) if replay > 0 else {}
@@ -203,8 +201,8 @@ class StreamRun(Run):
         batches = 0
         views = MultiView(self.views["weak"], self.views["strong"], self.views["strong"])
         try:
-            for ub in experience_batches(self.source.experiences[k], views, int(cfg.train.batch_unlabeled),
-                                         int(cfg.stream.num_workers), int(cfg.stream.passes), self.seed, k,
+            for ub in experience_batches(self.source.experiences[k], views, cfg.train.batch_unlabeled,
+                                         cfg.stream.num_workers, cfg.stream.passes, self.seed, k,
                                          self.on_shard_error, skipped_before, self.num_classes):
                 t = time.time()
                 batches += 1
@@ -224,7 +222,7 @@ class StreamRun(Run):
                 terms = learner.train_step(batch)
                 self.monitor.observe(learner.last_extras, truth)
                 self.trained(len(x_l) + len(ub["u_weak"]), t)
-                if learner.step % int(cfg.train.log_every) == 0:
+                if learner.step % cfg.train.log_every == 0:
                     self.bar.set_postfix({"exp": f"{k + 1}/{len(self.source.experiences)}", "loss": f"{terms['loss']:.3g}",
                                           "img/s": f"{self.images_per_s():.0f}"})
                 if stop.raised is not None:
@@ -254,13 +252,13 @@ class StreamRun(Run):
         shards = source.experiences[k]
         if batches == 0:
             raise ShardError(f"experience {k} ({', '.join(shards)}) yielded no samples")
-        for url, error in source.short_shards(shards, self.read, int(cfg.stream.passes), self.skipped.in_experience):
+        for url, error in source.short_shards(shards, self.read, cfg.stream.passes, self.skipped.in_experience):
             marker = self.on_shard_error(ShardError(error), url)  # under fail, the error ends the run
             if self.skipped.note(k, None, url, marker["error"]):
                 self.bar.write(f"skipped: {error}")
         for image, label in self.joining:
             self.pool.add(image, label)
-        if (k + 1) % int(cfg.stream.eval_every) == 0 or k == len(source.experiences) - 1:
+        if (k + 1) % cfg.stream.eval_every == 0 or k == len(source.experiences) - 1:
             trained = [i for i, start in enumerate(source.segment_start) if start <= k] if source.segments else None
             record = self.evaluate(
                 before={"experience": k},

@@ -54,11 +54,17 @@ def _shown(value: float | None) -> str:
     return "" if value is None else f"{value:.4f}"
 
 
+def in_order(dataset, batch_size: int) -> DataLoader:
+    """The dataset's batches in order. The loader's own generator keeps evaluation from drawing on the
+    global random state, so that when and how often a run evaluates never changes its training."""
+    return DataLoader(dataset, batch_size=batch_size, generator=torch.Generator())
+
+
 def read_once(dataset, batch_size: int) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The whole dataset as (images, labels) tensors; None if the images would pass CACHE_BYTES
     (known from the first batch)."""
     images, labels = [], []
-    for x, y in DataLoader(dataset, batch_size=batch_size):
+    for x, y in in_order(dataset, batch_size):
         if not images and x[0].numel() * x.element_size() * len(dataset) > CACHE_BYTES:
             return None
         images.append(x)
@@ -137,7 +143,7 @@ class Evaluator:
     def batches(self):
         """(images, labels) batches of the test set, on the device."""
         if self.cache is None:
-            batches = DataLoader(self.dataset, batch_size=self.batch_size)
+            batches = in_order(self.dataset, self.batch_size)
         else:
             images, labels = self.cache
             batches = ((images[i:i + self.batch_size], labels[i:i + self.batch_size])
