@@ -63,9 +63,8 @@ class S3Settings:
         return cls(endpoint_url=s3.endpoint_url or None, region=s3.region or None,
                    access_key_id=s3.access_key_id or None, secret_access_key=s3.secret_access_key or None,
                    session_token=s3.session_token or None,
-                   path_style=bool(s3.path_style), connect_timeout_s=float(s3.connect_timeout_s),
-                   read_timeout_s=float(s3.read_timeout_s),
-                   retry=RetryPolicy(float(retry.budget_s), float(retry.backoff_s), float(retry.max_backoff_s)))
+                   path_style=s3.path_style, connect_timeout_s=s3.connect_timeout_s, read_timeout_s=s3.read_timeout_s,
+                   retry=RetryPolicy(retry.budget_s, retry.backoff_s, retry.max_backoff_s))
 
     def make_session(self):
         """A boto3 session with these credentials. It caches the service model, so processes forked

@@ -1,0 +1,93 @@
+"""What one evaluation costs against the bare forward passes it needs, side by side in one run.
+
+An evaluation (`Evaluator.evaluate(ema_model, online_model)`: both models over the test set, per-class
+counts, loss, logs) against the same two models' forward passes over the same decoded test tensors
+and nothing else. Two test sets: Fashion-MNIST's 10,000 test images (the default job's, small CNN)
+and an ImageNet-size one (JPEGs of 500x375 made here, resized to 256 and centre-cropped to 224,
+ResNet-50). Medians of alternating rounds; also the one-time cost of reading the test set.
+
+    python bench/eval_cost.py [--rounds 3] [--imagenet-images 128] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import statistics
+import tempfile
+import time
+import warnings
+
+import numpy as np
+import torch
+from PIL import Image
+
+warnings.filterwarnings("ignore", message="no QP solver found")
+
+from bmb_stream.config import compose  # noqa: E402
+from bmb_stream.data import build_split  # noqa: E402
+from bmb_stream.data.stream import EncodedImages  # noqa: E402
+from bmb_stream.data.transforms import build_views  # noqa: E402
+from bmb_stream.evaluation.evaluator import Evaluator  # noqa: E402
+from bmb_stream.models import build_model  # noqa: E402
+from bmb_stream.models.heads import HeadPredictor  # noqa: E402
+
+
+def jpeg_test_set(n: int, classes: int = 10) -> EncodedImages:
+    rng = np.random.default_rng(0)
+    images = []
+    for _ in range(n):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (375, 500, 3), dtype=np.uint8)).save(buf, "JPEG", quality=90)
+        images.append(buf.getvalue())
+    views = build_views(224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    return EncodedImages(images, np.arange(n) % classes, views["test"])
+
+
+def bare_forward(evaluator: Evaluator, models) -> float:
+    t = time.perf_counter()
+    with torch.inference_mode():
+        for x, _ in evaluator.batches():
+            for m in models:
+                m(x)
+    return time.perf_counter() - t
+
+
+def measure(name: str, test_set, model_name: str, classes: int, rounds: int, batch_size: int) -> str:
+    ema, online = (HeadPredictor(build_model(model_name, classes), "bal").eval() for _ in range(2))
+    with tempfile.TemporaryDirectory() as run_dir:
+        t = time.perf_counter()
+        evaluator = Evaluator(test_set, classes, [100] * classes, run_dir, torch.device("cpu"), batch_size=batch_size)
+        read_s = time.perf_counter() - t
+        full, bare = [], []
+        for _ in range(rounds):  # alternating, so that a change in the machine's load hits both
+            t = time.perf_counter()
+            evaluator.evaluate(ema, online)
+            full.append(time.perf_counter() - t)
+            bare.append(bare_forward(evaluator, (ema, online)))
+        evaluator.close()
+    f, b = statistics.median(full), statistics.median(bare)
+    return (f"| {name} | {len(test_set):,} | {model_name} | {read_s:.1f} | {f:.2f} | {b:.2f} | {f / b:.2f} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--imagenet-images", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    cfg = compose(["mode=offline", "experiment=fmnist_lt_r100"])
+    fmnist = build_split(cfg.dataset, check_images=False, progress=False).test
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU; medians of {args.rounds} rounds")
+    print("| test set | images | model | read once (s) | evaluation (s) | bare forward (s) | ratio |")
+    print("|---|---|---|---|---|---|---|")
+    print(measure("Fashion-MNIST", fmnist, "small_cnn", 10, args.rounds, 256), flush=True)
+    print(measure("ImageNet-size JPEGs", jpeg_test_set(args.imagenet_images), "resnet50", 10, args.rounds, 64),
+          flush=True)
+
+
+if __name__ == "__main__":
+    main()
