@@ -59,7 +59,7 @@ def test_bmb_total_is_the_sum_of_its_terms():
     model = build_model("small_cnn", 3, width=4)
     cfg = OmegaConf.merge(METHOD, {"lambda_u": 0.5, "lambda_mb": 0.25})
     out = bmb_step(model, make_batch(), StepContext(0, cfg, bank=make_bank(model), nhat=torch.ones(3)))
-    t = out.terms
+    t = {k: float(v) for k, v in out.terms.items()}
     expected = t["loss_l"] + t["loss_l_bal"] + 0.5 * (t["loss_u"] + t["loss_u_bal"]) + 0.25 * t["loss_mb"]
     assert out.loss.item() == pytest.approx(expected, rel=1e-5)
     # with tau 0 every weak prediction is confident: the counts cover the whole unlabeled batch
@@ -71,10 +71,10 @@ def test_warmup_switches_the_unlabeled_and_bank_terms_off():
     model = build_model("small_cnn", 3, width=4)
     cfg = OmegaConf.merge(METHOD, {"warmup": 10})
     out = bmb_step(model, make_batch(), StepContext(5, cfg, bank=make_bank(model), nhat=torch.ones(3)))
-    assert out.loss.item() == pytest.approx(out.terms["loss_l"] + out.terms["loss_l_bal"], rel=1e-5)
+    assert out.loss.item() == pytest.approx(float(out.terms["loss_l"] + out.terms["loss_l_bal"]), rel=1e-5)
     cfg = OmegaConf.merge(METHOD, {"warmup": 10, "bank_warmup": 0})
     out = bmb_step(model, make_batch(), StepContext(5, cfg, bank=make_bank(model), nhat=torch.ones(3)))
-    assert out.loss.item() == pytest.approx(out.terms["loss_l"] + out.terms["loss_l_bal"] + out.terms["loss_mb"], rel=1e-5)
+    assert out.loss.item() == pytest.approx(float(out.terms["loss_l"] + out.terms["loss_l_bal"] + out.terms["loss_mb"]), rel=1e-5)
 
 
 def test_strong_candidates_enter_the_bank_weak_variant_uses_the_weak_view():

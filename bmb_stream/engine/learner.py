@@ -103,7 +103,9 @@ class Learner:
         if self.bank is not None and self.method.bank.reset_after_warmup:
             self.bank.reset()
 
-    def train_step(self, batch: Batch) -> dict[str, float]:
+    def train_step(self, batch: Batch) -> dict[str, torch.Tensor | float]:
+        """One optimizer step; returns the loss terms as detached tensors on the device (formatting or
+        float() reads them: do it every train.log_every steps, not at every step) and the lr."""
         if self.step == (self.method.get("warmup") or 0) and self.step > 0:
             self._on_warmup_end()
         labeled_w, unlabeled_w = self.class_weights()
@@ -129,7 +131,7 @@ class Learner:
         self.step += 1
         self.samples_seen += len(batch.u_weak) if batch.u_weak is not None else len(batch.x_labeled)
         self.last_extras = out.extras  # pseudo-labels and bank writes of this step, for monitoring
-        return {**out.terms, "loss": out.loss.item(), "lr": lr}
+        return {**out.terms, "loss": out.loss.detach(), "lr": lr}
 
     def evaluated_model(self) -> HeadPredictor:
         """The model evaluation reports: the EMA model when there is one, through the method's head."""

@@ -40,7 +40,7 @@ class StepContext:
 @dataclass
 class StepOutput:
     loss: torch.Tensor
-    terms: dict[str, float]
+    terms: dict[str, torch.Tensor]  # detached, on the device: read only when logged (a read waits for the device)
     confident_counts: torch.Tensor | None = None  # per-class counts behind Nhat, after the step
     extras: dict = field(default_factory=dict)
 
@@ -79,7 +79,7 @@ def _bank_candidates(cfg, batch: Batch, f_l, f_w, f_s, strong_logits_bal, yhat_b
 
 def supervised_step(model, batch: Batch, ctx: StepContext) -> StepOutput:
     loss = labeled_loss(model.head_std(model(batch.x_labeled)), batch.y_labeled)
-    return StepOutput(loss, {"loss_l": loss.item()})
+    return StepOutput(loss, {"loss_l": loss.detach()})
 
 
 def fixmatch_losses(head, f_l, y_l, f_w, f_s, tau: float):
@@ -96,7 +96,7 @@ def fixmatch_step(model, batch: Batch, ctx: StepContext) -> StepOutput:
     f_l, f_w, f_s = _forward_all(model, batch)
     loss_l, loss_u, yhat, mask = fixmatch_losses(model.head_std, f_l, batch.y_labeled, f_w, f_s, cfg.tau)
     loss = loss_l + _active(ctx.step, cfg.warmup) * cfg.lambda_u * loss_u
-    return StepOutput(loss, {"loss_l": loss_l.item(), "loss_u": loss_u.item(), "mask": mask.float().mean().item()},
+    return StepOutput(loss, {"loss_l": loss_l.detach(), "loss_u": loss_u.detach(), "mask": mask.float().mean()},
                       extras={"pseudo_labels": yhat, "mask": mask})
 
 
@@ -135,9 +135,9 @@ def bmb_step(model, batch: Batch, ctx: StepContext) -> StepOutput:
     # Nhat counts confident balanced-head predictions (or all of them, without the threshold)
     counted = yhat_bal[mask_bal] if cfg.estimate.threshold else yhat_bal
     counts = torch.bincount(counted, minlength=model.num_classes).cpu()
-    terms = {"loss_l": loss_l_std.item(), "loss_l_bal": loss_l_bal.item(), "loss_u": loss_u_std.item(),
-             "loss_u_bal": loss_u_bal.item(), "loss_mb": loss_mb.item(), "mask": mask_bal.float().mean().item(),
-             "bank_in": float(len(extras.get("bank_write", ((),))[0]))}
+    terms = {"loss_l": loss_l_std.detach(), "loss_l_bal": loss_l_bal.detach(), "loss_u": loss_u_std.detach(),
+             "loss_u_bal": loss_u_bal.detach(), "loss_mb": loss_mb.detach(), "mask": mask_bal.float().mean(),
+             "bank_in": torch.tensor(float(len(extras.get("bank_write", ((),))[0])))}
     return StepOutput(loss, terms, confident_counts=counts, extras=extras)
 
 
