@@ -68,7 +68,7 @@ class Learner:
             self.bank = MemoryBank(b.capacity, self.model.feature_dim, num_classes, beta_put=b.beta_put,
                                    beta_get=b.beta_get, count_floor=b.count_floor,
                                    count_rule=b.get("count_rule") or "reference",  # configs older than the key: reference
-                                   seed=cfg.seed)
+                                   seed=cfg.seed, device=device)
         self.step_fn = STEP_FUNCTIONS[self.method.name]
         self.step = 0
         self.samples_seen = 0  # unlabeled images consumed (labeled ones for the supervised baseline)

@@ -58,7 +58,8 @@ class MemoryBank:
     """
 
     def __init__(self, capacity: int, feature_dim: int, num_classes: int, *, beta_put: float,
-                 beta_get: float, count_floor: float = 1e-3, count_rule: str = "reference", seed: int = 0):
+                 beta_get: float, count_floor: float = 1e-3, count_rule: str = "reference", seed: int = 0,
+                 device: torch.device | str = "cpu"):
         if capacity <= 0:
             raise ValueError(f"bank capacity must be positive, got {capacity}")
         if count_rule not in COUNT_RULES:
@@ -69,7 +70,9 @@ class MemoryBank:
         self.beta_get = beta_get
         self.count_floor = count_floor
         self.count_rule = count_rule
-        self.features = torch.zeros(capacity, feature_dim)
+        # features on the training device, so that only index tensors cross to it; labels and the
+        # generator on the CPU, where the rebalancing decisions are made (and resume exactly)
+        self.features = torch.zeros(capacity, feature_dim, device=device)
         self.labels = torch.zeros(capacity, dtype=torch.long)
         self.fill = 0
         self.generator = torch.Generator().manual_seed(seed)
@@ -85,7 +88,7 @@ class MemoryBank:
         empty = torch.zeros(0, dtype=torch.long)
         if labels.numel() == 0:
             return empty, empty
-        features = features.detach().float().cpu()
+        features = features.detach().float()
         labels = labels.detach().long().cpu()
         rho = put_probabilities(self.class_counts(), self.beta_put, self.count_floor, self.count_rule)
         sources = torch.nonzero(torch.rand(labels.numel(), generator=self.generator) < rho[labels]).flatten()
@@ -99,7 +102,8 @@ class MemoryBank:
             # without replacement: one slot is never chosen twice, so no newcomer overwrites another
             victims = torch.multinomial(weights, n_new - free, replacement=False, generator=self.generator)
             slots = torch.cat([slots, victims])
-        self.features[slots] = features[sources]
+        dev = self.features.device
+        self.features[slots.to(dev)] = features.to(dev)[sources.to(dev)]
         self.labels[slots] = labels[sources]
         self.fill = min(self.capacity, self.fill + n_new)
         return slots, sources
@@ -112,16 +116,16 @@ class MemoryBank:
         p = draw_probabilities(nhat.cpu(), self.labels[: self.fill], self.beta_get, self.count_floor,
                                self.count_rule)
         idx = torch.multinomial(p, k, replacement=True, generator=self.generator)
-        return self.features[idx], self.labels[idx]
+        return self.features[idx.to(self.features.device)], self.labels[idx]
 
     def state_dict(self) -> dict:
-        return {"features": self.features[: self.fill].clone(), "labels": self.labels[: self.fill].clone(),
+        return {"features": self.features[: self.fill].cpu().clone(), "labels": self.labels[: self.fill].clone(),
                 "capacity": self.capacity, "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
         if int(state["capacity"]) != self.capacity:
             raise ValueError(f"checkpoint bank capacity {int(state['capacity'])} != configured {self.capacity}")
         self.fill = int(state["labels"].numel())
-        self.features[: self.fill] = state["features"]
+        self.features[: self.fill] = state["features"].to(self.features.device)
         self.labels[: self.fill] = state["labels"]
         self.generator.set_state(state["generator"])
