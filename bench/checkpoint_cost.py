@@ -115,7 +115,7 @@ def main() -> None:
     experience = step * args.steps_per_experience
 
     rows = [("small_cnn", c) for c in args.small_capacities] + [("resnet50", c) for c in args.resnet_capacities]
-    print(f"| model | bank capacity | feature dim | size MB | save s | load s | save + load, % of an experience |")
+    print("| model | bank capacity | feature dim | size MB | save s | load s | save + load, % of an experience |")
     print("|" + "---|" * 7)
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         for model, capacity in rows:

@@ -53,6 +53,7 @@ def _hydra_compose(config_name: str, overrides: list[str]) -> DictConfig:
 def compose(overrides: list[str]) -> DictConfig:
     """The configuration for these Hydra overrides, validated, with run.dir filled in."""
     cfg = _hydra_compose("config", overrides)
+    _refuse_unread_overrides(cfg, overrides)
     _without_dataset_folders(cfg)
     _count_class_folders(cfg)
     validate(cfg)
@@ -74,6 +75,24 @@ def _without_dataset_folders(cfg: DictConfig) -> None:
         for key in ("root", "list_dir"):
             if key in cfg.dataset.keys() and OmegaConf.is_missing(cfg.dataset, key):  # `in` is False for ???
                 cfg.dataset[key] = None
+
+
+def _refuse_unread_overrides(cfg: DictConfig, overrides: list[str]) -> None:
+    """A key given on the command line that the chosen option's schema does not declare (a BMB setting
+    with method=fixmatch, kept from the experiment's files but never read) is refused, not ignored."""
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        group, _, rest = key.partition(".")
+        if "=" not in override or not rest or group not in schema.OPTION_SCHEMAS:
+            continue
+        node_schema = OmegaConf.get_type(cfg[group])
+        for part in rest.split("[")[0].split("."):
+            fields = schema.schema_fields(node_schema) if schema.is_schema(node_schema) else None
+            if fields is None:
+                break  # inside a value (a list): the schema has spoken above
+            if part not in fields:
+                raise ConfigError(_key_message(key))
+            node_schema = schema.section_schema(fields[part])
 
 
 def _count_class_folders(cfg: DictConfig) -> None:

@@ -88,7 +88,10 @@ def test_bad_values_name_the_key_and_what_is_accepted(override, message):
 def test_other_methods_keep_the_bmb_settings_of_experiments_checked():
     cfg = compose(["method=fixmatch"])  # stream mode and the demo set method.bank.* and method.estimate.*
     assert cfg.method.bank.labeled is True and cfg.method.estimate.kind == "ema"
-    for override, message in [("method.bank.capacity=0", "method.bank.capacity=0: must be a positive integer"),
+    with pytest.raises(ConfigError, match=re.escape("method.bank.labeled=3: must be true or false")):
+        validate(OmegaConf.merge(cfg, {"method": {"bank": {"labeled": 3}}}))  # as if an experiment file set it
+    # set on the command line, a key the chosen method does not read is refused
+    for override, message in [("method.bank.capacity=8", "method.bank.capacity: not a key of this configuration"),
                                ("method.bank.capcity=3", "method.bank.capcity: no such configuration key (did you mean "
                                                          "method.bank.capacity?)")]:
         with pytest.raises(ConfigError, match=re.escape(message)):
