@@ -4,6 +4,7 @@ samples are left out and counted. Tiny hand-made shards of 8x8 PNGs keep every r
 
 import io
 import json
+import signal
 import struct
 import tarfile
 import threading
@@ -242,7 +243,6 @@ def test_a_skipped_shard_counts_once_per_experience_whatever_its_passes_and_bad_
     assert skipped.note(1, 0, "a.tar", "sample 1 in a.tar: bad")  # a new experience counts it again
     assert [(e["experience"], e["pass"], e["url"]) for e in skipped.entries] == [
         (0, 0, "a.tar"), (0, 1, "b.tar"), (0, None, "c.tar"), (1, 0, "a.tar")]
-    assert skipped.before_checkpoint(0) == {0: {"a.tar"}, 1: {"b.tar"}, None: {"c.tar"}}
 
 
 def test_a_resumed_run_does_not_count_again_the_skips_of_its_replayed_batches():
@@ -251,10 +251,63 @@ def test_a_resumed_run_does_not_count_again_the_skips_of_its_replayed_batches():
     before.note(2, 0, "a.tar", "bad")
     resumed = SkippedShards(before.entries)  # the checkpoint's list
     resumed.start_experience()
-    assert resumed.before_checkpoint(2) == {0: {"a.tar"}} and resumed.before_checkpoint(1) == {}
-    assert not resumed.note(2, 0, "a.tar", "a.tar: skipped before the checkpoint", replayed=True)
+    assert not resumed.note(2, 0, "a.tar", "bad", replayed=True)  # read again in a replayed batch: the same fault
+    assert not resumed.note(2, 0, "a.tar", "bad 2")  # another bad sample after the replayed batches
     assert not resumed.note(2, 1, "a.tar", "bad")  # in a later pass, as in the run that was not interrupted
-    assert resumed.entries == before.entries == [{"experience": 2, "pass": 0, "url": "a.tar", "error": "bad"}]
+    assert resumed.note(2, 0, "b.tar", "cut")  # first met after the replayed batches: counted now
+    assert resumed.entries == [*before.entries, {"experience": 2, "pass": 0, "url": "b.tar", "error": "cut"}]
+    assert before.entries == [{"experience": 2, "pass": 0, "url": "a.tar", "error": "bad"}]
+
+
+@pytest.mark.parametrize("passes, stop_at", [(1, 7), (2, 12)])  # after the bad shards' reads in pass 0, in pass 1
+def test_a_run_stopped_after_skipped_shards_resumes_as_if_never_stopped(tmp_path, capsys, monkeypatch, passes, stop_at):
+    """Shards skipped for a corrupt sample in the middle or for a cut-off end still gave their readable
+    samples, which were trained on: a run stopped mid-experience after reading them, then resumed, must
+    read them again as it did (not pass over them) and end as the uninterrupted run does."""
+    from bmb_stream.engine.stream_loop import StreamRun
+
+    folder = stream_folder(tmp_path / "s", shards=7)
+    (folder / "stream-000000.tar").unlink()  # missing
+    good = samples("s2-", 8)
+    write_tar(folder / "stream-000002.tar", good[:4] + [("s2-bad", {"png": b"\x89PNG no", "gt.cls": b"0"})] + good[4:])
+    whole = (folder / "stream-000003.tar").read_bytes()
+    (folder / "stream-000003.tar").write_bytes(whole[: 5 * 2048 + 600])  # cut inside its 6th sample's image
+    args = [f"stream.urls={folder}/stream-{{000000..000006}}.tar", *sets_of(folder), "stream.on_shard_error=skip",
+            "stream.shards_per_experience=5", "stream.shuffle_shards=false", f"stream.passes={passes}"]
+
+    def records(run_dir):
+        keep = ("experience", "step", "samples_seen", "balanced_acc", "raw_balanced_acc", "bank_class_counts",
+                "skipped_shards", "labeled_pool")
+        lines = (run_dir / "eval.jsonl").read_text().splitlines()
+        return [{k: r.get(k) for k in keep} for r in map(json.loads, lines)]
+
+    def summary(run_dir):
+        data = json.loads((run_dir / "summary.json").read_text())
+        return {k: v for k, v in data.items() if k not in ("wall_s", "train_images_per_s")}
+
+    run([*args, f"run.dir={tmp_path}/whole"], capsys, 0)
+    whole_summary = summary(tmp_path / "whole")
+    assert [s["url"].rsplit("/", 1)[1] for s in whole_summary["skipped_shards"]] == [
+        "stream-000000.tar", "stream-000002.tar", "stream-000003.tar"]
+    assert whole_summary["samples_seen"] == passes * (8 + 8 + 5 + 8 + 2 * 8)  # the readable samples of skipped shards too
+
+    # 8 batches of 4 per pass of experience 0: the missing shard, s1, s2 (its bad sample), s3 (cut short), s4
+    trained = StreamRun.trained
+
+    def stop_after(self, images, started):
+        trained(self, images, started)
+        if self.learner.step == stop_at:
+            signal.raise_signal(signal.SIGTERM)  # the StopFlag's handler: the step ends, then a checkpoint
+
+    monkeypatch.setattr(StreamRun, "trained", stop_after)
+    assert main([*TINY, *args, f"run.dir={tmp_path}/stopped"]) == 0
+    capsys.readouterr()
+    state = torch.load(tmp_path / "stopped" / "checkpoints" / "last.pt", weights_only=True)
+    assert state["position"] == {"experience": 0, "batches": stop_at} and len(state["skipped"]) == 3
+    monkeypatch.setattr(StreamRun, "trained", trained)
+    run([*args, f"run.dir={tmp_path}/stopped", "resume=true"], capsys, 0)
+    assert records(tmp_path / "stopped") == records(tmp_path / "whole")
+    assert summary(tmp_path / "stopped") == whole_summary
 
 
 def test_a_class_out_of_range_in_a_stream_shard_names_the_sample(tmp_path, capsys):

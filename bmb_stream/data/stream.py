@@ -205,17 +205,13 @@ def handler_for(on_shard_error: str) -> ShardErrorHandler:
     return SHARD_ERROR_HANDLERS[str(on_shard_error)]
 
 
-def read_shards(handler: ShardErrorHandler = fail_on_error, skip_urls: frozenset = frozenset()):
+def read_shards(handler: ShardErrorHandler = fail_on_error):
     """Pipeline stage: shard URLs -> raw samples, one shard at a time. A shard that cannot be read goes
-    to the handler, named, after whatever samples it gave before the failure.
-    `skip_urls` are skipped without reading: a resumed run replays the skips it made before its checkpoint."""
+    to the handler, named, after whatever samples it gave before the failure."""
 
     def stage(shards):
         for shard in shards:
             url = shard["url"]
-            if url in skip_urls:
-                yield skip_marker(url, f"{url}: skipped before the checkpoint")
-                continue
             try:
                 yield from tar_samples(url)
             except Exception as exn:  # noqa: BLE001 - any failure, named; the handler raises it or skips the shard
@@ -272,13 +268,13 @@ def _class(data: bytes, name: str, where: str, num_classes: int | None) -> int:
     return value
 
 
-def sample_stages(urls: list[str], handler: ShardErrorHandler = fail_on_error, skip_urls: frozenset = frozenset(),
-                  num_classes: int | None = None, split_by_rank: bool = True) -> list:
+def sample_stages(urls: list[str], handler: ShardErrorHandler = fail_on_error, num_classes: int | None = None,
+                  split_by_rank: bool = True) -> list:
     """The pipeline stages to parsed samples of `urls`, the shards split across DataLoader workers and,
     with `split_by_rank`, across the ranks of a distributed run (RANK / WORLD_SIZE). Shards and samples
     that cannot be read go to `handler`."""
     ranks = [wds.split_by_node] if split_by_rank else []
-    return [wds.SimpleShardList(urls), *ranks, wds.split_by_worker, read_shards(handler, skip_urls),
+    return [wds.SimpleShardList(urls), *ranks, wds.split_by_worker, read_shards(handler),
             wds.map(guarded(partial(parse_sample, num_classes=num_classes), handler, "__url__"))]
 
 
@@ -288,8 +284,7 @@ def shard_samples(urls: list[str], handler: ShardErrorHandler = fail_on_error, n
 
 
 def make_unlabeled_batches(urls: list[str], views: Callable, batch_size: int,
-                           handler: ShardErrorHandler = fail_on_error, skip_urls: frozenset = frozenset(),
-                           num_classes: int | None = None):
+                           handler: ShardErrorHandler = fail_on_error, num_classes: int | None = None):
     """Decoded, augmented and batched in the workers: dicts of u_weak, u_strong1, u_strong2, cls, gt,
     the encoded images of the labeled samples (for the labeled pool), and `skipped`: the shards and
     samples left out by the handler (skip_and_count), as (url, error) pairs. A batch may hold no images
@@ -312,7 +307,7 @@ def make_unlabeled_batches(urls: list[str], views: Callable, batch_size: int,
                 "labeled_images": [(s["image"], s["cls"]) for s in samples if s["image"] is not None],
                 "urls": [s["url"] for s in samples], "skipped": skipped}
 
-    return wds.DataPipeline(*sample_stages(urls, handler, skip_urls, num_classes),
+    return wds.DataPipeline(*sample_stages(urls, handler, num_classes),
                             wds.map(guarded(to_views, handler, "url")),
                             wds.batched(batch_size, collation_fn=collate, partial=True))
 

@@ -42,15 +42,12 @@ def derived_seed(seed: int, experience: int, purpose: int) -> int:
 
 
 def experience_batches(shards: list[str], views, batch_size: int, workers: int, passes: int, seed: int, k: int,
-                       handler: ShardErrorHandler = fail_on_error, skipped_before: dict[int, frozenset] | None = None,
-                       num_classes: int | None = None):
+                       handler: ShardErrorHandler = fail_on_error, num_classes: int | None = None):
     """The unlabeled batches of experience k: `passes` reads of its shards, each with its own seeds;
-    each batch says its pass. A shard or sample that cannot be read goes to `handler`.
-    `skipped_before[p]`: shards skipped in pass p before a checkpoint, skipped again without reading when
-    the experience is replayed."""
+    each batch says its pass. A shard or sample that cannot be read goes to `handler`. A replay (a
+    mid-experience resume) reads every shard again, skipped ones included: see SkippedShards."""
     for p in range(passes):
-        batches = make_unlabeled_batches(shards, views, batch_size, handler, (skipped_before or {}).get(p, frozenset()),
-                                         num_classes=num_classes)
+        batches = make_unlabeled_batches(shards, views, batch_size, handler, num_classes=num_classes)
         loader = wds.WebLoader(batches, batch_size=None, num_workers=min(workers, len(shards)),
                                worker_init_fn=ignore_interrupts, generator=torch.Generator().manual_seed(derived_seed(seed, k, 2 + p)))
         for batch in loader:
@@ -74,9 +71,15 @@ def stream_steps(source: StreamSource, batch_size: int, workers: int, passes: in
 
 class SkippedShards:
     """The shards and samples left out under stream.on_shard_error=skip, each counted once per experience:
-    eval.jsonl gives their number, summary.json lists them (url, pass, cause). Checkpointed with the run, so
-    that a run resumed mid-experience skips again, without reading, what it skipped before its checkpoint,
-    and replays exactly."""
+    eval.jsonl gives their number, summary.json lists them (url, pass, cause), and so does the checkpoint.
+
+    A run resumed mid-experience reads every shard of its replayed batches again, skipped ones included:
+    a skipped shard often gave samples before its fault (a bad sample in the middle, a cut-off end), and
+    they were trained on, so passing over it would shift every batch after it. Reading it again meets
+    the same fault at the same place (a skip is a permanent fault of the shard; storage unreachable past
+    its budget is never skipped, it stops the run), so the replayed batches are those of the interrupted
+    run, skip markers included. Those skips are in the checkpoint already: `note` counts none of them,
+    nor the same shards met again after the replayed batches."""
 
     def __init__(self, entries: list[dict] | None = None):
         self.entries: list[dict] = list(entries or [])
@@ -95,13 +98,6 @@ class SkippedShards:
         if not replayed:
             self.entries.append({"experience": k, "pass": pass_, "url": url, "error": error})
         return not replayed
-
-    def before_checkpoint(self, k: int) -> dict[int, frozenset]:
-        """The shards skipped in each pass of experience k before a mid-experience checkpoint, by pass."""
-        by_pass: dict[int, frozenset] = {}
-        for entry in (s for s in self.entries if s["experience"] == k):
-            by_pass[entry["pass"]] = by_pass.get(entry["pass"], frozenset()) | {entry["url"]}
-        return by_pass
 
 
 class StreamRun(Run):
@@ -178,7 +174,7 @@ class StreamRun(Run):
             self.after_experience(k, batches)
 
     def before_experience(self, k: int, replay: int):
-        """Seeds and the labeled set of experience k; the shards a checkpointed pass skipped, by pass."""
+        """Seeds and the labeled set of experience k."""
         torch.manual_seed(derived_seed(self.seed, k, 0))  # augmentations in the main process
         labeled_set = EncodedImages(self.seed_images + list(self.pool.images),
                                     np.concatenate([self.seed_labels, self.pool.labels]).astype(np.int64), self.views["weak"])
@@ -186,14 +182,13 @@ class StreamRun(Run):
                                           self.cfg.stream.num_workers)
         if replay == 0 and k % self.cfg.stream.eval_every == 0:  # counts cover the experiences since the last evaluation
             self.monitor.reset_counts()
-        # a mid-experience resume skips again what the interrupted run skipped
-        return labeled_batches, self.skipped.before_checkpoint(k) if replay > 0 else {}
+        return labeled_batches
 
     def train_experience(self, k: int, replay: int, stop: StopFlag) -> int:
         """Train on experience k's batches after the first `replay` (read and augmented again, not trained
         on); returns the batches consumed. Shards read and labeled samples met are kept for after_experience."""
         cfg, learner, device = self.cfg, self.learner, self.device
-        labeled_batches, skipped_before = self.before_experience(k, replay)
+        labeled_batches = self.before_experience(k, replay)
         self.read = Counter()  # samples read per shard, checked against the manifest at the end
         self.joining = []  # labeled stream samples join the pool at the end of the experience, so that the
         # labeled set stays what it was at the experience's start (and a mid-experience resume sees the same)
@@ -203,7 +198,7 @@ class StreamRun(Run):
         try:
             for ub in experience_batches(self.source.experiences[k], views, cfg.train.batch_unlabeled,
                                          cfg.stream.num_workers, cfg.stream.passes, self.seed, k,
-                                         self.on_shard_error, skipped_before, self.num_classes):
+                                         self.on_shard_error, self.num_classes):
                 t = time.time()
                 batches += 1
                 self.note_skips(k, ub, replayed=batches <= replay)
