@@ -23,14 +23,12 @@ a percent of that step (the project's goal: under 2%).
 from __future__ import annotations
 
 import argparse
-import platform
-import shlex
 import statistics
-import sys
 import time
 
 import torch
 import torch.nn.functional as F
+from machine import print_header
 
 from bmb_stream.method.bank import MemoryBank
 from bmb_stream.models import build_model
@@ -123,9 +121,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     t_start = time.time()
-    print(" ".join(["python"] + [shlex.quote(a) for a in sys.argv]))
-    print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} thread(s)")
+    print_header()
     devices = [torch.device("cpu")]
     if torch.cuda.is_available():
         devices.append(torch.device("cuda"))

@@ -21,15 +21,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import shlex
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from machine import print_header
 
 from bmb_stream.config import compose
 from bmb_stream.engine.checkpoint import load_checkpoint, save_atomic
@@ -104,9 +102,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     t_start = time.time()
-    print(" ".join(["python"] + [shlex.quote(a) for a in sys.argv]))
-    print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} thread(s)\n")
+    print_header()
+    print()
 
     demo = make_learner("small_cnn", 256)
     step = train_step_s(demo)

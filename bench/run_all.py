@@ -11,15 +11,13 @@ A benchmark that fails leaves its block as it was and the script exits 1 at the 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import torch
+from machine import machine
 
 HERE = Path(__file__).resolve().parent
 README = HERE / "README.md"
@@ -36,11 +34,6 @@ BENCHMARKS = {
     "stream_vs_offline": ([], True),
     "fidelity_wrn": (["--methods", "bmb"], True),
 }
-
-
-def machine() -> str:
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{platform.machine()}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}"
 
 
 def run(name: str, args: list[str]) -> str | None:
