@@ -242,14 +242,22 @@ def run_command(argv: list[str]) -> int:
         from bmb_stream.engine.stream_loop import run_stream as run
     else:
         from bmb_stream.engine.offline import run_offline as run
+    from bmb_stream.engine import distributed
     try:
         summary = run(cfg)
     except StorageUnavailable as e:  # a checkpoint was written: try again later (EX_TEMPFAIL)
-        print(f"bmb-stream: error: {e}\nresume with: {resume_command(argv, cfg.run.dir)}", file=sys.stderr)
+        if distributed.is_main():
+            print(f"bmb-stream: error: {e}\nresume with: {resume_command(argv, cfg.run.dir)}", file=sys.stderr)
         return 75
     except (ConfigError, DataNotFound, CheckpointError, DataError, StreamError, WriteFailed) as e:
-        print(f"bmb-stream: error: {e}", file=sys.stderr)
+        if distributed.is_main() or not isinstance(e, ConfigError):  # a data fault may be one rank's alone
+            where = f" (rank {distributed.rank()})" if distributed.world_size() > 1 else ""
+            print(f"bmb-stream: error{where}: {e}", file=sys.stderr)
         return 2
+    finally:
+        distributed.shutdown()
+    if "rank" in summary:  # ranks other than 0 of a data-parallel run: rank 0 reports
+        return 0
     if "stopped" in summary:
         print(f"{summary['stopped']}\nresume with: {resume_command(argv, cfg.run.dir)}")
         return 0
@@ -260,7 +268,12 @@ def run_command(argv: list[str]) -> int:
 def resume_command(argv: list[str], run_dir: str) -> str:
     """The command that continues this run: the same arguments, this run.dir, resume=true (shell-quoted)."""
     kept = [a for a in argv if not a.startswith(("run.dir=", "resume="))]
-    return shlex.join(["bmb-stream", *kept, f"run.dir={run_dir}", "resume=true"])
+    ranks, per_node = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    launcher = ["bmb-stream"]
+    if ranks > 1:  # under torchrun: the same launch (its rendezvous options, on several nodes, as before)
+        nodes = ["--nnodes", str(ranks // per_node)] if ranks > per_node else []
+        launcher = ["torchrun", *nodes, "--nproc_per_node", str(per_node), "-m", "bmb_stream"]
+    return shlex.join([*launcher, *kept, f"run.dir={run_dir}", "resume=true"])
 
 
 STREAM_IGNORES = ("train.steps", "train.eval_every")

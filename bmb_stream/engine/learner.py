@@ -11,6 +11,7 @@ import torch
 from omegaconf import OmegaConf
 
 from bmb_stream.config_schema import OPTIMIZERS, SCHEDULES
+from bmb_stream.engine import distributed
 from bmb_stream.engine.ema import ModelEMA
 from bmb_stream.method.bank import MemoryBank
 from bmb_stream.method.steps import STEP_FUNCTIONS, Batch, StepContext
@@ -42,6 +43,18 @@ def build_optimizer(cfg, params) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer {cfg.name!r}; accepted: {', '.join(OPTIMIZERS)}")
 
 
+def random_state() -> dict:
+    return {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_random_state(rng: dict) -> None:
+    torch.set_rng_state(rng["torch"])
+    random.setstate((3, tuple(rng["python"]), None))
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
 class Learner:
     def __init__(self, cfg, num_classes: int, labeled_per_class: list[int], device: torch.device,
                  total_steps: int | None = None):
@@ -53,6 +66,7 @@ class Learner:
         self.num_classes = num_classes
         model_options = {k: v for k, v in OmegaConf.to_container(cfg.model).items() if k != "name"}
         self.model = build_model(cfg.model.name, num_classes, **model_options).to(device)
+        self.parallel_model = distributed.data_parallel(self.model, device)  # what a step trains through
         self.ema = ModelEMA(self.model, cfg.train.ema_decay, cfg.train.ema_warmup) if cfg.train.ema_decay > 0 else None
         self.optimizer = build_optimizer(cfg.optim, self.model.parameters())
         total = cfg.train.steps if total_steps is None else total_steps
@@ -111,15 +125,17 @@ class Learner:
         labeled_w, unlabeled_w = self.class_weights()
         # the bank's draw always follows Nhat, whatever the unlabeled weights use
         nhat = self.estimate.value() if self.estimate is not None else None
-        ctx = StepContext(self.step, self.method, labeled_w, unlabeled_w, self.bank, nhat)
+        ctx = StepContext(self.step, self.method, labeled_w, unlabeled_w, self.bank, nhat, distributed.gather_rows,
+                          distributed.rows_before(len(batch.u_weak)) if self.bank is not None else 0)
         amp = torch.autocast("cuda", dtype=torch.bfloat16) if (self.cfg.train.amp and self.device.type == "cuda") else nullcontext()
         with amp:
-            out = self.step_fn(self.model, batch, ctx)
+            out = self.step_fn(self.parallel_model, batch, ctx)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         self.optimizer.step()
         lr = self.optimizer.param_groups[0]["lr"]
         self.scheduler.step()
+        distributed.average_buffers(self.model)
         if self.ema is not None:
             self.ema.update(self.model)
         if self.cfg.optim.wd_shrink:  # the reference's decoupled decay, after the EMA: w <- w * (1 - c * lr)
@@ -127,10 +143,14 @@ class Learner:
                 for p in self.model.parameters():
                     p.mul_(1.0 - self.cfg.optim.wd_shrink * lr)
         if self.estimate is not None and out.confident_counts is not None:
-            self.estimate.update(out.confident_counts)  # step t+1 sees statistics up to step t
+            # step t+1 sees statistics up to step t, of every rank's batch
+            self.estimate.update(distributed.sum_all(out.confident_counts))
         self.step += 1
-        self.samples_seen += len(batch.u_weak) if batch.u_weak is not None else len(batch.x_labeled)
-        self.last_extras = out.extras  # pseudo-labels and bank writes of this step, for monitoring
+        images = len(batch.u_weak) if batch.u_weak is not None else len(batch.x_labeled)
+        self.samples_seen += distributed.world_size() * images  # every rank's
+        # pseudo-labels (of every rank's batch, in rank order) and bank writes of this step, for monitoring
+        self.last_extras = {k: distributed.gather_rows(v) if k in ("pseudo_labels", "mask") else v
+                            for k, v in out.extras.items()}
         return {**out.terms, "loss": out.loss.detach(), "lr": lr}
 
     def evaluated_model(self) -> HeadPredictor:
@@ -141,6 +161,14 @@ class Learner:
         return HeadPredictor(self.model, self.eval_head)
 
     # --- persistence -------------------------------------------------------------------------
+    def _own_random_state(self, state: dict) -> dict | None:
+        """This rank's random state in a checkpoint: its own where the checkpoint has one per rank of the
+        same world size; rank 0's on rank 0; None (reseeded from the step) on another rank otherwise."""
+        ranks = state.get("rank_rng")
+        if ranks is not None and len(ranks) == distributed.world_size():
+            return ranks[distributed.rank()]
+        return state["rng"] if distributed.is_main() else None
+
     def state_dict(self) -> dict:
         state = {
             "model": self.model.state_dict(),
@@ -148,9 +176,10 @@ class Learner:
             "scheduler": self.scheduler.state_dict(),
             "step": self.step,
             "samples_seen": self.samples_seen,
-            "rng": {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+            "rng": random_state(),
         }
+        if distributed.world_size() > 1:  # each rank's own augmentation stream, for an exact resume
+            state["rank_rng"] = distributed.gather_objects(state["rng"])
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
         if self.bank is not None:
@@ -165,10 +194,12 @@ class Learner:
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = int(state["step"])
         self.samples_seen = int(state["samples_seen"])
-        torch.set_rng_state(state["rng"]["torch"])
-        random.setstate((3, tuple(state["rng"]["python"]), None))
-        if state["rng"]["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        rng = self._own_random_state(state)
+        if rng is not None:
+            set_random_state(rng)
+        else:  # resumed at another world size: this rank's augmentation continues from a fresh seed
+            torch.manual_seed(distributed.rank_seed(self.cfg.seed + self.step))
+            random.seed(distributed.rank_seed(self.cfg.seed + self.step))
         for name in ("ema", "bank", "estimate"):
             if getattr(self, name) is not None:
                 if name not in state:

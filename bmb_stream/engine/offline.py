@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 from bmb_stream.data import build_split
+from bmb_stream.engine import distributed
 from bmb_stream.engine.learner import Learner
 from bmb_stream.engine.run import Run
 from bmb_stream.engine.runtime import WORKER_DEATH, StopFlag, endless_batches
@@ -17,12 +18,12 @@ from bmb_stream.method.steps import Batch
 class OfflineRun(Run):
     def prepare(self) -> None:
         cfg = self.cfg
-        self.split = split = build_split(cfg.dataset, seed=self.seed, progress=cfg.progress)
+        self.split = split = build_split(cfg.dataset, seed=self.seed, progress=cfg.progress and distributed.is_main())
         self.learner = Learner(cfg, split.num_classes, split.labeled_per_class, self.device)
         self.evaluator = Evaluator(split.test, split.num_classes, split.labeled_per_class, self.run_dir.path,
                                    self.device, batch_size=cfg.eval.batch_size,
                                    many_threshold=cfg.dataset.many_threshold,
-                                   few_threshold=cfg.dataset.few_threshold)
+                                   few_threshold=cfg.dataset.few_threshold) if distributed.is_main() else None
         # the protocols' unlabeled images have known classes: pseudo-label precision and bank purity
         bank = self.learner.bank
         self.monitor = StreamMonitor(split.num_classes, bank.capacity if bank is not None else 0)
@@ -38,7 +39,7 @@ class OfflineRun(Run):
         unlabeled = (endless_batches(self.split.unlabeled, train.batch_unlabeled, data_seed + 1,
                                      train.num_workers) if learner.needs_unlabeled else None)
         steps = self.total_steps()
-        while learner.step < steps and stop.raised is None:
+        while learner.step < steps and not stop.should_stop():
             t = time.time()
             try:
                 x_l, y_l = next(labeled)
@@ -52,7 +53,7 @@ class OfflineRun(Run):
                 batch.u_weak, batch.u_strong1, batch.u_strong2 = (v.to(device, non_blocking=True) for v in unlabeled_views)
             terms = learner.train_step(batch)
             if y_u is not None:  # read by monitoring only, never by a training step
-                self.monitor.observe(learner.last_extras, y_u)
+                self.monitor.observe(learner.last_extras, distributed.gather_rows(y_u))
             self.trained(len(x_l) + (len(batch.u_weak) if batch.u_weak is not None else 0), t)
             if learner.step % train.log_every == 0 or learner.step == steps:
                 shown = {k: f"{terms[k]:.3g}" for k in ("loss", "loss_u", "loss_mb", "mask") if k in terms}
@@ -60,10 +61,11 @@ class OfflineRun(Run):
             if learner.step % train.eval_every == 0 or learner.step == steps:
                 record = self.evaluate(after=self.monitor.report(learner.bank))
                 self.monitor.reset_counts()  # precision and recall over each evaluation period
-                self.bar.write(f"step {learner.step}: balanced acc {record['balanced_acc']:.4f} "
-                               f"(online weights {record['raw_balanced_acc']:.4f})")
+                if record is not None:  # rank 0
+                    self.bar.write(f"step {learner.step}: balanced acc {record['balanced_acc']:.4f} "
+                                   f"(online weights {record['raw_balanced_acc']:.4f})")
                 self.save_checkpoint()
-        if stop.raised is not None:
+        if stop.should_stop():  # a signal (on any rank) during the last step, or a loader ended by one
             self.save_checkpoint()
 
     def checkpoint_state(self) -> dict:

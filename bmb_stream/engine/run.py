@@ -4,6 +4,9 @@ checkpoint and summary add; `execute` runs them in order:
 
     open the run directory -> prepare (data, learner, evaluator) -> write config.yaml -> resume
     -> train (until done or stopped) -> summary.json and plots (or a stop message)
+
+Under torchrun every rank runs the skeleton; rank 0 decides the run directory and alone writes to it
+(config, eval.jsonl, checkpoints, summary, plots, loggers) and evaluates, while the others wait.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import time
 import torch
 from tqdm import tqdm
 
+from bmb_stream.config import ConfigError
+from bmb_stream.engine import distributed
 from bmb_stream.engine.checkpoint import load_checkpoint, save_atomic
 from bmb_stream.engine.learner import Learner
 from bmb_stream.engine.run_dir import RunDir
@@ -29,10 +34,12 @@ class Run(abc.ABC):
 
     def __init__(self, cfg):
         self.cfg = cfg
-        self.device = resolve_device(cfg.device)
-        self.run_dir = RunDir.open(cfg)  # before any data is read: a bad run.dir or resume ends the run at once
+        self.device = distributed.local_device(resolve_device(cfg.device))
+        distributed.init(self.device)
+        cfg.run.dir = distributed.from_main(cfg.run.dir)  # a default run.dir's timestamp is rank 0's
+        self.run_dir = open_run_dir(cfg)  # before any data is read: a bad run.dir or resume ends the run at once
         self.seed = cfg.seed
-        torch.manual_seed(self.seed)
+        torch.manual_seed(distributed.rank_seed(self.seed))
         self.history: list[dict] = []
         self.train_time, self.train_images = 0.0, 0
         self.start_wall = time.time()
@@ -62,7 +69,8 @@ class Run(abc.ABC):
         return f"resumed from {self.run_dir.last_checkpoint} at step {self.learner.step}"
 
     def stopped_message(self, stop: StopFlag) -> str:
-        return f"stopped by {stop.raised} at step {self.learner.step}; checkpoint {self.run_dir.last_checkpoint}"
+        return (f"stopped by {stop.raised or 'a signal to another rank'} at step {self.learner.step}; "
+                f"checkpoint {self.run_dir.last_checkpoint}")
 
     @abc.abstractmethod
     def summary_data(self) -> dict:
@@ -82,11 +90,13 @@ class Run(abc.ABC):
         self.run_dir.rewrite_evals(self.history)
         self.start_wall = time.time() - (self.history[-1]["wall_s"] if self.history else 0.0)
         self.bar = tqdm(total=self.total_steps(), initial=self.learner.step, desc=f"{self.cfg.method.name} {self.cfg.mode}",
-                        unit="step", dynamic_ncols=True, disable=not self.cfg.progress)
+                        unit="step", dynamic_ncols=True, disable=not (self.cfg.progress and distributed.is_main()))
         with StopFlag() as stop:
             self.train(stop)
         self.close()
-        if stop.raised is not None:
+        if not distributed.is_main():  # rank 0 reports
+            return {"rank": distributed.rank()}
+        if stop.agreed:
             return {"stopped": self.stopped_message(stop)}
         summary = self.build_summary()
         self.run_dir.write_summary(summary)
@@ -103,25 +113,40 @@ class Run(abc.ABC):
         print(self.resumed_message())
 
     def save_checkpoint(self, path=None) -> None:
+        """Rank 0 writes the checkpoint (every rank calls this at the same step: the learner's state
+        gathers every rank's random state)."""
         state = {"learner": self.learner.state_dict(), "history": self.history, **self.checkpoint_state()}
-        save_atomic(state, path or self.run_dir.last_checkpoint)
+        if distributed.is_main():
+            save_atomic(state, path or self.run_dir.last_checkpoint)
+        distributed.barrier()
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-        self.evaluator.close()
+        if self.evaluator is not None:
+            self.evaluator.close()
 
     def trained(self, images: int, started: float) -> None:
-        """Count one training step's images and time, and advance the bar."""
+        """Count one training step's images (this rank's; all ranks train on as many) and time, and
+        advance the bar."""
         self.train_time += time.time() - started
-        self.train_images += images
+        self.train_images += images * distributed.world_size()
         self.bar.update(1)
 
     def images_per_s(self) -> float:
         return self.train_images / max(self.train_time, 1e-9)
 
-    def evaluate(self, before: dict | None = None, after: dict | None = None, **kw) -> dict:
-        """Evaluate the EMA model and the online weights; append the record to the history and eval.jsonl."""
+    def evaluate(self, before: dict | None = None, after: dict | None = None, **kw) -> dict | None:
+        """Evaluate the EMA model and the online weights; append the record to the history and eval.jsonl.
+        Rank 0 evaluates; the other ranks wait for it and get None."""
+        if not distributed.is_main():
+            distributed.barrier()
+            return None
+        record = self._evaluate(before, after, **kw)
+        distributed.barrier()
+        return record
+
+    def _evaluate(self, before: dict | None, after: dict | None, **kw) -> dict:
         learner = self.learner
         was_training = learner.model.training
         online = learner.online_model() if learner.ema is not None else None
@@ -151,6 +176,20 @@ class Run(abc.ABC):
         }
         self.finish_summary(summary)
         return summary
+
+
+def open_run_dir(cfg) -> RunDir:
+    """Rank 0 checks and opens the run directory; a refusal ends every rank with its message."""
+    run_dir, refusal = None, None
+    if distributed.is_main():
+        try:
+            run_dir = RunDir.open(cfg)
+        except ConfigError as e:
+            refusal = str(e)
+    refusal = distributed.from_main(refusal)
+    if refusal is not None:
+        raise ConfigError(refusal)
+    return run_dir if run_dir is not None else RunDir.follower(cfg.run.dir)
 
 
 def method_state(learner: Learner) -> dict:

@@ -54,6 +54,8 @@ def experiment_changes(stored: dict, cfg) -> list[str]:
 
 
 class RunDir:
+    writes = True  # False on the other ranks of a data-parallel run: rank 0 alone writes the run directory
+
     def __init__(self, path: str | Path):
         self.path = Path(path)
         try:
@@ -63,6 +65,13 @@ class RunDir:
             probe.unlink()
         except OSError as e:
             raise ConfigError(f"run.dir={self.path}: cannot write there ({e.strerror or e}); choose another run.dir") from None
+
+    @classmethod
+    def follower(cls, path: str | Path) -> "RunDir":
+        """The run directory as a rank other than 0 sees it: read (the checkpoint to resume from), never written."""
+        run = cls.__new__(cls)
+        run.path, run.writes = Path(path), False
+        return run
 
     @classmethod
     def open(cls, cfg) -> "RunDir":
@@ -104,6 +113,8 @@ class RunDir:
         self._write_text("eval.jsonl", "".join(json.dumps(_clean(r)) + "\n" for r in history))
 
     def append_eval(self, record: dict) -> None:
+        if not self.writes:
+            return
         try:
             with open(self.path / "eval.jsonl", "a", encoding="utf-8") as f:
                 f.write(json.dumps(_clean(record)) + "\n")
@@ -114,6 +125,8 @@ class RunDir:
         self._write_text("summary.json", json.dumps(_clean(summary), indent=2) + "\n")
 
     def _write_text(self, name: str, text: str) -> None:
+        if not self.writes:
+            return
         try:
             write_text(self.path / name, text)
         except WriteFailed as e:

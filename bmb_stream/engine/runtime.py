@@ -3,13 +3,15 @@ clean stop on SIGINT/SIGTERM."""
 
 from __future__ import annotations
 
+import itertools
 import signal
 from collections.abc import Iterator
 
 import torch
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader, RandomSampler, Sampler
 
 from bmb_stream.config import ConfigError
+from bmb_stream.engine import distributed
 
 
 def resolve_device(name: str) -> torch.device:
@@ -28,12 +30,42 @@ def ignore_interrupts(worker_id: int = 0) -> None:
 
 
 def endless_batches(dataset, batch_size: int, seed: int, num_workers: int) -> Iterator:
-    """Shuffled batches forever: each pass is a new permutation from one seeded generator."""
+    """Shuffled batches forever: each pass is a new permutation from one seeded generator. In a
+    data-parallel run every rank draws the same permutations and takes every world-th index of them
+    (its own share, as DistributedSampler does, endlessly), and its workers' seeds take the rank."""
+    if distributed.world_size() > 1:
+        return _rank_share_batches(dataset, batch_size, seed, num_workers)
     generator = torch.Generator().manual_seed(seed)
     sampler = RandomSampler(dataset, num_samples=max(len(dataset), batch_size), generator=generator)
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True, num_workers=num_workers,
-                        persistent_workers=num_workers > 0, generator=generator,
-                        worker_init_fn=ignore_interrupts)
+    return _forever(DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True,
+                               num_workers=num_workers, persistent_workers=num_workers > 0, generator=generator,
+                               worker_init_fn=ignore_interrupts))
+
+
+class RankShare(Sampler):
+    """Rank r's share of `sampler`'s indices: every world-th one, starting at r."""
+
+    def __init__(self, sampler: Sampler, rank: int, world: int):
+        self.sampler, self.rank, self.world = sampler, rank, world
+
+    def __iter__(self):
+        return itertools.islice(iter(self.sampler), self.rank, None, self.world)
+
+    def __len__(self) -> int:
+        return len(range(self.rank, len(self.sampler), self.world))
+
+
+def _rank_share_batches(dataset, batch_size: int, seed: int, num_workers: int) -> Iterator:
+    world = distributed.world_size()
+    order = torch.Generator().manual_seed(seed)  # the same on every rank
+    shuffled = RandomSampler(dataset, num_samples=max(len(dataset), world * batch_size), generator=order)
+    own = torch.Generator().manual_seed(distributed.rank_seed(seed))
+    return _forever(DataLoader(dataset, batch_size=batch_size, sampler=RankShare(shuffled, distributed.rank(), world),
+                               drop_last=True, num_workers=num_workers, persistent_workers=num_workers > 0,
+                               generator=own, worker_init_fn=ignore_interrupts))
+
+
+def _forever(loader: DataLoader) -> Iterator:
     while True:
         yield from loader
 
@@ -50,8 +82,16 @@ class StopFlag:
     """SIGINT/SIGTERM finish the current step, then the loop checkpoints and exits cleanly."""
 
     def __init__(self):
-        self.raised = None
+        self.raised = None  # the signal this process received
+        self.agreed = False  # the run stops: a signal reached this rank or, in a data-parallel run, any rank
         self._old = {}
+
+    def should_stop(self) -> bool:
+        """Whether to stop now. Every rank asks at the same point of each step, and they agree, so that
+        all of them stop after the same step (one tiny all-reduce; none with one process)."""
+        if not self.agreed:
+            self.agreed = distributed.any_rank(self.raised is not None)
+        return self.agreed
 
     def __enter__(self):
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -27,6 +27,7 @@ from bmb_stream.data.stream import (EncodedImages, ShardErrorHandler, fail_on_er
                                     make_unlabeled_batches)
 from bmb_stream.data.stream_source import StreamSource, prepare_stream
 from bmb_stream.data.transforms import MultiView, build_views
+from bmb_stream.engine import distributed
 from bmb_stream.engine.labeled_pool import LabeledPool
 from bmb_stream.engine.learner import Learner
 from bmb_stream.engine.run import Run
@@ -47,25 +48,36 @@ def experience_batches(shards: list[str], views, batch_size: int, workers: int, 
     each batch says its pass. A shard or sample that cannot be read goes to `handler`. A replay (a
     mid-experience resume) reads every shard again, skipped ones included: see SkippedShards."""
     for p in range(passes):
+        # the pipeline splits the shards across the ranks (every world-th) and then across the workers
         batches = make_unlabeled_batches(shards, views, batch_size, handler, num_classes=num_classes)
-        loader = wds.WebLoader(batches, batch_size=None, num_workers=min(workers, len(shards)),
-                               worker_init_fn=ignore_interrupts, generator=torch.Generator().manual_seed(derived_seed(seed, k, 2 + p)))
+        own = torch.Generator().manual_seed(distributed.rank_seed(derived_seed(seed, k, 2 + p)))
+        loader = wds.WebLoader(batches, batch_size=None, num_workers=min(workers, len(rank_share(shards))),
+                               worker_init_fn=ignore_interrupts, generator=own)
         for batch in loader:
             batch["pass"] = p
             yield batch
 
 
+def rank_share(items: list, r: int | None = None) -> list:
+    """Rank r's share of an experience's shards: every world-th one, as WebDataset's split_by_node takes them."""
+    return items[distributed.rank() if r is None else r::distributed.world_size()]
+
+
 def stream_steps(source: StreamSource, batch_size: int, workers: int, passes: int) -> int | None:
     """Training steps in the whole stream, from the manifest's sample counts (None where a shard's count
-    is unknown): each DataLoader worker reads every `workers`-th shard of an experience and batches
-    what it reads, ending on a partial batch."""
+    is unknown): each DataLoader worker reads every `workers`-th shard of its rank's share and batches
+    what it reads, ending on a partial batch; an experience lasts as many steps as its shortest share."""
     total = 0
     for shards in source.experiences:
         sizes = [source.size_of(url) for url in shards]
         if None in sizes:
             return None
-        n = max(1, min(workers, len(shards)))
-        total += passes * sum(math.ceil(sum(sizes[w::n]) / batch_size) for w in range(n))
+        per_rank = []
+        for r in range(distributed.world_size()):
+            share = rank_share(sizes, r)
+            n = max(1, min(workers, len(share)))
+            per_rank.append(sum(math.ceil(sum(share[w::n]) / batch_size) for w in range(n)))
+        total += passes * min(per_rank)
     return total
 
 
@@ -99,6 +111,17 @@ class SkippedShards:
             self.entries.append({"experience": k, "pass": pass_, "url": url, "error": error})
         return not replayed
 
+    def share(self) -> None:
+        """Every rank's entries on every rank, merged in rank order (a rank notes the shards it reads)."""
+        merged, seen = [], set()
+        for entries in distributed.gather_objects(self.entries):
+            for entry in entries:
+                key = (entry["experience"], entry["pass"], entry["url"])
+                if key not in seen:
+                    seen.add(key)
+                    merged.append(entry)
+        self.entries = merged
+
 
 class StreamRun(Run):
     """The stream's phases: prepare the stream; per experience, before it (seeds, the labeled set),
@@ -108,6 +131,11 @@ class StreamRun(Run):
     def prepare(self) -> None:
         cfg = self.cfg
         self.source = source = prepare_stream(cfg)
+        ranks = distributed.world_size()
+        for k, shards in enumerate(source.experiences):
+            if len(shards) < ranks:  # a rank without shards would end every experience at once
+                raise ConfigError(f"experience {k} has {len(shards)} shard(s) for {ranks} ranks, and each rank reads its "
+                                  f"own shards: give stream.shards_per_experience={ranks} or more, or run fewer ranks")
         self.num_classes = num_classes = cfg.dataset.num_classes
         self.seed_images, self.seed_labels = source.labeled
         self.labeled_per_class = np.bincount(self.seed_labels, minlength=num_classes).tolist()
@@ -125,57 +153,76 @@ class StreamRun(Run):
         test_set = EncodedImages(source.test[0], source.test[1], self.views["test"])  # the evaluator reads it once
         self.evaluator = Evaluator(test_set, num_classes, self.labeled_per_class, self.run_dir.path, self.device,
                                    batch_size=cfg.eval.batch_size, many_threshold=cfg.dataset.many_threshold,
-                                   few_threshold=cfg.dataset.few_threshold, segments=source.segments)
+                                   few_threshold=cfg.dataset.few_threshold,
+                                   segments=source.segments) if distributed.is_main() else None
         self.position = {"experience": 0, "batches": 0}
         self.skipped = SkippedShards()
         self.unlabeled_seen = np.zeros(num_classes, dtype=np.int64)  # true classes of the stream so far, where known
+        self.untrained = 0  # batches read but not trained on: a rank's share longer than another's
 
     def total_steps(self) -> int | None:
         return self.steps
 
     def checkpoint_state(self) -> dict:
-        return {"labeled_pool": self.pool.state_dict(), "monitor": self.monitor.state_dict(),
-                "evaluator": self.evaluator.state_dict(), "unlabeled_seen": torch.from_numpy(self.unlabeled_seen),
+        self.skipped.share()
+        return {"untrained_batches": self.untrained, "labeled_pool": self.pool.state_dict(),
+                "monitor": self.monitor.state_dict(),
+                "evaluator": self.evaluator.state_dict() if self.evaluator is not None else {},
+                "unlabeled_seen": torch.from_numpy(self.unlabeled_seen),
                 "skipped": self.skipped.entries, "position": dict(self.position),
                 "config": OmegaConf.to_yaml(redacted(self.cfg))}
 
     def load_state(self, state: dict) -> None:
         self.pool.load_state_dict(state["labeled_pool"])
         self.monitor.load_state_dict(state["monitor"])
-        self.evaluator.load_state_dict(state["evaluator"])
+        if self.evaluator is not None:
+            self.evaluator.load_state_dict(state["evaluator"])
         self.position = dict(state["position"])
+        rank_batches = self.position.pop("rank_batches", None)
+        if rank_batches is not None and any(rank_batches):
+            if len(rank_batches) != distributed.world_size():
+                raise ConfigError(f"resume=true: the checkpoint was taken in the middle of experience "
+                                  f"{self.position['experience']} by {len(rank_batches)} ranks, and resumes only on as "
+                                  f"many; a checkpoint at an experience boundary resumes on any number")
+            self.position["batches"] = rank_batches[distributed.rank()]
         self.unlabeled_seen = state["unlabeled_seen"].numpy().copy()
         self.skipped = SkippedShards(state.get("skipped", []))
+        self.untrained = int(state.get("untrained_batches", 0))
 
     def resumed_message(self) -> str:
         return (f"resumed from {self.run_dir.last_checkpoint}: experience {self.position['experience']}, "
                 f"batch {self.position['batches']}, step {self.learner.step}")
 
     def stopped_message(self, stop: StopFlag) -> str:
-        return f"stopped by {stop.raised} in experience {self.position['experience']}; checkpoint {self.run_dir.last_checkpoint}"
+        return f"stopped by {stop.raised or 'a signal to another rank'} in experience {self.position['experience']}; checkpoint {self.run_dir.last_checkpoint}"
 
     def checkpoint(self, experience: int, batches: int) -> None:
+        """`batches`: those this rank consumed in `experience` (0 at its start); the checkpoint holds every rank's."""
+        rank_batches = distributed.gather_objects(batches)
         self.position = {"experience": experience, "batches": batches}
+        if len(rank_batches) > 1:
+            self.position["rank_batches"] = rank_batches
         self.save_checkpoint()
+        self.position.pop("rank_batches", None)
         keep = self.cfg.stream.keep_checkpoints
-        if keep > 0 and batches == 0:  # also keep the last few experience boundaries
+        if keep > 0 and not any(rank_batches):  # also keep the last few experience boundaries
             folder = self.run_dir.path / "checkpoints"
             self.save_checkpoint(folder / f"experience-{experience:06d}.pt")
-            for old in sorted(folder.glob("experience-*.pt"))[:-keep]:
+            for old in sorted(folder.glob("experience-*.pt"))[:-keep] if distributed.is_main() else []:
                 old.unlink()
 
     def train(self, stop: StopFlag) -> None:
         for k in range(self.position["experience"], len(self.source.experiences)):
             replay = self.position["batches"] if k == self.position["experience"] else 0
             batches = self.train_experience(k, replay, stop)
-            if stop.raised is not None:
+            if stop.should_stop():
                 self.checkpoint(k, batches)
                 return
             self.after_experience(k, batches)
 
     def before_experience(self, k: int, replay: int):
         """Seeds and the labeled set of experience k."""
-        torch.manual_seed(derived_seed(self.seed, k, 0))  # augmentations in the main process
+        torch.manual_seed(distributed.rank_seed(derived_seed(self.seed, k, 0)))  # augmentations in the main process
         labeled_set = EncodedImages(self.seed_images + list(self.pool.images),
                                     np.concatenate([self.seed_labels, self.pool.labels]).astype(np.int64), self.views["weak"])
         labeled_batches = endless_batches(labeled_set, self.cfg.train.batch_labeled, derived_seed(self.seed, k, 1),
@@ -184,56 +231,82 @@ class StreamRun(Run):
             self.monitor.reset_counts()
         return labeled_batches
 
+    def trainable_batches(self, k: int, replay: int, labeled_batches):
+        """This rank's batches of experience k to train on, each with its labeled batch: those after the
+        first `replay` (read and augmented again, not trained on: a mid-experience resume), and none that
+        holds only skips. Counts the batches read in `self.consumed`; keeps shards read and labeled samples
+        met for after_experience."""
+        cfg = self.cfg
+        views = MultiView(self.views["weak"], self.views["strong"], self.views["strong"])
+        for ub in experience_batches(self.source.experiences[k], views, cfg.train.batch_unlabeled, cfg.stream.num_workers,
+                                     cfg.stream.passes, self.seed, k, self.on_shard_error, self.num_classes):
+            self.consumed += 1
+            replayed = self.consumed <= replay
+            self.note_skips(k, ub, replayed=replayed)
+            if ub["u_weak"] is None:  # nothing but skips
+                continue
+            x_l, y_l = next(labeled_batches)
+            if ub["pass"] == 0:  # a labeled stream sample joins the pool once, not once per pass
+                self.joining += ub["labeled_images"]
+            self.read.update(ub["urls"])
+            if not replayed:
+                yield ub, x_l, y_l
+
     def train_experience(self, k: int, replay: int, stop: StopFlag) -> int:
-        """Train on experience k's batches after the first `replay` (read and augmented again, not trained
-        on); returns the batches consumed. Shards read and labeled samples met are kept for after_experience."""
-        cfg, learner, device = self.cfg, self.learner, self.device
+        """Train on experience k; returns the batches this rank consumed (its position in a checkpoint).
+        The ranks agree before each step: the experience ends for all when one rank's share is done (the
+        others read theirs to the end without training on it), and an outage or a stop on one rank stops all."""
+        learner, device = self.learner, self.device
         labeled_batches = self.before_experience(k, replay)
         self.read = Counter()  # samples read per shard, checked against the manifest at the end
         self.joining = []  # labeled stream samples join the pool at the end of the experience, so that the
         # labeled set stays what it was at the experience's start (and a mid-experience resume sees the same)
         self.skipped.start_experience()
-        batches = 0
-        views = MultiView(self.views["weak"], self.views["strong"], self.views["strong"])
-        try:
-            for ub in experience_batches(self.source.experiences[k], views, cfg.train.batch_unlabeled,
-                                         cfg.stream.num_workers, cfg.stream.passes, self.seed, k,
-                                         self.on_shard_error, self.num_classes):
-                t = time.time()
-                batches += 1
-                self.note_skips(k, ub, replayed=batches <= replay)
-                if ub["u_weak"] is None:  # nothing but skips
-                    continue
-                x_l, y_l = next(labeled_batches)
-                if ub["pass"] == 0:  # a labeled stream sample joins the pool once, not once per pass
-                    self.joining += ub["labeled_images"]
-                self.read.update(ub["urls"])
-                if batches <= replay:  # resuming mid-experience: replay the data, not the training
-                    continue
-                truth = torch.where(ub["cls"] >= 0, ub["cls"], ub["gt"])  # -1 where the class is unknown
-                np.add.at(self.unlabeled_seen, truth[truth >= 0].numpy(), 1)
-                batch = Batch(x_l.to(device), y_l.to(device), ub["u_weak"].to(device),
-                              ub["u_strong1"].to(device), ub["u_strong2"].to(device))
-                terms = learner.train_step(batch)
-                self.monitor.observe(learner.last_extras, truth)
-                self.trained(len(x_l) + len(ub["u_weak"]), t)
-                if learner.step % cfg.train.log_every == 0:
-                    self.bar.set_postfix({"exp": f"{k + 1}/{len(self.source.experiences)}", "loss": f"{terms['loss']:.3g}",
-                                          "img/s": f"{self.images_per_s():.0f}"})
-                if stop.raised is not None:
-                    break
-        except StorageUnavailable as e:  # keep what was learned; the run resumes once storage is back
-            # the batches trained on so far (at least those of the checkpoint it resumed from, if the
-            # fault came while replaying them); the one that failed is read again
-            self.checkpoint(k, max(batches, replay))
-            self.close()
-            raise StorageUnavailable(f"{e}\nstopped in experience {k} with a checkpoint; resume when the storage "
-                                     f"is back") from None
-        except WORKER_DEATH as e:  # SIGTERM to the process group also ended the DataLoader workers
-            if not stop.stopping(e):
-                raise
-            batches = max(batches, replay)
-        return batches
+        self.consumed, self.untrained_here = 0, 0
+        trainable = self.trainable_batches(k, replay, labeled_batches)
+        while True:
+            got, outage, dying = None, None, False
+            try:
+                got = next(trainable, None)
+            except StorageUnavailable as e:
+                outage = e
+            except WORKER_DEATH as e:  # SIGTERM to the process group also ended the DataLoader workers
+                if not stop.stopping(e):
+                    raise
+                dying = True
+            have, outages, dead = distributed.count_ranks(got is not None, outage is not None, dying)
+            trained = max(self.consumed - (got is not None), replay)  # a batch in hand is read, not trained on
+            if outages:
+                self.storage_stop(k, trained, outage)
+            if dead:
+                stop.agreed = True
+                return trained
+            if have < distributed.world_size():  # a rank's share is done, and so is the experience
+                self.untrained_here = (got is not None) + sum(1 for _ in trainable)
+                return self.consumed
+            t = time.time()
+            ub, x_l, y_l = got
+            truth = distributed.gather_rows(torch.where(ub["cls"] >= 0, ub["cls"], ub["gt"]))  # -1: class unknown
+            np.add.at(self.unlabeled_seen, truth[truth >= 0].numpy(), 1)
+            batch = Batch(x_l.to(device), y_l.to(device), ub["u_weak"].to(device),
+                          ub["u_strong1"].to(device), ub["u_strong2"].to(device))
+            terms = learner.train_step(batch)
+            self.monitor.observe(learner.last_extras, truth)
+            self.trained(len(x_l) + len(ub["u_weak"]), t)
+            if learner.step % self.cfg.train.log_every == 0:
+                self.bar.set_postfix({"exp": f"{k + 1}/{len(self.source.experiences)}", "loss": f"{terms['loss']:.3g}",
+                                      "img/s": f"{self.images_per_s():.0f}"})
+            if stop.should_stop():
+                return self.consumed
+
+    def storage_stop(self, k: int, trained: int, outage: StorageUnavailable | None) -> None:
+        """Storage unreachable past its retry budget (on some rank): keep what was learned in a checkpoint
+        of the batches trained on (the failed one is read again on resume) and stop every rank."""
+        message = next(m for m in distributed.gather_objects(outage and str(outage)) if m is not None)
+        self.checkpoint(k, trained)
+        self.close()
+        raise StorageUnavailable(f"{message}\nstopped in experience {k} with a checkpoint; resume when the storage "
+                                 f"is back") from None
 
     def note_skips(self, k: int, ub: dict, replayed: bool) -> None:
         """Shards a batch reports skipped (stream.on_shard_error=skip), each counted once per experience."""
@@ -245,22 +318,31 @@ class StreamRun(Run):
         """Every shard read in full (or skipped), labeled samples into the pool, evaluation, checkpoint."""
         cfg, source = self.cfg, self.source
         shards = source.experiences[k]
-        if batches == 0:
+        if not distributed.any_rank(batches > 0):
             raise ShardError(f"experience {k} ({', '.join(shards)}) yielded no samples")
-        for url, error in source.short_shards(shards, self.read, cfg.stream.passes, self.skipped.in_experience):
+        for url, error in source.short_shards(rank_share(shards), self.read, cfg.stream.passes, self.skipped.in_experience):
             marker = self.on_shard_error(ShardError(error), url)  # under fail, the error ends the run
             if self.skipped.note(k, None, url, marker["error"]):
                 self.bar.write(f"skipped: {error}")
-        for image, label in self.joining:
-            self.pool.add(image, label)
+        for joined in distributed.gather_objects(self.joining):  # every rank's, in rank order
+            for image, label in joined:
+                self.pool.add(image, label)
+        untrained = int(distributed.sum_all(torch.tensor(self.untrained_here)))
+        self.untrained += untrained
+        if untrained and distributed.is_main():
+            self.bar.write(f"experience {k}: {untrained} batch(es) read but not trained on (the ranks' shares of its "
+                           f"shards differ in length; shards of equal size avoid it)")
         if (k + 1) % cfg.stream.eval_every == 0 or k == len(source.experiences) - 1:
+            self.skipped.share()
             trained = [i for i, start in enumerate(source.segment_start) if start <= k] if source.segments else None
             record = self.evaluate(
                 before={"experience": k},
                 after={**self.monitor.report(self.learner.bank), "labeled_pool": len(self.pool.labels),
-                       "skipped_shards": len(self.skipped.entries),
+                       "skipped_shards": len(self.skipped.entries), "untrained_batches": self.untrained,
                        "rss_mb": psutil.Process().memory_info().rss / 2**20},
                 trained_segments=trained)
+            if record is None:  # ranks other than 0
+                return self.checkpoint(k + 1, 0)
             self.evaluator.log_scalars({"forgetting": record.get("forgetting"), "bank_purity": record.get("bank_purity")},
                                        self.learner.step)
             self.bar.write(f"experience {k}: balanced acc {record['balanced_acc']:.4f} "
@@ -277,6 +359,7 @@ class StreamRun(Run):
         summary["experiences"] = len(self.source.experiences)
         summary["evaluations"] = len(self.history)
         summary["skipped_shards"] = self.skipped.entries
+        summary["untrained_batches"] = self.untrained
 
     def plot_options(self) -> dict:
         return {"class_names": self.source.class_names, "x_key": "samples_seen"}

@@ -35,6 +35,10 @@ class StepContext:
     unlabeled_weights: torch.Tensor | None = None
     bank: MemoryBank | None = None
     nhat: torch.Tensor | None = None  # pseudo-label estimate for the bank's draw (None: uniform)
+    # every rank's rows of a tensor, in rank order (data-parallel runs feed the bank the candidates of
+    # all ranks; with one process this returns its input)
+    gather: Callable[[torch.Tensor], torch.Tensor] = lambda t: t
+    offset: int = 0  # where this rank's unlabeled images start in the gathered batch
 
 
 @dataclass
@@ -56,24 +60,31 @@ def _active(step: int, start) -> float:
     return 1.0 if step >= (start or 0) else 0.0
 
 
-def _bank_candidates(cfg, batch: Batch, f_l, f_w, f_s, strong_logits_bal, yhat_bal, mask_bal):
-    """This step's bank candidates: features, labels and origin (the unlabeled sample's index in the
-    batch, for monitoring bank purity; -1 for a labeled image, whose label is its true class).
+def _bank_candidates(cfg, batch: Batch, f_l, f_w, f_s, strong_logits_bal, yhat_bal, mask_bal, gather, offset=0):
+    """This step's bank candidates from every rank (`gather`): features, labels and origin (the
+    unlabeled sample's index in the gathered batch, for monitoring bank purity; -1 for a labeled image,
+    whose label is its true class).
 
     Unlabeled candidates are confident `head_bal` predictions on the weak view or on both strong views
-    (`bank.features`); with `bank.labeled`, the labeled images' features and labels join them.
+    (`bank.features`); with `bank.labeled`, the labeled images' features and labels come first. Each rank
+    sends all its rows with their mask, filtered after the gather, so the candidates of 2 ranks of 32
+    images are those of 1 rank of 64, in the same order; `offset`: where this rank's unlabeled images
+    start in the gathered batch.
     """
     if cfg.bank.features == "strong":
         _, labels, mask = pseudo_labels(strong_logits_bal, cfg.tau)
         feats = f_s
     else:
         feats, labels, mask = f_w, yhat_bal, mask_bal
+    origin = torch.arange(len(labels)) % len(batch.u_weak) + offset
+    feats, labels, mask, origin = gather(feats), gather(labels), gather(mask), gather(origin)
     chosen = torch.nonzero(mask).flatten()
-    feats, labels, origin = feats[chosen], labels[chosen], chosen.cpu() % len(batch.u_weak)
+    feats, labels, origin = feats[chosen], labels[chosen], origin[chosen.cpu()]
     if cfg.bank.get("labeled", False):
-        feats = torch.cat([f_l, feats])
-        labels = torch.cat([batch.y_labeled, labels])
-        origin = torch.cat([torch.full((len(f_l),), -1, dtype=torch.long), origin])
+        labeled_feats, labeled_labels = gather(f_l), gather(batch.y_labeled)
+        feats = torch.cat([labeled_feats, feats])
+        labels = torch.cat([labeled_labels, labels])
+        origin = torch.cat([torch.full((len(labeled_labels),), -1, dtype=torch.long), origin])
     return feats, labels, origin
 
 
@@ -127,8 +138,9 @@ def bmb_step(model, batch: Batch, ctx: StepContext) -> StepOutput:
     loss_mb = torch.zeros((), device=f_l.device)
     extras = {"pseudo_labels": yhat_bal, "mask": mask_bal}
     if ctx.bank is not None:
-        loss_mb, extras["bank_write"] = bank_loss(
-            model, ctx, _bank_candidates(cfg, batch, f_l, f_w, f_s, strong_logits_bal, yhat_bal, mask_bal))
+        candidates = _bank_candidates(cfg, batch, f_l, f_w, f_s, strong_logits_bal, yhat_bal, mask_bal, ctx.gather,
+                                      ctx.offset)
+        loss_mb, extras["bank_write"] = bank_loss(model, ctx, candidates)
     loss = (loss_l_std + loss_l_bal
             + _active(ctx.step, cfg.warmup) * cfg.lambda_u * (loss_u_std + loss_u_bal)
             + _active(ctx.step, cfg.bank_warmup if cfg.bank_warmup is not None else cfg.warmup) * cfg.lambda_mb * loss_mb)
