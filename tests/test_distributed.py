@@ -64,7 +64,29 @@ def test_twenty_real_steps_leave_one_learner_state_on_every_rank(tmp_path):
     assert len((run_dir / "eval.jsonl").read_text().splitlines()) == 2
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["steps"] == 20 and summary["samples_seen"] == 20 * 2 * 16
-    assert sum(summary["data"]["test_per_class"]) == 10_000  # the whole test set evaluated
+    assert sum(summary["data"]["test_per_class"]) == 10_000
+    # each rank evaluated half of the test set: the summed counts are one process's over all of it
+    last = json.loads((run_dir / "eval.jsonl").read_text().splitlines()[-1])
+    alone = evaluate_alone([*SMALL, "train.steps=20", "train.eval_every=10"], run_dir / "checkpoints" / "last.pt",
+                           tmp_path)
+    assert last["per_class_acc"] == alone["per_class_acc"] and last["raw_balanced_acc"] == alone["raw_balanced_acc"]
+    assert last["top1_acc"] == pytest.approx(alone["top1_acc"]) and last["test_loss"] == pytest.approx(alone["test_loss"])
+
+
+def evaluate_alone(overrides: list[str], checkpoint: Path, tmp_path: Path) -> dict:
+    """A checkpoint's models evaluated by one process over the whole test set."""
+    from bmb_stream.config import compose
+    from bmb_stream.data import build_split
+    from bmb_stream.engine.learner import Learner
+    from bmb_stream.evaluation.evaluator import Evaluator
+
+    cfg = compose([*overrides, f"run.dir={tmp_path / 'alone'}"])
+    split = build_split(cfg.dataset, seed=cfg.seed, progress=False)
+    learner = Learner(cfg, split.num_classes, split.labeled_per_class, torch.device("cpu"))
+    learner.load_state_dict(torch.load(checkpoint, weights_only=True)["learner"])
+    evaluator = Evaluator(split.test, split.num_classes, split.labeled_per_class, tmp_path, torch.device("cpu"),
+                          batch_size=cfg.eval.batch_size, log=False)
+    return evaluator.evaluate(learner.evaluated_model(), learner.online_model())
 
 
 def wait_for(path: Path, text: str, proc: subprocess.Popen, timeout: float = 300) -> None:

@@ -23,7 +23,7 @@ class OfflineRun(Run):
         self.evaluator = Evaluator(split.test, split.num_classes, split.labeled_per_class, self.run_dir.path,
                                    self.device, batch_size=cfg.eval.batch_size,
                                    many_threshold=cfg.dataset.many_threshold,
-                                   few_threshold=cfg.dataset.few_threshold) if distributed.is_main() else None
+                                   few_threshold=cfg.dataset.few_threshold, log=distributed.is_main())
         # the protocols' unlabeled images have known classes: pseudo-label precision and bank purity
         bank = self.learner.bank
         self.monitor = StreamMonitor(split.num_classes, bank.capacity if bank is not None else 0)

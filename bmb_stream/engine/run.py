@@ -6,7 +6,7 @@ checkpoint and summary add; `execute` runs them in order:
     -> train (until done or stopped) -> summary.json and plots (or a stop message)
 
 Under torchrun every rank runs the skeleton; rank 0 decides the run directory and alone writes to it
-(config, eval.jsonl, checkpoints, summary, plots, loggers) and evaluates, while the others wait.
+(config, eval.jsonl, checkpoints, summary, plots, loggers); every rank evaluates its part of the test set.
 """
 
 from __future__ import annotations
@@ -123,8 +123,7 @@ class Run(abc.ABC):
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-        if self.evaluator is not None:
-            self.evaluator.close()
+        self.evaluator.close()
 
     def trained(self, images: int, started: float) -> None:
         """Count one training step's images (this rank's; all ranks train on as many) and time, and
@@ -138,13 +137,10 @@ class Run(abc.ABC):
 
     def evaluate(self, before: dict | None = None, after: dict | None = None, **kw) -> dict | None:
         """Evaluate the EMA model and the online weights; append the record to the history and eval.jsonl.
-        Rank 0 evaluates; the other ranks wait for it and get None."""
-        if not distributed.is_main():
-            distributed.barrier()
-            return None
+        In a data-parallel run each rank evaluates its part of the test set and gets the whole set's
+        numbers; rank 0 writes them and gets the record to report, the others get None."""
         record = self._evaluate(before, after, **kw)
-        distributed.barrier()
-        return record
+        return record if distributed.is_main() else None
 
     def _evaluate(self, before: dict | None, after: dict | None, **kw) -> dict:
         learner = self.learner

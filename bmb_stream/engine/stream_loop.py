@@ -154,7 +154,7 @@ class StreamRun(Run):
         self.evaluator = Evaluator(test_set, num_classes, self.labeled_per_class, self.run_dir.path, self.device,
                                    batch_size=cfg.eval.batch_size, many_threshold=cfg.dataset.many_threshold,
                                    few_threshold=cfg.dataset.few_threshold,
-                                   segments=source.segments) if distributed.is_main() else None
+                                   segments=source.segments, log=distributed.is_main())
         self.position = {"experience": 0, "batches": 0}
         self.skipped = SkippedShards()
         self.unlabeled_seen = np.zeros(num_classes, dtype=np.int64)  # true classes of the stream so far, where known
@@ -167,7 +167,7 @@ class StreamRun(Run):
         self.skipped.share()
         return {"untrained_batches": self.untrained, "labeled_pool": self.pool.state_dict(),
                 "monitor": self.monitor.state_dict(),
-                "evaluator": self.evaluator.state_dict() if self.evaluator is not None else {},
+                "evaluator": self.evaluator.state_dict(),
                 "unlabeled_seen": torch.from_numpy(self.unlabeled_seen),
                 "skipped": self.skipped.entries, "position": dict(self.position),
                 "config": OmegaConf.to_yaml(redacted(self.cfg))}
@@ -175,8 +175,7 @@ class StreamRun(Run):
     def load_state(self, state: dict) -> None:
         self.pool.load_state_dict(state["labeled_pool"])
         self.monitor.load_state_dict(state["monitor"])
-        if self.evaluator is not None:
-            self.evaluator.load_state_dict(state["evaluator"])
+        self.evaluator.load_state_dict(state["evaluator"])
         self.position = dict(state["position"])
         rank_batches = self.position.pop("rank_batches", None)
         if rank_batches is not None and any(rank_batches):

@@ -11,6 +11,10 @@ it was trained on, minus accuracy now. With segments, only test images of their 
 a test stream of one experience per segment.
 
 Each evaluation appends a line to log.txt, a row to csv/eval_results.csv and scalars to tensorboard/.
+
+In a data-parallel run every rank reads and evaluates its own contiguous part of the test set; the
+per-class counts, and the sample-weighted accuracy and loss, are summed over the ranks, so every rank
+gets the numbers of the whole test set, and rank 0 alone writes them.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 from torch.utils.tensorboard import SummaryWriter
+
+from bmb_stream.engine import distributed
 
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="no QP solver found")
@@ -74,6 +80,14 @@ def read_once(dataset, batch_size: int) -> tuple[torch.Tensor, torch.Tensor] | N
     return torch.cat(images), torch.cat(labels)
 
 
+def rank_part(dataset):
+    """This rank's contiguous part of `dataset` (the whole of it with one process)."""
+    if distributed.world_size() == 1:
+        return dataset
+    part = np.array_split(np.arange(len(dataset)), distributed.world_size())[distributed.rank()]
+    return Subset(dataset, part.tolist())
+
+
 @contextmanager
 def eval_mode(models):
     """The models in eval mode; every module's previous train/eval mode restored after."""
@@ -103,12 +117,18 @@ class Tally:
         self.seen += torch.bincount(targets, minlength=len(self.seen))
 
     def result(self, segments: list[list[int]] | None) -> dict:
-        hits, seen = self.hits.double().cpu(), self.seen.double().cpu()
+        """The whole test set's numbers (summed over the ranks' parts in a data-parallel run)."""
+        hits, seen = distributed.sum_all(self.hits).double().cpu(), distributed.sum_all(self.seen).double().cpu()
         per_class = torch.where(seen > 0, hits / seen.clamp(min=1), float("nan")).tolist()
+        top1, loss = self.accuracy.result(), self.loss.result()
+        if distributed.world_size() > 1:  # means of the ranks' parts, weighted by their sizes
+            n = float(self.seen.sum())
+            top1_sum, loss_sum, total = distributed.sum_all(torch.tensor([top1 * n, loss * n, n], dtype=torch.float64)).tolist()
+            top1, loss = top1_sum / max(total, 1.0), loss_sum / max(total, 1.0)
         with warnings.catch_warnings():  # no class in the test set: nan, as before
             warnings.filterwarnings("ignore", message="Mean of empty slice")
-            result = {"balanced_acc": float(np.nanmean(per_class)), "top1_acc": self.accuracy.result(),
-                      "per_class_acc": per_class, "test_loss": self.loss.result()}
+            result = {"balanced_acc": float(np.nanmean(per_class)), "top1_acc": top1,
+                      "per_class_acc": per_class, "test_loss": loss}
         if segments is not None:  # a segment without test images: 0, as Avalanche's Accuracy gives
             result["segment_acc"] = [float(hits[s].sum() / seen[s].sum()) if seen[s].sum() > 0 else 0.0
                                      for s in segments]
@@ -118,19 +138,24 @@ class Tally:
 class Evaluator:
     def __init__(self, test_dataset, num_classes: int, labeled_per_class: list[int], run_dir: str | Path,
                  device: torch.device, batch_size: int = 256, many_threshold: int = 100, few_threshold: int = 20,
-                 segments: list[list[int]] | None = None):
+                 segments: list[list[int]] | None = None, log: bool = True):
+        """`log`: write log.txt, csv/ and tensorboard/ (rank 0 of a data-parallel run; the others only count)."""
         self.num_classes, self.batch_size, self.device = num_classes, batch_size, torch.device(device)
         self.groups = shot_groups(labeled_per_class, many_threshold, few_threshold)
         self.segments = segments if segments and len(segments) > 1 else None
         if self.segments is not None:  # classes in no segment are not in the test stream
             kept = np.isin(np.asarray(test_dataset.targets), [c for s in self.segments for c in s])
             test_dataset = Subset(test_dataset, np.flatnonzero(kept).tolist())
-        self.dataset = test_dataset
+        self.dataset = test_dataset = rank_part(test_dataset)
         self.cache = read_once(test_dataset, batch_size)
         if self.cache is not None and self.device.type == "cuda":
             self.cache = tuple(t.pin_memory() for t in self.cache)
         self.forgetting = Forgetting()
-        run_dir = Path(run_dir)
+        self.log, self.evaluations = log, 0
+        if log:
+            self._open_logs(Path(run_dir))
+
+    def _open_logs(self, run_dir: Path) -> None:
         self.log_path, self.csv_path = run_dir / "log.txt", run_dir / "csv" / "eval_results.csv"
         self.csv_path.parent.mkdir(parents=True, exist_ok=True)
         self.log_path.touch()
@@ -199,6 +224,8 @@ class Evaluator:
 
     def _write(self, record: dict, n: int) -> None:
         """One evaluation into log.txt, csv/eval_results.csv and TensorBoard, at step `n`."""
+        if not self.log:
+            return
         values = [_shown(record.get(k)) for k in CSV_COLUMNS[1:]]
         shown = ", ".join(f"{k} {v or '-'}" for k, v in zip(CSV_COLUMNS[1:], values))
         with open(self.log_path, "a", encoding="utf-8") as f:
@@ -210,6 +237,8 @@ class Evaluator:
 
     def log_scalars(self, values: dict, step: int) -> None:
         """Numeric values (forgetting, bank purity, ...) into the run's TensorBoard; others are skipped."""
+        if not self.log:
+            return
         for name, value in values.items():
             if isinstance(value, (int, float)):
                 self._writer.add_scalar(name, value, step)
@@ -222,5 +251,6 @@ class Evaluator:
             self.forgetting.update_initial(int(k), float(v))
 
     def close(self) -> None:
-        self._writer.flush()
-        self._writer.close()
+        if self.log:
+            self._writer.flush()
+            self._writer.close()
