@@ -29,6 +29,8 @@ BENCHMARKS = {
     "eval_cost": ([], False),
     "augment_speed": ([], False),
     "s3_throughput": ([], False),
+    "dist_scaling": ([], False),
+    "gpu_step": ([], False),
     "default_job": ([], True),
     "compare_methods": ([], True),
     "stream_vs_offline": ([], True),

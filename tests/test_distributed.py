@@ -124,21 +124,6 @@ def test_sigterm_to_the_launcher_stops_every_rank_at_one_step_with_a_checkpoint_
     assert json.loads((runs[0] / "summary.json").read_text())["steps"] == stopped_at + 3
 
 
-def test_a_killed_rank_ends_the_launch_without_a_hang(tmp_path):
-    import psutil
-
-    log = tmp_path / "log.txt"
-    proc = launch_logged(log, "-m", "bmb_stream", *SMALL, "train.steps=400", "train.eval_every=10",
-                         f"run.dir={tmp_path / 'run'}", cwd=tmp_path)
-    wait_for(log, "step 10:", proc)
-    ranks = [p for p in psutil.Process(proc.pid).children() if "bmb_stream" in " ".join(p.cmdline())]
-    assert len(ranks) == 2
-    started = time.time()
-    ranks[1].kill()
-    proc.wait(timeout=120)  # well inside the process group's timeout (10 minutes)
-    assert proc.returncode != 0 and time.time() - started < 120
-
-
 def stream_on_two_ranks(tmp_path: Path, folder: Path, *extra: str) -> dict:
     from tests.stream_helpers import stream_args
 
@@ -180,8 +165,18 @@ def test_uneven_shares_and_a_shard_skipped_on_one_rank_end_without_a_hang(tmp_pa
     assert summary["untrained_batches"] > 0  # rank 0's longer share, read to its end
 
 
+def resumed_stream_summary(tmp_path: Path, args: list[str]) -> dict:
+    """The numbers of a stopped 2-rank stream run (run.dir=tmp_path/run) once resumed to its end."""
+    from tests.stream_helpers import metrics
+
+    resumed = launch_logged(tmp_path / "resumed.txt", "-m", "bmb_stream", "--mode", "stream", *args, "resume=true",
+                            cwd=ROOT)
+    assert resumed.wait(timeout=300) == 0, (tmp_path / "resumed.txt").read_text()[-3000:]
+    return metrics(json.loads((tmp_path / "run" / "summary.json").read_text()))
+
+
 def test_sigterm_mid_experience_resumes_a_two_rank_stream_exactly(tmp_path, fmnist_stream, two_rank_stream):
-    from tests.stream_helpers import metrics, stream_args
+    from tests.stream_helpers import stream_args
 
     log, run_dir = tmp_path / "log.txt", tmp_path / "run"
     args = stream_args(fmnist_stream, run_dir, "stream.shards_per_experience=2", "train.log_every=1")
@@ -194,9 +189,25 @@ def test_sigterm_mid_experience_resumes_a_two_rank_stream_exactly(tmp_path, fmni
     if state["position"]["batches"] == 0:
         pytest.skip("the stop fell on an experience boundary; the mid-experience case was not exercised")
     assert len(state["position"]["rank_batches"]) == 2 and len(state["learner"]["rank_rng"]) == 2
-    resumed = launch_logged(tmp_path / "resumed.txt", "-m", "bmb_stream", "--mode", "stream", *args, "resume=true",
-                            cwd=ROOT)
-    assert resumed.wait(timeout=300) == 0, (tmp_path / "resumed.txt").read_text()[-3000:]
-    a = json.loads((two_rank_stream / "summary.json").read_text())
-    b = json.loads((run_dir / "summary.json").read_text())
-    assert metrics(a) == metrics(b)
+    assert resumed_stream_summary(tmp_path, args) == metrics(json.loads((two_rank_stream / "summary.json").read_text()))
+
+
+def test_a_killed_rank_ends_the_launch_and_the_run_resumes_as_if_never_stopped(tmp_path, fmnist_stream,
+                                                                                two_rank_stream):
+    import psutil
+
+    from tests.stream_helpers import stream_args
+
+    log, run_dir = tmp_path / "log.txt", tmp_path / "run"
+    args = stream_args(fmnist_stream, run_dir, "stream.shards_per_experience=2")
+    proc = launch_logged(log, "-m", "bmb_stream", "--mode", "stream", *args, cwd=ROOT)
+    wait_for(log, "experience 0:", proc)
+    time.sleep(0.5)
+    ranks = [p for p in psutil.Process(proc.pid).children() if "bmb_stream" in " ".join(p.cmdline())]
+    assert len(ranks) == 2
+    started = time.time()
+    ranks[1].kill()
+    proc.wait(timeout=120)  # torchrun ends the other rank: well inside the process group's timeout (10 minutes)
+    assert proc.returncode != 0 and time.time() - started < 120
+    assert not (run_dir / "summary.json").exists()
+    assert resumed_stream_summary(tmp_path, args) == metrics(json.loads((two_rank_stream / "summary.json").read_text()))
