@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from tests.distributed_worker import bank_steps
+from tests.stream_helpers import metrics, stream_args
 
 pytestmark = pytest.mark.distributed
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,8 +126,6 @@ def test_sigterm_to_the_launcher_stops_every_rank_at_one_step_with_a_checkpoint_
 
 
 def stream_on_two_ranks(tmp_path: Path, folder: Path, *extra: str) -> dict:
-    from tests.stream_helpers import stream_args
-
     run_dir = tmp_path / "run"
     finished(torchrun("-m", "bmb_stream", "--mode", "stream", *stream_args(folder, run_dir, *extra)))
     return json.loads((run_dir / "summary.json").read_text())
@@ -167,8 +166,6 @@ def test_uneven_shares_and_a_shard_skipped_on_one_rank_end_without_a_hang(tmp_pa
 
 def resumed_stream_summary(tmp_path: Path, args: list[str]) -> dict:
     """The numbers of a stopped 2-rank stream run (run.dir=tmp_path/run) once resumed to its end."""
-    from tests.stream_helpers import metrics
-
     resumed = launch_logged(tmp_path / "resumed.txt", "-m", "bmb_stream", "--mode", "stream", *args, "resume=true",
                             cwd=ROOT)
     assert resumed.wait(timeout=300) == 0, (tmp_path / "resumed.txt").read_text()[-3000:]
@@ -176,8 +173,6 @@ def resumed_stream_summary(tmp_path: Path, args: list[str]) -> dict:
 
 
 def test_sigterm_mid_experience_resumes_a_two_rank_stream_exactly(tmp_path, fmnist_stream, two_rank_stream):
-    from tests.stream_helpers import stream_args
-
     log, run_dir = tmp_path / "log.txt", tmp_path / "run"
     args = stream_args(fmnist_stream, run_dir, "stream.shards_per_experience=2", "train.log_every=1")
     proc = launch_logged(log, "-m", "bmb_stream", "--mode", "stream", *args, cwd=ROOT)
@@ -195,8 +190,6 @@ def test_sigterm_mid_experience_resumes_a_two_rank_stream_exactly(tmp_path, fmni
 def test_a_killed_rank_ends_the_launch_and_the_run_resumes_as_if_never_stopped(tmp_path, fmnist_stream,
                                                                                 two_rank_stream):
     import psutil
-
-    from tests.stream_helpers import stream_args
 
     log, run_dir = tmp_path / "log.txt", tmp_path / "run"
     args = stream_args(fmnist_stream, run_dir, "stream.shards_per_experience=2")
