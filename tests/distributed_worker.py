@@ -49,9 +49,9 @@ def bank_steps(out: Path) -> None:
         mask = torch.rand(PER_STEP, generator=data) < 0.6
         batch = Batch(f_l[labeled], y_l[labeled], u_weak=f_w[share])
         offset = distributed.rows_before(len(batch.u_weak))
-        ctx = StepContext(0, cfg, bank=bank, nhat=estimate.value(), gather=distributed.gather_rows, offset=offset)
+        ctx = StepContext(0, cfg, bank=bank, nhat=estimate.value(), gather=distributed.gather_together, offset=offset)
         candidates = _bank_candidates(cfg, batch, f_l[labeled], f_w[share], None, None, yhat[share], mask[share],
-                                      distributed.gather_rows, offset)
+                                      distributed.gather_together, offset)
         loss, (slots, origin) = bank_loss(model, ctx, candidates)
         losses.append(loss.detach())
         counts = torch.bincount(yhat[share][mask[share]], minlength=CLASSES)

@@ -94,6 +94,20 @@ def gather_rows(t: torch.Tensor) -> torch.Tensor:
     return torch.cat([part[:n] for part, n in zip(parts, sizes)]).to(t.device)
 
 
+def gather_together(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """`gather_rows` of several tensors with the same rows, in one collective: packed side by side as
+    float32 columns (exact for features, booleans and integers below 2 ** 24), unpacked after."""
+    if world_size() == 1:
+        return tensors
+    columns = [t.reshape(len(t), -1) for t in tensors]
+    gathered = gather_rows(torch.cat([c.float() for c in columns], dim=1))
+    out, start = [], 0
+    for t, c in zip(tensors, columns):
+        out.append(gathered[:, start:start + c.shape[1]].to(t.dtype).reshape(-1, *t.shape[1:]))
+        start += c.shape[1]
+    return tuple(out)
+
+
 def _gathered_sizes(n: int) -> list[int]:
     sizes = torch.tensor([n], device=_comm_device())
     parts = [torch.empty_like(sizes) for _ in range(world_size())]

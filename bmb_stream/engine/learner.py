@@ -125,7 +125,7 @@ class Learner:
         labeled_w, unlabeled_w = self.class_weights()
         # the bank's draw always follows Nhat, whatever the unlabeled weights use
         nhat = self.estimate.value() if self.estimate is not None else None
-        ctx = StepContext(self.step, self.method, labeled_w, unlabeled_w, self.bank, nhat, distributed.gather_rows,
+        ctx = StepContext(self.step, self.method, labeled_w, unlabeled_w, self.bank, nhat, distributed.gather_together,
                           distributed.rows_before(len(batch.u_weak)) if self.bank is not None else 0)
         amp = torch.autocast("cuda", dtype=torch.bfloat16) if (self.cfg.train.amp and self.device.type == "cuda") else nullcontext()
         with amp:
@@ -149,8 +149,10 @@ class Learner:
         images = len(batch.u_weak) if batch.u_weak is not None else len(batch.x_labeled)
         self.samples_seen += distributed.world_size() * images  # every rank's
         # pseudo-labels (of every rank's batch, in rank order) and bank writes of this step, for monitoring
-        self.last_extras = {k: distributed.gather_rows(v) if k in ("pseudo_labels", "mask") else v
-                            for k, v in out.extras.items()}
+        self.last_extras = dict(out.extras)
+        if "pseudo_labels" in out.extras:
+            self.last_extras["pseudo_labels"], self.last_extras["mask"] = distributed.gather_together(
+                out.extras["pseudo_labels"], out.extras["mask"])
         return {**out.terms, "loss": out.loss.detach(), "lr": lr}
 
     def evaluated_model(self) -> HeadPredictor:

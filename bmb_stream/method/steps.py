@@ -35,9 +35,9 @@ class StepContext:
     unlabeled_weights: torch.Tensor | None = None
     bank: MemoryBank | None = None
     nhat: torch.Tensor | None = None  # pseudo-label estimate for the bank's draw (None: uniform)
-    # every rank's rows of a tensor, in rank order (data-parallel runs feed the bank the candidates of
-    # all ranks; with one process this returns its input)
-    gather: Callable[[torch.Tensor], torch.Tensor] = lambda t: t
+    # every rank's rows of some tensors, in rank order (data-parallel runs feed the bank the candidates
+    # of all ranks; with one process this returns its inputs)
+    gather: Callable[..., tuple[torch.Tensor, ...]] = lambda *tensors: tensors
     offset: int = 0  # where this rank's unlabeled images start in the gathered batch
 
 
@@ -77,11 +77,11 @@ def _bank_candidates(cfg, batch: Batch, f_l, f_w, f_s, strong_logits_bal, yhat_b
     else:
         feats, labels, mask = f_w, yhat_bal, mask_bal
     origin = torch.arange(len(labels)) % len(batch.u_weak) + offset
-    feats, labels, mask, origin = gather(feats), gather(labels), gather(mask), gather(origin)
+    feats, labels, mask, origin = gather(feats, labels, mask, origin)
     chosen = torch.nonzero(mask).flatten()
     feats, labels, origin = feats[chosen], labels[chosen], origin[chosen.cpu()]
     if cfg.bank.get("labeled", False):
-        labeled_feats, labeled_labels = gather(f_l), gather(batch.y_labeled)
+        labeled_feats, labeled_labels = gather(f_l, batch.y_labeled)
         feats = torch.cat([labeled_feats, feats])
         labels = torch.cat([labeled_labels, labels])
         origin = torch.cat([torch.full((len(labeled_labels),), -1, dtype=torch.long), origin])
