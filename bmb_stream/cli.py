@@ -268,7 +268,9 @@ def run_command(argv: list[str]) -> int:
 def resume_command(argv: list[str], run_dir: str) -> str:
     """The command that continues this run: the same arguments, this run.dir, resume=true (shell-quoted)."""
     kept = [a for a in argv if not a.startswith(("run.dir=", "resume="))]
-    ranks, per_node = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    from bmb_stream.engine.distributed import launched_ranks
+
+    ranks, per_node = launched_ranks(), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     launcher = ["bmb-stream"]
     if ranks > 1:  # under torchrun: the same launch (its rendezvous options, on several nodes, as before)
         nodes = ["--nnodes", str(ranks // per_node)] if ranks > per_node else []

@@ -72,7 +72,7 @@ def rank_seed(seed: int, r: int | None = None) -> int:
     return seed if r == 0 else int(np.random.SeedSequence([seed, r]).generate_state(1)[0])
 
 
-def _comm_device(t: torch.Tensor | None = None) -> torch.device:
+def _comm_device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
@@ -86,7 +86,7 @@ def gather_rows(t: torch.Tensor) -> torch.Tensor:
         return gather_rows(t.to(torch.uint8)).bool()
     sizes = _gathered_sizes(len(t))
     longest = max(sizes)
-    sent = t.detach().to(_comm_device(t))
+    sent = t.detach().to(_comm_device())
     if len(sent) < longest:
         sent = torch.cat([sent, sent.new_zeros((longest - len(sent), *sent.shape[1:]))])
     parts = [torch.empty_like(sent) for _ in range(world_size())]
@@ -96,14 +96,15 @@ def gather_rows(t: torch.Tensor) -> torch.Tensor:
 
 def gather_together(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """`gather_rows` of several tensors with the same rows, in one collective: packed side by side as
-    float32 columns (exact for features, booleans and integers below 2 ** 24), unpacked after."""
+    float32 columns (exact for features, booleans and integers below 2 ** 24), unpacked after, each on
+    its own device (index tensors may live on the CPU beside features on the GPU)."""
     if world_size() == 1:
         return tensors
     columns = [t.reshape(len(t), -1) for t in tensors]
-    gathered = gather_rows(torch.cat([c.float() for c in columns], dim=1))
+    gathered = gather_rows(torch.cat([c.to(_comm_device(), torch.float32) for c in columns], dim=1))
     out, start = [], 0
     for t, c in zip(tensors, columns):
-        out.append(gathered[:, start:start + c.shape[1]].to(t.dtype).reshape(-1, *t.shape[1:]))
+        out.append(gathered[:, start:start + c.shape[1]].to(t.device, t.dtype).reshape(-1, *t.shape[1:]))
         start += c.shape[1]
     return tuple(out)
 
@@ -126,7 +127,7 @@ def sum_all(t: torch.Tensor) -> torch.Tensor:
     """The sum of `t` over the ranks (a new tensor, on t's device)."""
     if world_size() == 1:
         return t
-    out = t.detach().clone().to(_comm_device(t))
+    out = t.detach().clone().to(_comm_device())
     dist.all_reduce(out)
     return out.to(t.device)
 

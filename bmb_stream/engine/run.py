@@ -139,10 +139,6 @@ class Run(abc.ABC):
         """Evaluate the EMA model and the online weights; append the record to the history and eval.jsonl.
         In a data-parallel run each rank evaluates its part of the test set and gets the whole set's
         numbers; rank 0 writes them and gets the record to report, the others get None."""
-        record = self._evaluate(before, after, **kw)
-        return record if distributed.is_main() else None
-
-    def _evaluate(self, before: dict | None, after: dict | None, **kw) -> dict:
         learner = self.learner
         was_training = learner.model.training
         online = learner.online_model() if learner.ema is not None else None
@@ -152,7 +148,7 @@ class Run(abc.ABC):
                   **method_state(learner), **(after or {}), "wall_s": time.time() - self.start_wall}
         self.history.append(record)
         self.run_dir.append_eval(record)
-        return record
+        return record if distributed.is_main() else None
 
     def build_summary(self) -> dict:
         cfg, learner, history = self.cfg, self.learner, self.history

@@ -33,13 +33,17 @@ def endless_batches(dataset, batch_size: int, seed: int, num_workers: int) -> It
     """Shuffled batches forever: each pass is a new permutation from one seeded generator. In a
     data-parallel run every rank draws the same permutations and takes every world-th index of them
     (its own share, as DistributedSampler does, endlessly), and its workers' seeds take the rank."""
-    if distributed.world_size() > 1:
-        return _rank_share_batches(dataset, batch_size, seed, num_workers)
-    generator = torch.Generator().manual_seed(seed)
-    sampler = RandomSampler(dataset, num_samples=max(len(dataset), batch_size), generator=generator)
-    return _forever(DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True,
-                               num_workers=num_workers, persistent_workers=num_workers > 0, generator=generator,
-                               worker_init_fn=ignore_interrupts))
+    world = distributed.world_size()
+    order = torch.Generator().manual_seed(seed)  # the same on every rank
+    sampler = RandomSampler(dataset, num_samples=max(len(dataset), world * batch_size), generator=order)
+    own = order  # one process: one generator for the order and the workers' seeds, as always
+    if world > 1:
+        sampler = RankShare(sampler, distributed.rank(), world)
+        own = torch.Generator().manual_seed(distributed.rank_seed(seed))
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True, num_workers=num_workers,
+                        persistent_workers=num_workers > 0, generator=own, worker_init_fn=ignore_interrupts)
+    while True:
+        yield from loader
 
 
 class RankShare(Sampler):
@@ -53,21 +57,6 @@ class RankShare(Sampler):
 
     def __len__(self) -> int:
         return len(range(self.rank, len(self.sampler), self.world))
-
-
-def _rank_share_batches(dataset, batch_size: int, seed: int, num_workers: int) -> Iterator:
-    world = distributed.world_size()
-    order = torch.Generator().manual_seed(seed)  # the same on every rank
-    shuffled = RandomSampler(dataset, num_samples=max(len(dataset), world * batch_size), generator=order)
-    own = torch.Generator().manual_seed(distributed.rank_seed(seed))
-    return _forever(DataLoader(dataset, batch_size=batch_size, sampler=RankShare(shuffled, distributed.rank(), world),
-                               drop_last=True, num_workers=num_workers, persistent_workers=num_workers > 0,
-                               generator=own, worker_init_fn=ignore_interrupts))
-
-
-def _forever(loader: DataLoader) -> Iterator:
-    while True:
-        yield from loader
 
 
 def _ignore(signum, frame) -> None:

@@ -193,7 +193,8 @@ class StreamRun(Run):
                 f"batch {self.position['batches']}, step {self.learner.step}")
 
     def stopped_message(self, stop: StopFlag) -> str:
-        return f"stopped by {stop.raised or 'a signal to another rank'} in experience {self.position['experience']}; checkpoint {self.run_dir.last_checkpoint}"
+        return (f"stopped by {stop.raised or 'a signal to another rank'} in experience {self.position['experience']}; "
+                f"checkpoint {self.run_dir.last_checkpoint}")
 
     def checkpoint(self, experience: int, batches: int) -> None:
         """`batches`: those this rank consumed in `experience` (0 at its start); the checkpoint holds every rank's."""
@@ -340,14 +341,17 @@ class StreamRun(Run):
                        "skipped_shards": len(self.skipped.entries), "untrained_batches": self.untrained,
                        "rss_mb": psutil.Process().memory_info().rss / 2**20},
                 trained_segments=trained)
-            if record is None:  # ranks other than 0
-                return self.checkpoint(k + 1, 0)
-            self.evaluator.log_scalars({"forgetting": record.get("forgetting"), "bank_purity": record.get("bank_purity")},
-                                       self.learner.step)
-            self.bar.write(f"experience {k}: balanced acc {record['balanced_acc']:.4f} "
-                           f"(online {record['raw_balanced_acc']:.4f})"
-                           + (f", bank purity {record['bank_purity']:.2f}" if record.get("bank_purity") is not None else ""))
+            if record is not None:  # rank 0 reports
+                self.report(k, record)
         self.checkpoint(k + 1, 0)
+
+    def report(self, k: int, record: dict) -> None:
+        """An evaluation's scalars into TensorBoard and its line into the log."""
+        self.evaluator.log_scalars({"forgetting": record.get("forgetting"), "bank_purity": record.get("bank_purity")},
+                                   self.learner.step)
+        purity = record.get("bank_purity")
+        self.bar.write(f"experience {k}: balanced acc {record['balanced_acc']:.4f} (online {record['raw_balanced_acc']:.4f})"
+                       + (f", bank purity {purity:.2f}" if purity is not None else ""))
 
     def summary_data(self) -> dict:
         return {"labeled_per_class": self.labeled_per_class, "unlabeled_per_class": self.unlabeled_seen.tolist(),
