@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from bmb_stream.data.transforms import Cutout, build_views
+from bmb_stream.data.transforms import Cutout, build_views, mean_fill
 
 
 def rate(fn, inputs) -> float:
@@ -33,11 +33,10 @@ def main() -> None:
     g = torch.Generator().manual_seed(0)
     tensors = [torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8, generator=g) for _ in range(args.n)]
     pils = [Image.fromarray(t.permute(1, 2, 0).numpy()) for t in tensors]
-    mean, std = [0.5] * 3, [0.25] * 3
-    project = build_views(32, mean, std)["strong"]
+    mean = [0.5] * 3
+    project = build_views(32, mean)["strong"]  # uint8 out, as the tensor pipeline below
     on_tensors = v2.Compose([v2.RandomCrop(32, padding=4, padding_mode="reflect"), v2.RandomHorizontalFlip(),
-                             v2.RandAugment(num_ops=3, magnitude=4, num_magnitude_bins=31),
-                             v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std), Cutout(16)])
+                             v2.RandAugment(num_ops=3, magnitude=4, num_magnitude_bins=31), Cutout(16, mean_fill(mean))])
     for threads in (1, torch.get_num_threads()):
         torch.set_num_threads(threads)
         pil_rate, tensor_rate = rate(project, pils), rate(on_tensors, tensors)

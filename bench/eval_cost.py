@@ -2,7 +2,7 @@
 
 An evaluation (`Evaluator.evaluate(ema_model, online_model)`: both models over the test set, per-class
 counts, loss, logs) against the same two models' forward passes over the same decoded test tensors
-and nothing else. Two test sets: Fashion-MNIST's 10,000 test images (the default job's, small CNN)
+(uint8, which each model normalises first) and nothing else. Two test sets: Fashion-MNIST's 10,000 test images (the default job's, small CNN)
 and an ImageNet-size one (JPEGs of 500x375 made here, resized to 256 and centre-cropped to 224,
 ResNet-50). Medians of alternating rounds; also the one-time cost of reading the test set.
 
@@ -27,7 +27,7 @@ warnings.filterwarnings("ignore", message="no QP solver found")
 from bmb_stream.config import compose  # noqa: E402
 from bmb_stream.data import build_split  # noqa: E402
 from bmb_stream.data.stream import EncodedImages  # noqa: E402
-from bmb_stream.data.transforms import build_views  # noqa: E402
+from bmb_stream.data.transforms import DeviceNormalize, build_views  # noqa: E402
 from bmb_stream.evaluation.evaluator import Evaluator  # noqa: E402
 from bmb_stream.models import build_model  # noqa: E402
 from bmb_stream.models.heads import HeadPredictor  # noqa: E402
@@ -40,7 +40,7 @@ def jpeg_test_set(n: int, classes: int = 10) -> EncodedImages:
         buf = io.BytesIO()
         Image.fromarray(rng.integers(0, 256, (375, 500, 3), dtype=np.uint8)).save(buf, "JPEG", quality=90)
         images.append(buf.getvalue())
-    views = build_views(224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    views = build_views(224, (0.485, 0.456, 0.406))
     return EncodedImages(images, np.arange(n) % classes, views["test"])
 
 
@@ -53,8 +53,10 @@ def bare_forward(evaluator: Evaluator, models) -> float:
     return time.perf_counter() - t
 
 
-def measure(name: str, test_set, model_name: str, classes: int, rounds: int, batch_size: int) -> str:
-    ema, online = (HeadPredictor(build_model(model_name, classes), "bal").eval() for _ in range(2))
+def measure(name: str, test_set, model_name: str, classes: int, rounds: int, batch_size: int, mean, std) -> str:
+    # the test set is decoded once into uint8; the models normalise it, as the learner's do
+    ema, online = (HeadPredictor(build_model(model_name, classes), "bal", DeviceNormalize(mean, std)).eval()
+                   for _ in range(2))
     with tempfile.TemporaryDirectory() as run_dir:
         t = time.perf_counter()
         evaluator = Evaluator(test_set, classes, [100] * classes, run_dir, torch.device("cpu"), batch_size=batch_size)
@@ -84,9 +86,10 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU; medians of {args.rounds} rounds")
     print("| test set | images | model | read once (s) | evaluation (s) | bare forward (s) | ratio |")
     print("|---|---|---|---|---|---|---|")
-    print(measure("Fashion-MNIST", fmnist, "small_cnn", 10, args.rounds, 256), flush=True)
-    print(measure("ImageNet-size JPEGs", jpeg_test_set(args.imagenet_images), "resnet50", 10, args.rounds, 64),
+    print(measure("Fashion-MNIST", fmnist, "small_cnn", 10, args.rounds, 256, cfg.dataset.mean, cfg.dataset.std),
           flush=True)
+    print(measure("ImageNet-size JPEGs", jpeg_test_set(args.imagenet_images), "resnet50", 10, args.rounds, 64,
+                  (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), flush=True)
 
 
 if __name__ == "__main__":

@@ -70,7 +70,7 @@ def main() -> None:
         read_bytes("s3://shards/stream/manifest.json")  # as a stream run does first, in the main process
         files = [s["file"] for s in manifest["shards"]]  # a long tail runs out of images: fewer shards, maybe
         sources = {"local": [str(local / f) for f in files], "s3": [f"s3://shards/stream/{f}" for f in files]}
-        views = build_views(32, [0.286] * 3, [0.353] * 3, resize=True)
+        views = build_views(32, [0.286] * 3, resize=True)
         multi = MultiView(views["weak"], views["strong"], views["strong"])
         pipelines = {"raw samples": lambda urls: (lambda: shard_samples(urls)),
                      "decode + 3 views": lambda urls: (lambda: make_unlabeled_batches(urls, multi, 64))}

@@ -113,6 +113,8 @@ class Train:
     ema_warmup: bool = MISSING
     num_workers: int = key(COUNT)
     amp: bool = MISSING
+    channels_last: bool = MISSING
+    compile: bool = MISSING
     log_every: int = key(POSITIVE)
 
 

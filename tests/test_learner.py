@@ -116,3 +116,42 @@ def test_corrupt_checkpoint_is_named(tmp_path):
     (tmp_path / "last.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(checkpoint.CheckpointError, match="last.pt"):
         checkpoint.load_checkpoint(tmp_path / "last.pt")
+
+
+def uint8_batch(seed):
+    g = torch.Generator().manual_seed(seed)
+    images = [torch.randint(0, 256, (4, 3, 32, 32), generator=g, dtype=torch.uint8) for _ in range(4)]
+    return Batch(images[0], torch.randint(0, 10, (4,), generator=g), *images[1:])
+
+
+def test_uint8_batches_are_normalised_on_the_device_as_the_float_pipeline_did():
+    """A step on the loaders' uint8 batch equals a step on the same batch normalised beforehand."""
+    results = []
+    for as_float in (False, True):
+        torch.manual_seed(0)
+        learner = Learner(tiny_cfg(), 10, LABELED, torch.device("cpu"))
+        b = uint8_batch(1)
+        if as_float:
+            b = Batch(learner.input(b.x_labeled), b.y_labeled, *(learner.input(v) for v in (b.u_weak, b.u_strong1, b.u_strong2)))
+            assert b.u_weak.dtype == torch.float32 and float(b.u_weak.abs().max()) < 5  # normalised
+        results.append({k: float(v) for k, v in learner.train_step(b).items()})
+    assert results[0] == results[1]
+
+
+@pytest.mark.parametrize("option", ["train.channels_last=true", "train.compile=true"])
+def test_channels_last_and_compile_train_as_the_default_does(option):
+    """Same losses and weights after 3 steps (to float rounding), same checkpoint keys."""
+    runs = []
+    for opts in ([], [option]):
+        torch.manual_seed(0)
+        learner = Learner(tiny_cfg(*opts), 10, LABELED, torch.device("cpu"))
+        losses = [float(learner.train_step(uint8_batch(s))["loss"]) for s in range(3)]
+        runs.append((losses, learner.model.state_dict(), learner))
+    (base_losses, base_state, _), (losses, state, learner) = runs
+    assert losses == pytest.approx(base_losses, rel=1e-5)
+    assert list(state) == list(base_state)  # a checkpoint loads either way
+    for name, value in state.items():
+        assert torch.allclose(value.float(), base_state[name].float(), atol=1e-4), name
+    if option == "train.channels_last=true":
+        conv = next(p for p in learner.model.parameters() if p.dim() == 4)
+        assert conv.is_contiguous(memory_format=torch.channels_last)

@@ -68,7 +68,7 @@ def test_cifar10_folder_layout_and_split(tmp_path):
     assert split.labeled_per_class == [20, 15, 11, 9, 7, 5, 4, 3, 2, 2]
     assert split.test_per_class == [5] * 10
     x, y = split.labeled[0]
-    assert x.shape == (3, 32, 32) and x.dtype == torch.float32
+    assert x.shape == (3, 32, 32) and x.dtype == torch.uint8  # normalised on the training device
     (w, s1, s2), _ = split.unlabeled[0]
     assert w.shape == s1.shape == s2.shape == (3, 32, 32)
 

@@ -1,4 +1,5 @@
-"""Cutout and the weak/strong/test views that build_views returns (MultiView as the stream loop uses it)."""
+"""Cutout and the weak/strong/test views that build_views returns (uint8 tensors; MultiView as the loops
+use it), and DeviceNormalize, which makes them a model's inputs."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import pytest
 import torch
 from PIL import Image
 
-from bmb_stream.data.transforms import Cutout, MultiView, build_views
+from bmb_stream.data.transforms import Cutout, DeviceNormalize, MultiView, build_views, mean_fill
 
 MEAN, STD = [0.4914, 0.4822, 0.4465], [0.2471, 0.2435, 0.2616]
 COLOUR = (200, 30, 90)
+normalize = DeviceNormalize(MEAN, STD)
+FILL = torch.tensor(mean_fill(MEAN), dtype=torch.uint8)[:, None, None]
 
 
 def normalised(colour) -> torch.Tensor:
@@ -35,6 +38,11 @@ def zero_box(out: torch.Tensor) -> tuple[slice, slice] | None:
     box = (slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1))
     assert zero[0][box].all() and int(zero[0].sum()) == zero[0][box].numel(), "the zeros are not one rectangle"
     return box
+
+
+def fill_box(view: torch.Tensor) -> tuple[slice, slice] | None:
+    """The rows and columns where every channel of a uint8 view holds the mean's levels (Cutout's square)."""
+    return zero_box((view != FILL).any(0, keepdim=True).to(torch.uint8))
 
 
 class FixedDraws:
@@ -96,17 +104,21 @@ def test_cutout_at_random_centres_is_one_square_of_the_side_clipped_at_the_borde
     assert whole > 0 and clipped > 0
 
 
-def test_strong_view_cutout_zeroes_after_normalisation_so_the_square_is_the_mean():
-    """A constant image: without RandAugment ops the strong view is the normalised colour everywhere
-    except a square of exact zeros (the dataset mean), 16 px for 32 px images."""
-    views = build_views(32, MEAN, STD, randaugment_ops=0)
+def test_strong_view_cutout_square_is_the_mean():
+    """A constant image: without RandAugment ops the strong view is the colour everywhere except a
+    square of the dataset mean's levels, 16 px for 32 px images; normalised, the square is within
+    0.5/255 of zero before the division by std (the reference's square is exactly zero)."""
+    views = build_views(32, MEAN, randaugment_ops=0)
     img = Image.new("RGB", (32, 32), COLOUR)
     value = normalised(COLOUR).expand(3, 32, 32)
     sides = set()
     for seed in range(20):
         torch.manual_seed(seed)
-        out = views["strong"](img)
-        rows, cols = zero_box(out)
+        view = views["strong"](img)
+        assert view.dtype == torch.uint8
+        rows, cols = fill_box(view)
+        out = normalize(view)
+        assert (out[:, rows, cols].abs() <= 0.5 / 255 / torch.tensor(STD)[:, None, None] + 1e-6).all()
         h, w = rows.stop - rows.start, cols.stop - cols.start
         assert 8 <= h <= 16 and 8 <= w <= 16
         sides.add((h, w))
@@ -117,11 +129,11 @@ def test_strong_view_cutout_zeroes_after_normalisation_so_the_square_is_the_mean
 
 
 def test_weak_view_of_a_constant_image_is_constant_without_a_square():
-    views = build_views(32, MEAN, STD)
+    views = build_views(32, MEAN)
     img = Image.new("RGB", (32, 32), COLOUR)
     for seed in range(5):
         torch.manual_seed(seed)
-        out = views["weak"](img)
+        out = normalize(views["weak"](img))
         assert torch.allclose(out, normalised(COLOUR).expand(3, 32, 32), atol=1e-6)
 
 
@@ -129,11 +141,11 @@ def test_test_view_is_plain_normalisation_and_deterministic():
     img = random_image(32, seed=1)
     expected = (torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 255
                 - torch.tensor(MEAN)[:, None, None]) / torch.tensor(STD)[:, None, None]
-    test = build_views(32, MEAN, STD)["test"]
+    test = build_views(32, MEAN)["test"]
     torch.manual_seed(0)
-    a = test(img)
+    a = normalize(test(img))
     torch.manual_seed(1)
-    b = test(img)
+    b = normalize(test(img))
     assert torch.allclose(a, expected, atol=1e-6) and torch.equal(a, b)
 
 
@@ -141,13 +153,11 @@ def test_weak_view_is_a_reflect_padded_crop_of_the_image_maybe_flipped():
     img = random_image(32, seed=2)
     pixels = np.asarray(img).astype(np.float32)
     padded = np.pad(pixels, ((4, 4), (4, 4), (0, 0)), mode="reflect")
-    weak = build_views(32, MEAN, STD)["weak"]
+    weak = build_views(32, MEAN)["weak"]
     found = set()
     for seed in range(30):
         torch.manual_seed(seed)
-        out = weak(img)
-        back = (out * torch.tensor(STD)[:, None, None] + torch.tensor(MEAN)[:, None, None]) * 255
-        back = back.permute(1, 2, 0).numpy()
+        back = weak(img).permute(1, 2, 0).numpy().astype(np.float32)
         matches = [(dy, dx, flip) for dy in range(9) for dx in range(9) for flip in (False, True)
                    if np.allclose((lambda c: c[:, ::-1] if flip else c)(padded[dy:dy + 32, dx:dx + 32]), back, atol=1e-3)]
         assert len(matches) == 1, seed
@@ -157,7 +167,7 @@ def test_weak_view_is_a_reflect_padded_crop_of_the_image_maybe_flipped():
 
 
 def test_multiview_gives_the_weak_and_two_different_strong_views_reproducibly():
-    views = build_views(32, MEAN, STD)
+    views = build_views(32, MEAN)
     three = MultiView(views["weak"], views["strong"], views["strong"])
     img = random_image(32, seed=3)
     torch.manual_seed(7)
@@ -166,14 +176,13 @@ def test_multiview_gives_the_weak_and_two_different_strong_views_reproducibly():
     again = three(img)
     assert isinstance(first, tuple) and len(first) == 3
     for view, same in zip(first, again):
-        assert view.shape == (3, 32, 32) and view.dtype == torch.float32
+        assert view.shape == (3, 32, 32) and view.dtype == torch.uint8
         assert torch.equal(view, same)
     weak, strong1, strong2 = first
     assert not torch.equal(weak, strong1) and not torch.equal(weak, strong2) and not torch.equal(strong1, strong2)
-    # no pixel value normalises to exactly 0 (255 * mean is not an integer): exact zeros are Cutout's square
-    assert zero_box(weak) is None
+    assert fill_box(weak) is None  # the weak view has no Cutout square
     for strong in (strong1, strong2):
-        rows, cols = zero_box(strong)
+        rows, cols = fill_box(strong)
         assert (rows.stop - rows.start) * (cols.stop - cols.start) >= 8 * 8
 
 
@@ -181,10 +190,37 @@ def test_cutout_is_on_by_default_for_small_images_only_and_can_be_switched():
     def cutouts(**kwargs):
         return [t.size for t in build_views(**kwargs)["strong"].transforms if isinstance(t, Cutout)]
 
-    assert cutouts(image_size=32, mean=MEAN, std=STD) == [16]
-    assert cutouts(image_size=64, mean=MEAN, std=STD) == [32]
-    assert cutouts(image_size=224, mean=MEAN, std=STD) == []
-    assert cutouts(image_size=224, mean=MEAN, std=STD, cutout=True) == [112]
-    assert cutouts(image_size=32, mean=MEAN, std=STD, cutout=False) == []
+    assert cutouts(image_size=32, mean=MEAN) == [16]
+    assert cutouts(image_size=64, mean=MEAN) == [32]
+    assert cutouts(image_size=224, mean=MEAN) == []
+    assert cutouts(image_size=224, mean=MEAN, cutout=True) == [112]
+    assert cutouts(image_size=32, mean=MEAN, cutout=False) == []
     for name in ("weak", "test"):
-        assert not any(isinstance(t, Cutout) for t in build_views(32, MEAN, STD)[name].transforms)
+        assert not any(isinstance(t, Cutout) for t in build_views(32, MEAN)[name].transforms)
+
+
+@pytest.mark.parametrize("size, resize", [(32, True), (224, False)])
+def test_unlabeled_views_resize_once_and_equal_the_separate_views(monkeypatch, size, resize):
+    """views["unlabeled"] gives (weak, strong, strong) of one image, as the three transforms do one
+    after another from the same seed, with the (deterministic) resize done once."""
+    views = build_views(size, MEAN, resize=resize)
+    img = random_image(300 if size == 224 else 40, seed=4)
+    torch.manual_seed(5)
+    separate = (views["weak"](img), views["strong"](img), views["strong"](img))
+    resizes = []
+    original = Image.Image.resize
+    monkeypatch.setattr(Image.Image, "resize", lambda self, *a, **k: resizes.append(1) or original(self, *a, **k))
+    torch.manual_seed(5)
+    shared = views["unlabeled"](img)
+    assert len(resizes) == 1
+    assert all(torch.equal(a, b) for a, b in zip(separate, shared))
+
+
+def test_device_normalize_matches_torchvision_to_the_bit_and_passes_floats_through():
+    from torchvision.transforms import v2
+    batch = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    expected = v2.Normalize(MEAN, STD)(v2.ToDtype(torch.float32, scale=True)(batch))
+    assert torch.equal(normalize(batch), expected)
+    assert torch.equal(normalize(expected), expected)  # float input: already a model's input
+    last = DeviceNormalize(MEAN, STD, channels_last=True)(batch)
+    assert last.is_contiguous(memory_format=torch.channels_last) and torch.equal(last, expected)

@@ -15,7 +15,7 @@ from PIL import Image
 from bmb_stream.data import sources
 from bmb_stream.data.sources import BadData, ImagePool
 from bmb_stream.data.splits import class_histogram, split_by_counts, split_by_ratio
-from bmb_stream.data.transforms import MultiView, build_views
+from bmb_stream.data.transforms import build_views
 
 FMNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                   "Ankle boot"]
@@ -167,12 +167,11 @@ def build_split(cfg, seed: int = 0, check_images: bool = True, progress: bool | 
     if check_images:
         s.check_images(progress)
     num_classes = cfg.num_classes
-    views = build_views(cfg.image_size, cfg.mean, cfg.std, resize=isinstance(s.train.images, list),
+    views = build_views(cfg.image_size, cfg.mean, resize=isinstance(s.train.images, list),
                         randaugment=cfg.get("randaugment", "torchvision"))
-    unlabeled_views = MultiView(views["weak"], views["strong"], views["strong"])
     return SplitData(
         labeled=ImageSubset(s.train, s.labeled, views["weak"]),
-        unlabeled=ImageSubset(s.train, s.unlabeled, unlabeled_views),
+        unlabeled=ImageSubset(s.train, s.unlabeled, views["unlabeled"]),
         test=ImageSubset(s.test, np.arange(len(s.test)), views["test"]),
         num_classes=num_classes,
         class_names=s.class_names or [str(c) for c in range(num_classes)],

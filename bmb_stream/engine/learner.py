@@ -11,6 +11,7 @@ import torch
 from omegaconf import OmegaConf
 
 from bmb_stream.config_schema import OPTIMIZERS, SCHEDULES
+from bmb_stream.data.transforms import DeviceNormalize
 from bmb_stream.engine import distributed
 from bmb_stream.engine.ema import ModelEMA
 from bmb_stream.method.bank import MemoryBank
@@ -65,9 +66,17 @@ class Learner:
         self.device = device
         self.num_classes = num_classes
         model_options = {k: v for k, v in OmegaConf.to_container(cfg.model).items() if k != "name"}
+        channels_last = cfg.train.get("channels_last", False)  # configs older than the keys: off
         self.model = build_model(cfg.model.name, num_classes, **model_options).to(device)
-        self.parallel_model = distributed.data_parallel(self.model, device)  # what a step trains through
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        # the loaders' uint8 batches become normalised float inputs on the device
+        self.input = DeviceNormalize(cfg.dataset.mean, cfg.dataset.std, device, channels_last)
+        # what a step trains through; in a data-parallel run it starts every rank from rank 0's weights
+        self.parallel_model = distributed.data_parallel(self.model, device)
         self.ema = ModelEMA(self.model, cfg.train.ema_decay, cfg.train.ema_warmup) if cfg.train.ema_decay > 0 else None
+        if cfg.train.get("compile", False):  # after the EMA copy, which stays eager; parameter names are unchanged
+            self.model.backbone.compile()
         self.optimizer = build_optimizer(cfg.optim, self.model.parameters())
         total = cfg.train.steps if total_steps is None else total_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -117,9 +126,17 @@ class Learner:
         if self.bank is not None and self.method.bank.reset_after_warmup:
             self.bank.reset()
 
+    def on_device(self, batch: Batch) -> Batch:
+        """The batch as a step takes it: images normalised on the device, labels there too."""
+        views = (batch.u_weak, batch.u_strong1, batch.u_strong2)
+        return Batch(self.input(batch.x_labeled), batch.y_labeled.to(self.device, non_blocking=True),
+                     *(self.input(v) if v is not None else None for v in views))
+
     def train_step(self, batch: Batch) -> dict[str, torch.Tensor | float]:
-        """One optimizer step; returns the loss terms as detached tensors on the device (formatting or
-        float() reads them: do it every train.log_every steps, not at every step) and the lr."""
+        """One optimizer step on a batch of uint8 images (or normalised float ones), on any device;
+        returns the loss terms as detached tensors on the device (formatting or float() reads them: do
+        it every train.log_every steps, not at every step) and the lr."""
+        batch = self.on_device(batch)
         if self.step == (self.method.get("warmup") or 0) and self.step > 0:
             self._on_warmup_end()
         labeled_w, unlabeled_w = self.class_weights()
@@ -158,10 +175,10 @@ class Learner:
 
     def evaluated_model(self) -> HeadPredictor:
         """The model evaluation reports: the EMA model when there is one, through the method's head."""
-        return HeadPredictor(self.ema.module if self.ema is not None else self.model, self.eval_head)
+        return HeadPredictor(self.ema.module if self.ema is not None else self.model, self.eval_head, self.input)
 
     def online_model(self) -> HeadPredictor:
-        return HeadPredictor(self.model, self.eval_head)
+        return HeadPredictor(self.model, self.eval_head, self.input)
 
     # --- persistence -------------------------------------------------------------------------
     def _own_random_state(self, state: dict) -> dict | None:

@@ -32,12 +32,12 @@ class OfflineRun(Run):
         return self.cfg.train.steps
 
     def train(self, stop: StopFlag) -> None:
-        train, learner, device = self.cfg.train, self.learner, self.device
+        train, learner, pin = self.cfg.train, self.learner, self.device.type == "cuda"  # pinned: copied without waiting
         # the data order after a resume continues from a generator reseeded with the step reached
         data_seed = self.seed * 1_000_003 + learner.step
-        labeled = endless_batches(self.split.labeled, train.batch_labeled, data_seed, train.num_workers)
+        labeled = endless_batches(self.split.labeled, train.batch_labeled, data_seed, train.num_workers, pin)
         unlabeled = (endless_batches(self.split.unlabeled, train.batch_unlabeled, data_seed + 1,
-                                     train.num_workers) if learner.needs_unlabeled else None)
+                                     train.num_workers, pin) if learner.needs_unlabeled else None)
         steps = self.total_steps()
         while learner.step < steps and not stop.should_stop():
             t = time.time()
@@ -48,9 +48,7 @@ class OfflineRun(Run):
                 if stop.stopping(e):
                     break
                 raise
-            batch = Batch(x_l.to(device, non_blocking=True), y_l.to(device, non_blocking=True))
-            if unlabeled_views is not None:
-                batch.u_weak, batch.u_strong1, batch.u_strong2 = (v.to(device, non_blocking=True) for v in unlabeled_views)
+            batch = Batch(x_l, y_l, *(unlabeled_views or ()))
             terms = learner.train_step(batch)
             if y_u is not None:  # read by monitoring only, never by a training step
                 self.monitor.observe(learner.last_extras, distributed.gather_rows(y_u))

@@ -29,10 +29,11 @@ def ignore_interrupts(worker_id: int = 0) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def endless_batches(dataset, batch_size: int, seed: int, num_workers: int) -> Iterator:
+def endless_batches(dataset, batch_size: int, seed: int, num_workers: int, pin_memory: bool = False) -> Iterator:
     """Shuffled batches forever: each pass is a new permutation from one seeded generator. In a
     data-parallel run every rank draws the same permutations and takes every world-th index of them
-    (its own share, as DistributedSampler does, endlessly), and its workers' seeds take the rank."""
+    (its own share, as DistributedSampler does, endlessly), and its workers' seeds take the rank.
+    `pin_memory`: batches in page-locked memory (for a non-blocking copy to a GPU)."""
     world = distributed.world_size()
     order = torch.Generator().manual_seed(seed)  # the same on every rank
     sampler = RandomSampler(dataset, num_samples=max(len(dataset), world * batch_size), generator=order)
@@ -41,7 +42,8 @@ def endless_batches(dataset, batch_size: int, seed: int, num_workers: int) -> It
         sampler = RankShare(sampler, distributed.rank(), world)
         own = torch.Generator().manual_seed(distributed.rank_seed(seed))
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True, num_workers=num_workers,
-                        persistent_workers=num_workers > 0, generator=own, worker_init_fn=ignore_interrupts)
+                        persistent_workers=num_workers > 0, generator=own, worker_init_fn=ignore_interrupts,
+                        pin_memory=pin_memory)
     while True:
         yield from loader
 

@@ -26,7 +26,7 @@ from bmb_stream.data.errors import ShardError, StorageUnavailable
 from bmb_stream.data.stream import (EncodedImages, ShardErrorHandler, fail_on_error, handler_for,
                                     make_unlabeled_batches)
 from bmb_stream.data.stream_source import StreamSource, prepare_stream
-from bmb_stream.data.transforms import MultiView, build_views
+from bmb_stream.data.transforms import build_views
 from bmb_stream.engine import distributed
 from bmb_stream.engine.labeled_pool import LabeledPool
 from bmb_stream.engine.learner import Learner
@@ -43,16 +43,18 @@ def derived_seed(seed: int, experience: int, purpose: int) -> int:
 
 
 def experience_batches(shards: list[str], views, batch_size: int, workers: int, passes: int, seed: int, k: int,
-                       handler: ShardErrorHandler = fail_on_error, num_classes: int | None = None):
+                       handler: ShardErrorHandler = fail_on_error, num_classes: int | None = None,
+                       pin_memory: bool = False):
     """The unlabeled batches of experience k: `passes` reads of its shards, each with its own seeds;
     each batch says its pass. A shard or sample that cannot be read goes to `handler`. A replay (a
-    mid-experience resume) reads every shard again, skipped ones included: see SkippedShards."""
+    mid-experience resume) reads every shard again, skipped ones included: see SkippedShards.
+    `pin_memory`: the images come in page-locked memory (for a non-blocking copy to a GPU)."""
     for p in range(passes):
         # the pipeline splits the shards across the ranks (every world-th) and then across the workers
         batches = make_unlabeled_batches(shards, views, batch_size, handler, num_classes=num_classes)
         own = torch.Generator().manual_seed(distributed.rank_seed(derived_seed(seed, k, 2 + p)))
         loader = wds.WebLoader(batches, batch_size=None, num_workers=min(workers, len(rank_share(shards))),
-                               worker_init_fn=ignore_interrupts, generator=own)
+                               worker_init_fn=ignore_interrupts, generator=own, pin_memory=pin_memory)
         for batch in loader:
             batch["pass"] = p
             yield batch
@@ -148,7 +150,7 @@ class StreamRun(Run):
         self.pool = LabeledPool(cfg.stream.labeled_pool, num_classes, self.seed)
         self.on_shard_error = handler_for(cfg.stream.on_shard_error)  # in the readers, and for short shards
         self.monitor = StreamMonitor(num_classes, self.learner.bank.capacity if self.learner.bank is not None else 0)
-        self.views = build_views(cfg.dataset.image_size, cfg.dataset.mean, cfg.dataset.std, resize=True,
+        self.views = build_views(cfg.dataset.image_size, cfg.dataset.mean, resize=True,
                                  randaugment=cfg.dataset.randaugment)
         test_set = EncodedImages(source.test[0], source.test[1], self.views["test"])  # the evaluator reads it once
         self.evaluator = Evaluator(test_set, num_classes, self.labeled_per_class, self.run_dir.path, self.device,
@@ -226,7 +228,7 @@ class StreamRun(Run):
         labeled_set = EncodedImages(self.seed_images + list(self.pool.images),
                                     np.concatenate([self.seed_labels, self.pool.labels]).astype(np.int64), self.views["weak"])
         labeled_batches = endless_batches(labeled_set, self.cfg.train.batch_labeled, derived_seed(self.seed, k, 1),
-                                          self.cfg.stream.num_workers)
+                                          self.cfg.stream.num_workers, pin_memory=self.device.type == "cuda")
         if replay == 0 and k % self.cfg.stream.eval_every == 0:  # counts cover the experiences since the last evaluation
             self.monitor.reset_counts()
         return labeled_batches
@@ -237,9 +239,9 @@ class StreamRun(Run):
         holds only skips. Counts the batches read in `self.consumed`; keeps shards read and labeled samples
         met for after_experience."""
         cfg = self.cfg
-        views = MultiView(self.views["weak"], self.views["strong"], self.views["strong"])
-        for ub in experience_batches(self.source.experiences[k], views, cfg.train.batch_unlabeled, cfg.stream.num_workers,
-                                     cfg.stream.passes, self.seed, k, self.on_shard_error, self.num_classes):
+        for ub in experience_batches(self.source.experiences[k], self.views["unlabeled"], cfg.train.batch_unlabeled, cfg.stream.num_workers,
+                                     cfg.stream.passes, self.seed, k, self.on_shard_error, self.num_classes,
+                                     pin_memory=self.device.type == "cuda"):
             self.consumed += 1
             replayed = self.consumed <= replay
             self.note_skips(k, ub, replayed=replayed)
@@ -256,7 +258,7 @@ class StreamRun(Run):
         """Train on experience k; returns the batches this rank consumed (its position in a checkpoint).
         The ranks agree before each step: the experience ends for all when one rank's share is done (the
         others read theirs to the end without training on it), and an outage or a stop on one rank stops all."""
-        learner, device = self.learner, self.device
+        learner = self.learner
         labeled_batches = self.before_experience(k, replay)
         self.read = Counter()  # samples read per shard, checked against the manifest at the end
         self.joining = []  # labeled stream samples join the pool at the end of the experience, so that the
@@ -288,9 +290,7 @@ class StreamRun(Run):
             ub, x_l, y_l = got
             truth = distributed.gather_rows(torch.where(ub["cls"] >= 0, ub["cls"], ub["gt"]))  # -1: class unknown
             np.add.at(self.unlabeled_seen, truth[truth >= 0].numpy(), 1)
-            batch = Batch(x_l.to(device), y_l.to(device), ub["u_weak"].to(device),
-                          ub["u_strong1"].to(device), ub["u_strong2"].to(device))
-            terms = learner.train_step(batch)
+            terms = learner.train_step(Batch(x_l, y_l, ub["u_weak"], ub["u_strong1"], ub["u_strong2"]))
             self.monitor.observe(learner.last_extras, truth)
             self.trained(len(x_l) + len(ub["u_weak"]), t)
             if learner.step % self.cfg.train.log_every == 0:

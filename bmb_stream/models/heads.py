@@ -33,12 +33,16 @@ class TwoHeadClassifier(nn.Module):
 
 
 class HeadPredictor(nn.Module):
-    """Wraps a classifier so that calling it gives one head's logits (what evaluation consumes)."""
+    """Wraps a classifier so that calling it gives one head's logits (what evaluation consumes);
+    `prepare` turns its input into the classifier's (the uint8 images into normalised floats)."""
 
-    def __init__(self, classifier: TwoHeadClassifier, head: str):
+    def __init__(self, classifier: TwoHeadClassifier, head: str, prepare=None):
         super().__init__()
         self.classifier = classifier
         self.head_name = head
+        self.prepare = prepare
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.prepare is not None:
+            x = self.prepare(x)
         return self.classifier.head(self.head_name)(self.classifier(x))
