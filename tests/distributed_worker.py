@@ -8,6 +8,7 @@ path, gathered over the ranks; saves the bank, its draws' losses and Nhat. Run w
 takes all 64 (the single-process reference).
 `train`: an offline run on real Fashion-MNIST; saves a hash of each part of the learner's state and
 of this rank's first unlabeled batch.
+`stream`: a stream run; saves hashes of this rank's first unlabeled batch: its samples' classes, and its views.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ STEPS, PER_STEP, DIM, CLASSES = 6, 64, 8, 5
 
 def bank_steps(out: Path) -> None:
     from bmb_stream.method.bank import MemoryBank
-    from bmb_stream.method.steps import Batch, StepContext, _bank_candidates, bank_loss
+    from bmb_stream.method.steps import Batch, StepContext, _bank_offer, bank_loss, on_host
     from bmb_stream.method.weights import PseudoLabelEstimate
 
     distributed.init(torch.device("cpu"))
@@ -50,9 +51,9 @@ def bank_steps(out: Path) -> None:
         batch = Batch(f_l[labeled], y_l[labeled], u_weak=f_w[share])
         offset = distributed.rows_before(len(batch.u_weak))
         ctx = StepContext(0, cfg, bank=bank, nhat=estimate.value(), gather=distributed.gather_together, offset=offset)
-        candidates = _bank_candidates(cfg, batch, f_l[labeled], f_w[share], None, None, yhat[share], mask[share],
-                                      distributed.gather_together, offset)
-        loss, (slots, origin) = bank_loss(model, ctx, candidates)
+        offer = _bank_offer(cfg, batch, f_l[labeled], f_w[share], None, None, yhat[share], mask[share],
+                            distributed.gather_together, offset)
+        loss, (slots, origin) = bank_loss(model, ctx, offer.chosen(*on_host(offer.labels, offer.mask)))
         losses.append(loss.detach())
         counts = torch.bincount(yhat[share][mask[share]], minlength=CLASSES)
         estimate.update(distributed.sum_all(counts))
@@ -110,6 +111,27 @@ def train(out: Path, overrides: list[str]) -> None:
     distributed.shutdown()
 
 
+def stream(out: Path, overrides: list[str]) -> None:
+    from bmb_stream.config import compose
+    from bmb_stream.engine import stream_loop
+
+    first = {}
+    unrecorded = stream_loop.experience_batches
+
+    def recording(*args, **kw):
+        for batch in unrecorded(*args, **kw):
+            if not first and batch["u_weak"] is not None:
+                first["samples"] = digest([batch["cls"], batch["gt"]])
+                first["views"] = digest([batch["u_weak"], batch["u_strong1"], batch["u_strong2"]])
+            yield batch
+
+    stream_loop.experience_batches = recording
+    stream_loop.StreamRun(compose(overrides)).execute()
+    torch.save(first, out / f"stream-rank{distributed.rank()}.pt")
+    distributed.shutdown()
+
+
 if __name__ == "__main__":
     job, out = sys.argv[1], Path(sys.argv[2])
-    bank_steps(out) if job == "bank" else train(out, sys.argv[3:])
+    {"bank": lambda: bank_steps(out), "train": lambda: train(out, sys.argv[3:]),
+     "stream": lambda: stream(out, sys.argv[3:])}[job]()

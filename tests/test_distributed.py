@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from tests.distributed_worker import bank_steps
-from tests.stream_helpers import metrics, stream_args
+from tests.stream_helpers import FAST, metrics, stream_args
 
 pytestmark = pytest.mark.distributed
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,6 +148,27 @@ def test_a_two_rank_stream_reads_every_sample_once_and_evaluates_the_whole_test_
         assert summary["data"][key] == one_rank["data"][key], key
     assert summary["experiences"] == 3 and summary["evaluations"] == 3 and summary["untrained_batches"] == 0
     assert sum(summary["data"]["test_per_class"]) == 500
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_two_ranks_augment_the_same_images_differently_in_a_stream(tmp_path, fmnist_stream, workers):
+    """Experience 0 of two identical shards: each rank reads one, so both get the same images in the
+    same order, and their views differ (each rank's augmentation, in the main process or in its worker,
+    has its own random stream)."""
+    import shutil
+
+    folder = tmp_path / "stream"
+    shutil.copytree(fmnist_stream, folder)
+    shutil.copyfile(folder / "stream-000000.tar", folder / "stream-000001.tar")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["shards"][1] = {**manifest["shards"][0], "file": "stream-000001.tar"}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    shards = ",".join(f"'{folder}/stream-00000{i}.tar'" for i in (0, 1))
+    finished(torchrun(WORKER, "stream", str(tmp_path), "mode=stream", f"stream.urls=[{shards}]", f"run.dir={tmp_path / 'run'}",
+                      *FAST, "stream.shards_per_experience=2", f"stream.num_workers={workers}"))
+    rank0, rank1 = (torch.load(tmp_path / f"stream-rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert rank0["samples"] == rank1["samples"]
+    assert rank0["views"] != rank1["views"]
 
 
 def test_uneven_shares_and_a_shard_skipped_on_one_rank_end_without_a_hang(tmp_path, fmnist_stream):

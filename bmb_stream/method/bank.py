@@ -102,8 +102,8 @@ class MemoryBank:
             # without replacement: one slot is never chosen twice, so no newcomer overwrites another
             victims = torch.multinomial(weights, n_new - free, replacement=False, generator=self.generator)
             slots = torch.cat([slots, victims])
-        dev = self.features.device
-        self.features[slots.to(dev)] = features.to(dev)[sources.to(dev)]
+        dev = self.features.device  # index copies to it need not wait for the device
+        self.features[slots.to(dev, non_blocking=True)] = features.to(dev)[sources.to(dev, non_blocking=True)]
         self.labels[slots] = labels[sources]
         self.fill = min(self.capacity, self.fill + n_new)
         return slots, sources
@@ -116,7 +116,7 @@ class MemoryBank:
         p = draw_probabilities(nhat.cpu(), self.labels[: self.fill], self.beta_get, self.count_floor,
                                self.count_rule)
         idx = torch.multinomial(p, k, replacement=True, generator=self.generator)
-        return self.features[idx.to(self.features.device)], self.labels[idx]
+        return self.features[idx.to(self.features.device, non_blocking=True)], self.labels[idx]
 
     def state_dict(self) -> dict:
         return {"features": self.features[: self.fill].cpu().clone(), "labels": self.labels[: self.fill].clone(),

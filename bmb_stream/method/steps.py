@@ -60,16 +60,36 @@ def _active(step: int, start) -> float:
     return 1.0 if step >= (start or 0) else 0.0
 
 
-def _bank_candidates(cfg, batch: Batch, f_l, f_w, f_s, strong_logits_bal, yhat_bal, mask_bal, gather, offset=0):
-    """This step's bank candidates from every rank (`gather`): features, labels and origin (the
-    unlabeled sample's index in the gathered batch, for monitoring bank purity; -1 for a labeled image,
-    whose label is its true class).
+def on_host(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    """Small integer or boolean tensors copied to the CPU in one transfer: a step's one wait for the
+    device (each separate .cpu(), nonzero or boolean index would be another)."""
+    flat = torch.cat([t.reshape(-1).long() for t in tensors]).cpu()
+    return [part.view(t.shape).to(t.dtype) for part, t in zip(flat.split([t.numel() for t in tensors]), tensors)]
 
-    Unlabeled candidates are confident `head_bal` predictions on the weak view or on both strong views
-    (`bank.features`); with `bank.labeled`, the labeled images' features and labels come first. Each rank
-    sends all its rows with their mask, filtered after the gather, so the candidates of 2 ranks of 32
-    images are those of 1 rank of 64, in the same order; `offset`: where this rank's unlabeled images
-    start in the gathered batch.
+
+@dataclass
+class BankOffer:
+    """This step's bank candidates from every rank, before the confidence filter: features on the
+    device; labels and mask, read on the host; origin (the unlabeled sample's index in the gathered
+    batch, for monitoring bank purity; -1 for a labeled image, whose label is its true class)."""
+
+    features: torch.Tensor
+    labels: torch.Tensor
+    mask: torch.Tensor
+    origin: torch.Tensor
+
+    def chosen(self, labels: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The candidates that pass the mask, given the host's copy of labels and mask."""
+        rows = torch.nonzero(mask).flatten()
+        return self.features[rows.to(self.features.device, non_blocking=True)], labels[rows], self.origin[rows]
+
+
+def _bank_offer(cfg, batch: Batch, f_l, f_w, f_s, strong_logits_bal, yhat_bal, mask_bal, gather, offset=0) -> BankOffer:
+    """Unlabeled candidates are `head_bal` predictions on the weak view or on both strong views
+    (`bank.features`), offered where confident; with `bank.labeled`, the labeled images' features and
+    labels come first, always offered. Each rank sends all its rows with their mask (`gather`), filtered
+    after the gather, so the candidates of 2 ranks of 32 images are those of 1 rank of 64, in the same
+    order; `offset`: where this rank's unlabeled images start in the gathered batch.
     """
     if cfg.bank.features == "strong":
         _, labels, mask = pseudo_labels(strong_logits_bal, cfg.tau)
@@ -78,14 +98,13 @@ def _bank_candidates(cfg, batch: Batch, f_l, f_w, f_s, strong_logits_bal, yhat_b
         feats, labels, mask = f_w, yhat_bal, mask_bal
     origin = torch.arange(len(labels)) % len(batch.u_weak) + offset
     feats, labels, mask, origin = gather(feats, labels, mask, origin)
-    chosen = torch.nonzero(mask).flatten()
-    feats, labels, origin = feats[chosen], labels[chosen], origin[chosen.cpu()]
     if cfg.bank.get("labeled", False):
         labeled_feats, labeled_labels = gather(f_l, batch.y_labeled)
         feats = torch.cat([labeled_feats, feats])
         labels = torch.cat([labeled_labels, labels])
+        mask = torch.cat([torch.ones_like(labeled_labels, dtype=torch.bool), mask])
         origin = torch.cat([torch.full((len(labeled_labels),), -1, dtype=torch.long), origin])
-    return feats, labels, origin
+    return BankOffer(feats, labels, mask, origin)
 
 
 def supervised_step(model, batch: Batch, ctx: StepContext) -> StepOutput:
@@ -112,8 +131,9 @@ def fixmatch_step(model, batch: Batch, ctx: StepContext) -> StepOutput:
 
 
 def bank_loss(model, ctx: StepContext, candidates) -> tuple[torch.Tensor, tuple]:
-    """Enqueue this step's candidates (features, labels, origin), then draw a rebalanced set from the
-    bank and return head_bal's CE on it (0 while the bank is empty) and the (slots, origin) written."""
+    """Enqueue this step's candidates (features on the device, labels and origin on the host), then
+    draw a rebalanced set from the bank and return head_bal's CE on it (0 while the bank is empty) and
+    the (slots, origin) written."""
     feats, labels, origin = candidates
     slots, sources = ctx.bank.put(feats, labels)
     nhat = ctx.nhat if ctx.nhat is not None else torch.ones(ctx.bank.num_classes)
@@ -122,7 +142,8 @@ def bank_loss(model, ctx: StepContext, candidates) -> tuple[torch.Tensor, tuple]
     if drawn is None:
         return torch.zeros((), device=device), (slots, origin[sources])
     drawn_feats, drawn_labels = drawn
-    return labeled_loss(model.head_bal(drawn_feats.to(device)), drawn_labels.to(device)), (slots, origin[sources])
+    return (labeled_loss(model.head_bal(drawn_feats.to(device)), drawn_labels.to(device, non_blocking=True)),
+            (slots, origin[sources]))
 
 
 def bmb_step(model, batch: Batch, ctx: StepContext) -> StepOutput:
@@ -135,18 +156,22 @@ def bmb_step(model, batch: Batch, ctx: StepContext) -> StepOutput:
     p_bal, yhat_bal, mask_bal = pseudo_labels(model.head_bal(f_w), cfg.tau)
     strong_logits_bal = model.head_bal(f_s)
     loss_u_bal = soft_pseudo_label_loss(strong_logits_bal, p_bal.repeat(2, 1), mask_bal.repeat(2), ctx.unlabeled_weights)
+    # Nhat counts confident balanced-head predictions (or all of them, without the threshold)
+    counted = mask_bal if cfg.estimate.threshold else torch.ones_like(mask_bal)
+    counts = torch.zeros(model.num_classes, dtype=torch.long, device=f_l.device).index_add_(0, yhat_bal, counted.long())
+    offer = None
+    if ctx.bank is not None:
+        offer = _bank_offer(cfg, batch, f_l, f_w, f_s, strong_logits_bal, yhat_bal, mask_bal, ctx.gather, ctx.offset)
+    # what the bank and the monitoring need on the host, in one transfer
+    yhat_bal, mask_bal, counts, *offered = on_host(yhat_bal, mask_bal, counts,
+                                                   *((offer.labels, offer.mask) if offer is not None else ()))
     loss_mb = torch.zeros((), device=f_l.device)
     extras = {"pseudo_labels": yhat_bal, "mask": mask_bal}
-    if ctx.bank is not None:
-        candidates = _bank_candidates(cfg, batch, f_l, f_w, f_s, strong_logits_bal, yhat_bal, mask_bal, ctx.gather,
-                                      ctx.offset)
-        loss_mb, extras["bank_write"] = bank_loss(model, ctx, candidates)
+    if offer is not None:
+        loss_mb, extras["bank_write"] = bank_loss(model, ctx, offer.chosen(*offered))
     loss = (loss_l_std + loss_l_bal
             + _active(ctx.step, cfg.warmup) * cfg.lambda_u * (loss_u_std + loss_u_bal)
             + _active(ctx.step, cfg.bank_warmup if cfg.bank_warmup is not None else cfg.warmup) * cfg.lambda_mb * loss_mb)
-    # Nhat counts confident balanced-head predictions (or all of them, without the threshold)
-    counted = yhat_bal[mask_bal] if cfg.estimate.threshold else yhat_bal
-    counts = torch.bincount(counted, minlength=model.num_classes).cpu()
     terms = {"loss_l": loss_l_std.detach(), "loss_l_bal": loss_l_bal.detach(), "loss_u": loss_u_std.detach(),
              "loss_u_bal": loss_u_bal.detach(), "loss_mb": loss_mb.detach(), "mask": mask_bal.float().mean(),
              "bank_in": torch.tensor(float(len(extras.get("bank_write", ((),))[0])))}
