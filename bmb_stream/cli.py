@@ -25,7 +25,8 @@ EXAMPLES = """examples:
 def usage() -> str:
     lines = ["usage: bmb-stream [--mode stream|offline] [KEY=VALUE ...]",
              "       bmb-stream simulate RECIPE [out=DIR] [overwrite=true] [KEY=VALUE ...]",
-             "       bmb-stream shards [dataset=NAME] [dataset.KEY=VALUE ...] out=DIR [max_samples=N] [max_bytes=N]", "",
+             "       bmb-stream shards [dataset=NAME] [dataset.KEY=VALUE ...] out=DIR [max_samples=N] [max_bytes=N]",
+             "                         [shard_multiple=N] [shorter_side=N] [workers=N] [hide_labels=true]", "",
              "Long-tailed semi-supervised learning with a Balanced Memory Bank (BMB).",
              "KEY=VALUE pairs are Hydra overrides of the configuration (configs/config.yaml).", "",
              "modes:", "  stream    (default) unlabeled WebDataset shards, one experience at a time; persistent state",
@@ -46,7 +47,9 @@ def usage() -> str:
               f"             recipe in streams/: {recipes}",
               "             KEY=VALUE overrides recipe keys (seed=1, shards=40, prior.gamma=50); root=... and",
               "             list_dir=... set the dataset's folders",
-              "  shards     write a configured dataset split (labeled, unlabeled, test) as WebDataset shards",
+              "  shards     write a configured dataset split (labeled, unlabeled, test) as WebDataset shards;",
+              "             shard_multiple=N: each set's shard count a multiple of N (ranks x workers), equal",
+              "             shards; shorter_side=N: larger images stored downscaled (256 for ImageNet)",
               "  out=s3://bucket/prefix uploads either one, shard by shard (AWS_* variables or storage.s3.*)"]
     lines += ["", "common keys: seed, device (auto/cpu/cuda), run.dir, resume, train.steps, train.eval_every,",
               "  train.batch_labeled, train.batch_unlabeled, train.ema_decay, train.ema_warmup, train.num_workers,",
@@ -176,7 +179,8 @@ def shards_command(args: list[str]) -> int:
     from bmb_stream.data.export import export_split
 
     options, rest = _split_options(args, {"out": "", "overwrite": "false", "max_samples": "10000", "max_bytes": "",
-                                          "workers": "0", "hide_labels": "false", "progress": "true"})
+                                          "workers": "0", "hide_labels": "false", "progress": "true",
+                                          "shard_multiple": "1", "shorter_side": ""})
     if not options["out"]:
         raise ConfigError("shards needs out=DIR")
     cfg = compose(rest)
@@ -187,7 +191,8 @@ def shards_command(args: list[str]) -> int:
     manifest = export_split(cfg.dataset, options["out"], seed=cfg.seed, max_samples=_positive(options, "max_samples"),
                             max_bytes=_positive(options, "max_bytes"), workers=int(workers),
                             overwrite=_flag(options, "overwrite"), keep_hidden_labels=not _flag(options, "hide_labels"),
-                            progress=_flag(options, "progress"))
+                            progress=_flag(options, "progress"), shard_multiple=_positive(options, "shard_multiple"),
+                            shorter_side=_positive(options, "shorter_side"))
     for key in ("labeled_set", "unlabeled_set", "test_set"):
         print(f"{key}: {manifest[key]['samples']} images in {len(manifest[key]['files'])} shards")
     print(f"shards: {options['out']}")

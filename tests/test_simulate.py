@@ -186,3 +186,40 @@ def test_shards_command_writes_the_split(tiny_fmnist, tmp_path):
     first = read_shard(out / manifest["unlabeled_set"]["files"][0])
     assert all("gt.cls" in f and "cls" not in f for f in first.values())
     assert main(["shards", f"dataset.root={tiny_fmnist}", f"out={out}"]) == 2  # not empty, no overwrite
+
+
+def test_shards_command_deals_equal_shards_in_a_multiple_of_shard_multiple(tiny_fmnist, tmp_path):
+    out = tmp_path / "split"
+    assert main(["shards", "dataset=fashion_mnist_lt", f"dataset.root={tiny_fmnist}", "dataset.n1=40", "dataset.m1=100",
+                 "dataset.gamma_l=10", "dataset.gamma_u=10", f"out={out}", "max_samples=250", "shard_multiple=4",
+                 "progress=false"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    for name in ("labeled_set", "unlabeled_set", "test_set"):
+        entries = manifest[name]["shards"]
+        counts = [e["samples"] for e in entries]
+        assert len(entries) % 4 == 0 and max(counts) - min(counts) <= 1 and max(counts) <= 250, (name, counts)
+        keys = [k for e in entries for k in read_shard(out / e["file"])]
+        assert len(keys) == len(set(keys)) == manifest[name]["samples"]  # every sample once
+    assert len(manifest["unlabeled_set"]["shards"]) == 4  # 510 images: 3 shards of 250 at most, rounded up to 4
+
+
+def test_shorter_side_stores_large_images_downscaled_and_keeps_small_ones(tmp_path):
+    import torch
+
+    from bmb_stream.data.shards import encode_image
+    from bmb_stream.data.sources import ImagePool
+
+    rng = np.random.default_rng(0)
+    files = []
+    for name, size in (("large.jpg", (500, 375)), ("small.jpg", (200, 150)), ("tall.png", (300, 600))):
+        Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(tmp_path / name)
+        files.append(str(tmp_path / name))
+    pool = ImagePool(files, np.zeros(3, dtype=np.int64))
+    key, data = encode_image(pool, 0, shorter_side=256)
+    assert key == "jpg" and Image.open(io.BytesIO(data)).size == (341, 256)
+    assert encode_image(pool, 1, shorter_side=256) == ("jpg", (tmp_path / "small.jpg").read_bytes())  # unchanged
+    key, data = encode_image(pool, 2, shorter_side=256)
+    assert key == "png" and Image.open(io.BytesIO(data)).size == (256, 512)
+    assert encode_image(pool, 0) == ("jpg", (tmp_path / "large.jpg").read_bytes())  # without it: the file's bytes
+    tensors = ImagePool(torch.zeros(1, 3, 28, 28, dtype=torch.uint8), np.zeros(1, dtype=np.int64))
+    assert Image.open(io.BytesIO(encode_image(tensors, 0, shorter_side=256)[1])).size == (28, 28)

@@ -25,11 +25,13 @@ SPLIT_PREFIXES = ("labeled-", "unlabeled-", "test-")
 
 
 def export_split(ds_cfg, out: str | Path, *, seed: int = 0, max_samples: int = 10_000, max_bytes: int | None = None,
-                 workers: int = 0,
-                 overwrite: bool = False, keep_hidden_labels: bool = True, progress: bool = True) -> dict:
+                 workers: int = 0, overwrite: bool = False, keep_hidden_labels: bool = True, progress: bool = True,
+                 shard_multiple: int = 1, shorter_side: int | None = None) -> dict:
     """Write `labeled-*.tar` (with `cls`), `unlabeled-*.tar` (with `gt.cls` unless told not to) and
     `test-*.tar` (with `cls`) for the split the dataset config defines, to a folder or to
-    `s3://bucket/prefix` (each shard uploaded as soon as it is written); returns the manifest."""
+    `s3://bucket/prefix` (each shard uploaded as soon as it is written); returns the manifest.
+    `shard_multiple`: each set's shard count a multiple of it, shards of equal counts; `shorter_side`:
+    larger images stored downscaled to it (shards.encode_image)."""
     if max_samples <= 0:
         raise StreamError(f"max_samples={max_samples}: must be a positive integer")
     dest = ShardDestination(out)
@@ -41,30 +43,34 @@ def export_split(ds_cfg, out: str | Path, *, seed: int = 0, max_samples: int = 1
         split.check_images(progress)  # an undecodable file would be packed as it is: refuse before writing
         dest.remove(earlier_output(dest, SPLIT_PREFIXES))
         return _write_split(ds_cfg, dest, split, seed=seed, max_samples=max_samples, max_bytes=max_bytes,
-                            workers=workers, keep_hidden_labels=keep_hidden_labels, progress=progress)
+                            workers=workers, keep_hidden_labels=keep_hidden_labels, progress=progress,
+                            shard_multiple=shard_multiple, shorter_side=shorter_side)
     finally:
         dest.close()
 
 
 def _write_split(ds_cfg, dest: ShardDestination, split: SplitIndices, *, seed: int, max_samples: int,
-                 max_bytes: int | None, workers: int, keep_hidden_labels: bool, progress: bool) -> dict:
+                 max_bytes: int | None, workers: int, keep_hidden_labels: bool, progress: bool, shard_multiple: int,
+                 shorter_side: int | None) -> dict:
     num_classes = int(ds_cfg.num_classes)
     train, test, names, labeled_idx, unlabeled_idx = (split.train, split.test, split.class_names, split.labeled,
                                                       split.unlabeled)
     out = dest.prepare()
     total = len(labeled_idx) + len(unlabeled_idx) + len(test)
     bar = tqdm(total=total, desc=f"shards {ds_cfg.name}", unit="img", disable=not progress)
+    shape = {"max_bytes": max_bytes, "publish": dest.publish, "shard_multiple": shard_multiple,
+             "shorter_side": shorter_side}
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
         sets = {
             "labeled_set": write_set(out, "labeled", train, labeled_idx, True, num_classes, max_samples, pool, bar,
-                                     max_bytes=max_bytes, publish=dest.publish),
+                                     **shape),
             "unlabeled_set": write_set(out, "unlabeled", train, unlabeled_idx, False, num_classes, max_samples, pool,
-                                       bar, keep_hidden_labels, max_bytes=max_bytes, publish=dest.publish),
+                                       bar, keep_hidden_labels, **shape),
             "test_set": write_set(out, "test", test, np.arange(len(test)), True, num_classes, max_samples, pool, bar,
-                                  max_bytes=max_bytes, publish=dest.publish),
+                                  **shape),
         }
     bar.close()
-    manifest = {"format": FORMAT, "version": bmb_stream.__version__, "seed": seed,
+    manifest = {"format": FORMAT, "version": bmb_stream.__version__, "seed": seed, "shorter_side": shorter_side,
                 "dataset": OmegaConf.to_container(ds_cfg, resolve=True), "num_classes": num_classes,
                 "class_names": list(names) or [str(c) for c in range(num_classes)], **sets}
     write_json(out / MANIFEST, manifest)

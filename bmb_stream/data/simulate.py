@@ -63,9 +63,9 @@ def check_recipe(recipe: dict) -> None:
     if recipe.get("on_exhausted") not in ("stop", "reuse"):
         raise StreamError(f"on_exhausted={recipe.get('on_exhausted')}: must be stop or reuse")
     for key, low in (("seed", 0), ("shards", 1), ("samples_per_shard", 1), ("max_samples_per_set_shard", 1),
-                     ("test_per_class", 1)):
+                     ("test_per_class", 1), ("shorter_side", 1)):
         value = recipe.get(key)
-        optional = key in ("max_samples_per_set_shard", "test_per_class")
+        optional = key in ("max_samples_per_set_shard", "test_per_class", "shorter_side")
         if not (optional and value is None) and not (number(value) and value >= low):
             raise StreamError(f"{key}={value}: must be an integer >= {low}{' or null' if optional else ''}")
     fraction = recipe.get("labeled_fraction")
@@ -221,6 +221,7 @@ def _write_stream(recipe_name: str, recipe: dict, ds_cfg, manifest: dict, dest: 
         dest.remove(earlier_output(dest, STREAM_PREFIXES))
     out = dest.prepare()
     max_samples = int(recipe.get("max_samples_per_set_shard") or 10_000)
+    shorter_side = recipe.get("shorter_side")  # larger images stored downscaled to it (shards.encode_image)
     total = sum(len(s["indices"]) for s in plan["shards"]) + len(seed_set) + len(test_idx)
     bar = tqdm(total=total, desc=f"simulate {recipe_name}", unit="img", disable=not progress)
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
@@ -229,16 +230,17 @@ def _write_stream(recipe_name: str, recipe: dict, ds_cfg, manifest: dict, dest: 
             samples = [ShardSample(f"s{i:06d}-{j:06d}", int(idx), int(train.targets[idx]), bool(lab),
                                    {"shard": i, "source_index": int(idx)})
                        for j, (idx, lab) in enumerate(zip(shard["indices"], shard["labeled"]))]
-            jobs.append(pool.submit(write_shard, out / f"stream-{i:06d}.tar", train, samples, num_classes))
+            jobs.append(pool.submit(write_shard, out / f"stream-{i:06d}.tar", train, samples, num_classes, True,
+                                    shorter_side))
         entries = []
         for job, shard in zip(jobs, plan["shards"]):
             entries.append({**job.result(), "prior": np.round(shard["prior"], 6).tolist()})
             dest.publish(out / entries[-1]["file"])
             bar.update(entries[-1]["samples"])
         labeled_set = write_set(out, "labeled", train, seed_set, True, num_classes, max_samples, pool, bar,
-                                publish=dest.publish)
+                                publish=dest.publish, shorter_side=shorter_side)
         test_set = write_set(out, "test", test, test_idx, True, num_classes, max_samples, pool, bar,
-                             publish=dest.publish)
+                             publish=dest.publish, shorter_side=shorter_side)
     bar.close()
     manifest.update({
         "num_classes": num_classes, "class_names": list(names) or [str(c) for c in range(num_classes)],
