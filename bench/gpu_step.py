@@ -8,9 +8,13 @@ configuration consumes. Prints the device name. Under 5 minutes on one GPU.
     python bench/gpu_step.py --device cpu --steps 5 --models wrn28_2   # the same variants on the CPU (bf16 by CPU autocast)
 
 Without a GPU (and without --device cpu) it says so and exits 0: nothing is measured.
-Each step is the learner's own `train_step` (the bank, Nhat and EMA included) on random images already
-on the device; times are medians over `--steps` steps after 3 warm-up steps (compile warms up longer),
-with a device synchronisation around each step.
+Each step is the learner's own `train_step` (the bank, Nhat and EMA included) with the options a user
+sets (`train.amp`, `train.channels_last`, `train.compile`), on random uint8 images in pinned host memory,
+as the loaders give them: the learner copies them without blocking and normalises them on the device.
+Times are medians over `--steps` steps after 3 warm-up steps (compile warms up longer), with a device
+synchronisation around each step. On a GPU it also counts the host synchronisations inside one step
+(CUDA's sync debug mode). The input pipeline's rate per core then says how many CPU cores each GPU
+needs to be fed.
 """
 
 from __future__ import annotations
@@ -42,24 +46,21 @@ VARIANTS = ("fp32", "bf16", "bf16 + channels_last", "bf16 + channels_last + comp
 
 def learner_for(model: str, variant: str, device: torch.device) -> Learner:
     dataset, _, classes = SETTINGS[model]
+    options = {"amp": "bf16" in variant, "channels_last": "channels_last" in variant, "compile": "compile" in variant}
     cfg = compose(["mode=offline", f"dataset={dataset}", f"model={model}", "method=bmb", "progress=false",
-                   f"train.amp={str('bf16' in variant).lower()}", "run.dir=/tmp/bmb-gpu-step",
+                   *(f"train.{k}={str(v).lower()}" for k, v in options.items()), "run.dir=/tmp/bmb-gpu-step",
                    f"dataset.root={Path.cwd()}"])  # composed, never read: the images are random
-    learner = Learner(cfg, classes, [100] * classes, device)
-    if "channels_last" in variant:
-        learner.model.to(memory_format=torch.channels_last)
-    if "compile" in variant:  # the backbone's forward only: parameter names (EMA, checkpoints) unchanged
-        learner.model.backbone.forward = torch.compile(learner.model.backbone.forward)
-    return learner
+    return Learner(cfg, classes, [100] * classes, device)
 
 
-def random_batch(model: str, device: torch.device, channels_last: bool, batch: int = 64) -> Batch:
+def random_batch(model: str, device: torch.device, batch: int = 64) -> Batch:
+    """uint8 images on the host, pinned where they go to a GPU: what the loaders deliver."""
     _, size, classes = SETTINGS[model]
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
 
     def images():
-        return torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=fmt)
-    return Batch(images(), torch.randint(classes, (batch,), device=device), images(), images(), images())
+        x = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
+        return x.pin_memory() if device.type == "cuda" else x
+    return Batch(images(), torch.randint(classes, (batch,)), images(), images(), images())
 
 
 def sync(device: torch.device) -> None:
@@ -67,36 +68,51 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def step_ms(model: str, variant: str, device: torch.device, steps: int) -> float:
+def host_syncs(learner: Learner, batch: Batch) -> int | None:
+    """Host synchronisations inside one step (CUDA only: the sync debug mode warns at each)."""
+    if learner.device.type != "cuda":
+        return None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            learner.train_step(batch)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+def step_ms(model: str, variant: str, device: torch.device, steps: int) -> tuple[float, int | None]:
     learner = learner_for(model, variant, device)
-    batch = random_batch(model, device, "channels_last" in variant)
-    # the learner autocasts on CUDA (train.amp); on the CPU the benchmark does, to see what it would give
-    cpu_bf16 = device.type == "cpu" and "bf16" in variant
+    batch = random_batch(model, device)
     times = []
     for i in range((10 if "compile" in variant else 3) + steps):
         sync(device)
         t = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cpu_bf16):
-            learner.train_step(batch)
+        learner.train_step(batch)
         sync(device)
         times.append(time.perf_counter() - t)
-    return statistics.median(times[-steps:]) * 1e3
+    return statistics.median(times[-steps:]) * 1e3, host_syncs(learner, batch)
 
 
-def pipeline_images_per_s(size: int, n: int, workers: int) -> float:
-    """JPEGs of 500x375 decoded and turned into the weak and two strong views, in DataLoader workers."""
+def pipeline_images_per_s(size: int, n: int, workers: int, view: str, shorter_side: int | None = None) -> float:
+    """JPEGs of 500x375 (or stored at `shorter_side`, as `shards shorter_side=256` writes them) decoded and
+    turned into uint8 views in DataLoader workers: `unlabeled` (the weak and two strong views of one
+    resize) or `weak` (a labeled image)."""
+    from bmb_stream.data.shards import downscaled
     from bmb_stream.data.stream import EncodedImages
-    from bmb_stream.data.transforms import MultiView, build_views
+    from bmb_stream.data.transforms import build_views
 
     rng = np.random.default_rng(0)
     encoded = []
     for _ in range(64):
+        img = Image.fromarray(rng.integers(0, 256, (375, 500, 3), dtype=np.uint8))
+        img = (downscaled(img, shorter_side) if shorter_side else None) or img
         buf = io.BytesIO()
-        Image.fromarray(rng.integers(0, 256, (375, 500, 3), dtype=np.uint8)).save(buf, format="JPEG", quality=90)
+        img.save(buf, format="JPEG", quality=90)
         encoded.append(buf.getvalue())
-    views = build_views(size, [0.5] * 3, [0.25] * 3, resize=True)
-    dataset = EncodedImages([encoded[i % 64] for i in range(n)], np.zeros(n, dtype=np.int64),
-                            MultiView(views["weak"], views["strong"], views["strong"]))
+    views = build_views(size, [0.5] * 3, resize=True)
+    dataset = EncodedImages([encoded[i % 64] for i in range(n)], np.zeros(n, dtype=np.int64), views[view])
     loader = torch.utils.data.DataLoader(dataset, batch_size=64, num_workers=workers)
     t = time.perf_counter()
     for _ in loader:
@@ -111,29 +127,45 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--pipeline-images", type=int, default=2048)
     ap.add_argument("--cpu-compile", action="store_true", help="with --device cpu, also the compiled variant")
+    ap.add_argument("--pipeline-only", action="store_true", help="the input pipeline's rates alone, no step")
     args = ap.parse_args()
     print_header()
     device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
+    if device.type == "cuda" and not torch.cuda.is_available() and not args.pipeline_only:
         print("no GPU here: nothing measured (run it where one is, or with --device cpu for the code path)")
         return
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" and torch.cuda.is_available() else "CPU"
     workers = max(1, len(__import__("os").sched_getaffinity(0)) - 1)
-    print(f"device: {name}; BMB step, 64 labeled + 3 x 64 unlabeled images, median of {args.steps} steps")
-    print(f"{'model':<9} {'variant':<31} {'ms/step':>8} {'unlabeled images/s':>19} {'x fp32':>7}")
+    if not args.pipeline_only:
+        print(f"device: {name}; BMB step, 64 labeled + 3 x 64 unlabeled images, median of {args.steps} steps")
+        print(f"{'model':<9} {'variant':<31} {'ms/step':>8} {'unlabeled images/s':>19} {'x fp32':>7} {'host syncs':>10}")
+    fastest = {}
     for model in args.models:
         base = None
         for variant in VARIANTS:
             if "compile" in variant and device.type != "cuda" and not args.cpu_compile:
                 continue  # compiling on the CPU takes minutes: --cpu-compile
-            ms = step_ms(model, variant, device, args.steps)
+            if args.pipeline_only:
+                break
+            ms, syncs = step_ms(model, variant, device, args.steps)
             base = base or ms
-            print(f"{model:<9} {variant:<31} {ms:>8.1f} {64 / ms * 1e3:>19.0f} {base / ms:>7.2f}")
+            fastest[model] = min(fastest.get(model, ms), ms)
+            print(f"{model:<9} {variant:<31} {ms:>8.1f} {64 / ms * 1e3:>19.0f} {base / ms:>7.2f} "
+                  f"{'-' if syncs is None else syncs:>10}")
     for model in args.models:
         size = SETTINGS[model][1]
-        rate = pipeline_images_per_s(size, args.pipeline_images, workers)
-        print(f"input pipeline for {model} ({size} px, JPEG 500x375 -> weak + 2 strong views, {workers} workers): "
-              f"{rate:.0f} unlabeled images/s ({rate / workers:.0f} per core)")
+        for stored in (None, 256) if size > 64 else (None,):
+            per_core = {view: pipeline_images_per_s(size, args.pipeline_images, workers, view, stored) / workers
+                        for view in ("unlabeled", "weak")}
+            # a step takes 64 unlabeled images (3 views of each) and 64 labeled ones (the weak view): per 1,000
+            # unlabeled images/s of training, 1,000 / unlabeled rate + 1,000 / weak rate cores
+            per_thousand = 1e3 * (1 / per_core["unlabeled"] + 1 / per_core["weak"])
+            need = (f"the fastest step above needs {per_thousand * 64 / fastest[model]:.1f} such cores"
+                    if model in fastest else f"{per_thousand:.1f} cores per 1,000 unlabeled images/s of training")
+            jpeg = "JPEG 500x375" + (f" stored at {stored} px" if stored else "")
+            print(f"input pipeline for {model} ({size} px, {jpeg}, uint8 views, {workers} workers): per core "
+                  f"{per_core['unlabeled']:.0f} unlabeled images/s (weak + 2 strong views), {per_core['weak']:.0f} "
+                  f"labeled images/s (weak view); {need}")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from machine import machine
 
 HERE = Path(__file__).resolve().parent
 README = HERE / "README.md"
-# name -> (arguments, long: trains models for tens of minutes or more)
+# name -> (arguments, long: trains models for tens of minutes or more[, the script when not bench/NAME.py])
 BENCHMARKS = {
     "bank_gate": ([], False),
     "bank_scale": ([], False),
@@ -31,6 +31,12 @@ BENCHMARKS = {
     "s3_throughput": ([], False),
     "dist_scaling": ([], False),
     "gpu_step": ([], False),
+    "gpu_step_cpu": (["--device", "cpu", "--models", "wrn28_2", "--steps", "4", "--cpu-compile",
+                      "--pipeline-images", "512"], False, "gpu_step"),
+    "gpu_step_pipeline": (["--pipeline-only", "--models", "resnet50", "--pipeline-images", "512"], False, "gpu_step"),
+    "input_pipeline": ([], False),
+    "step_overhead": (["--model", "wrn28_2", "--steps", "4", "--rounds", "3"], False),
+    "memory_growth": ([], True),
     "default_job": ([], True),
     "compare_methods": ([], True),
     "stream_vs_offline": ([], True),
@@ -38,9 +44,10 @@ BENCHMARKS = {
 }
 
 
-def run(name: str, args: list[str]) -> str | None:
-    command = [sys.executable, str(HERE / f"{name}.py"), *args]
-    shown = " ".join(["python", f"bench/{name}.py", *args])
+def run(name: str, args: list[str], script: str | None = None) -> str | None:
+    script = script or name
+    command = [sys.executable, str(HERE / f"{script}.py"), *args]
+    shown = " ".join(["python", f"bench/{script}.py", *args])
     print(f"== {shown}", flush=True)
     t = time.time()
     result = subprocess.run(command, capture_output=True, text=True, cwd=HERE.parent)
@@ -66,10 +73,11 @@ def main() -> None:
     ap.add_argument("--long", action="store_true", help="also the benchmarks that train models")
     ap.add_argument("--only", nargs="+", choices=sorted(BENCHMARKS))
     args = ap.parse_args()
-    names = args.only or [n for n, (_, long) in BENCHMARKS.items() if args.long or not long]
+    names = args.only or [n for n, (_, long, *_) in BENCHMARKS.items() if args.long or not long]
     failed = []
     for name in names:
-        body = run(name, BENCHMARKS[name][0])
+        arguments, _, *script = BENCHMARKS[name]
+        body = run(name, arguments, *script)
         if body is None:
             failed.append(name)
             continue
