@@ -4,7 +4,7 @@ only, the reference count rule): balanced accuracy of the EMA model and of the o
 mean of the run's evaluations (every second experience: 5 per run), then mean +- std over the seeds;
 and the bank at the end (entries, classes, entries from labeled images, purity of the pseudo-labeled ones).
 
-    python bench/default_job.py [--seeds 0 1 2] [--variants default reference-bank] [--out bench/results/default_job]
+    python bench/default_job.py [--seeds 0 1 2] [--variants default reference-bank bf16] [--out bench/results/default_job]
 
 Each seed simulates its own stream once (cached). Finished runs under --out are reused.
 """
@@ -27,6 +27,7 @@ from bmb_stream.engine.stream_loop import run_stream  # noqa: E402
 VARIANTS = {
     "default": [],
     "reference-bank": ["method.bank.labeled=false", "method.bank.count_rule=reference"],
+    "bf16": ["train.amp=true"],  # bfloat16 autocast, at equal accuracy or not
 }
 
 

@@ -2,7 +2,7 @@
 groups and, in a stream that introduces classes over time, forgetting per segment of classes.
 
 The test set is read (decoded and transformed) once, when the evaluator is built, and kept as tensors
-if it fits in CACHE_BYTES; an evaluation is then one pass over those tensors that runs every model
+(uint8 images, which the models normalise) if it fits in CACHE_BYTES; an evaluation is then one pass over those tensors that runs every model
 under evaluation on each batch. Top-1 accuracy and the test loss are Avalanche's standalone `Accuracy`
 and `LossMetric` (the mean cross-entropy of each batch, weighted by its size); per-class hits are
 counted with tensors (Avalanche's `ClassAccuracy` counts one sample at a time, in Python). Forgetting
