@@ -157,9 +157,13 @@ def test_sigterm_to_the_process_group_checkpoints_and_the_printed_command_resume
 
 
 def test_ctrl_c_during_start_up_prints_no_traceback(fmnist_root, tmp_path):
+    def as_from_a_shell():  # Ctrl-C's disposition as a terminal gives it, whatever this process inherited
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
     proc = subprocess.Popen([sys.executable, "-m", "bmb_stream", "--mode", "offline", "progress=false",
                              "model=small_cnn", "train.num_workers=0", f"run.dir={tmp_path}"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=as_from_a_shell)
     wait_for(tmp_path / "checkpoints", proc)  # the run directory is checked before the data is read
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
