@@ -5,7 +5,7 @@ of an unlabeled sample, for monitoring only) and optional `json` metadata.
 Shards are written with WebDataset's TarWriter at a fixed mtime, so the same samples give
 byte-identical tar files, and renamed into place only when complete. With `shorter_side`, images
 larger than that are stored downscaled (ImageNet at 256 px: the training views resize to 256 first,
-and a worker then decodes a quarter to a half of the pixels).
+and a worker then decodes under half the pixels of a 500x375 JPEG).
 """
 
 from __future__ import annotations
