@@ -10,10 +10,16 @@ images' true classes, and Nhat's largest : smallest class; then the steps at whi
 held every class and first gave a full draw of 128. Printed next to the authors' run on this machine
 (their code, the same split and settings), whose numbers are the constants below.
 
-    python bench/fidelity_wrn.py [--methods bmb fixmatch] [--steps 1050] [--every 105] [--out bench/results/fidelity]
+    python bench/fidelity_wrn.py [--methods bmb fixmatch] [--seeds 0 1 2] [--steps 1050] [--every 105]
+                                 [--out bench/results/fidelity]
 
-A finished method's run folder is read, not rerun (delete it to rerun). Each record's extra keys are
-in <out>/<method>/fidelity.jsonl.
+The reference split is the same for every seed; a seed changes the initial weights, the batch order
+and the augmentations. With several seeds, a summary follows the curves: when each seed's bank first
+held every class and first gave a full draw, and each column at the last step, mean +- std over seeds
+beside the authors' run (one seed, one evaluation).
+
+A finished run folder (<out>/<method>-seed<N>) is read, not rerun (delete it to rerun). Each record's
+extra keys are in its fidelity.jsonl.
 """
 
 from __future__ import annotations
@@ -121,10 +127,14 @@ def nhat_ratio(nhat) -> str:
     return f"{max(nhat) / min(nhat):.0f}"
 
 
-def print_curve(method: str, run_dir: Path) -> None:
-    points = [json.loads(line) for line in (run_dir / "fidelity.jsonl").read_text().splitlines()]
+def read_points(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "fidelity.jsonl").read_text().splitlines()]
+
+
+def print_curve(method: str, seed: int, run_dir: Path) -> None:
+    points = read_points(run_dir)
     final = json.loads((run_dir / "eval.jsonl").read_text().splitlines()[-1])
-    print(f"\n{method}: balanced accuracy (%), bank and Nhat every {points[0]['step']} steps")
+    print(f"\n{method}, seed {seed}: balanced accuracy (%), bank and Nhat every {points[0]['step']} steps")
     print(f"{'step':>6}{'EMA bal':>9}{'raw bal':>9}{'EMA std':>9}{'raw std':>9}{'entries':>9}{'draw':>6}"
           f"{'purity':>8}{'Nhat max:min':>14}")
     for r in points:
@@ -145,23 +155,55 @@ def print_curve(method: str, run_dir: Path) -> None:
           f"{percent(last['raw_' + head])})")
 
 
+def mean_std(values: list[float]) -> str:
+    t = torch.tensor(values, dtype=torch.float64)
+    return f"{t.mean():.1f} +- {t.std():.1f}" if len(values) > 1 else f"{t.mean():.1f}"
+
+
+def print_summary(method: str, runs: dict[int, Path]) -> None:
+    """Across seeds: the bank's landmarks per seed, and each column at the last step as mean +- std."""
+    last = {seed: read_points(run_dir)[-1] for seed, run_dir in runs.items()}
+    print(f"\n{method}: {len(runs)} seeds ({', '.join(map(str, runs))}), last step {next(iter(last.values()))['step']}")
+    for seed, point in last.items():
+        print(f"  seed {seed}: bank first held every class at step {point.get('all_classes')}, "
+              f"first full draw at step {point.get('full_draw')}")
+    ref = REFERENCE.get(method, {})
+    print(f"  {'':<8}{'ours, mean +- std':>20}{'range':>16}{'authors':>10}")
+    columns = ["ema_bal", "raw_bal", "ema_std", "raw_std"] + (["entries", "purity"] if method == "bmb" else [])
+    for key in columns:
+        scale = 1 if key == "entries" else 100
+        values = [scale * point[key] for point in last.values() if point.get(key) is not None]
+        if values:
+            print(f"  {key:<8}{mean_std(values):>20}{f'{min(values):.1f} .. {max(values):.1f}':>16}"
+                  f"{ref.get(key, '-'):>10}")
+
+
+def run(method: str, seed: int, run_dir: Path, args) -> None:
+    if (run_dir / "summary.json").exists():
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished run starts over: its curve is one run's
+    cfg = compose(["mode=offline", "experiment=fmnist_lt_r100", f"method={method}", f"seed={seed}",
+                   "dataset.split_shuffle=false", "dataset.randaugment=reference",
+                   f"train.steps={args.steps}", f"train.eval_every={args.steps}", "train.ema_warmup=false",
+                   "progress=false", f"run.dir={run_dir}"])
+    FidelityRun(cfg, args.every).execute()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--methods", nargs="+", default=["bmb", "fixmatch"])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--steps", type=int, default=1050)
     ap.add_argument("--every", type=int, default=105)
     ap.add_argument("--out", default="bench/results/fidelity")
     args = ap.parse_args()
     for method in args.methods:
-        run_dir = Path(args.out) / method
-        if not (run_dir / "summary.json").exists():
-            shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished run starts over: its curve is one run's
-            cfg = compose(["mode=offline", "experiment=fmnist_lt_r100", f"method={method}", "seed=0",
-                           "dataset.split_shuffle=false", "dataset.randaugment=reference",
-                           f"train.steps={args.steps}", f"train.eval_every={args.steps}", "train.ema_warmup=false",
-                           "progress=false", f"run.dir={run_dir}"])
-            FidelityRun(cfg, args.every).execute()
-        print_curve(method, run_dir)
+        runs = {seed: Path(args.out) / f"{method}-seed{seed}" for seed in args.seeds}
+        for seed, run_dir in runs.items():
+            run(method, seed, run_dir, args)
+            print_curve(method, seed, run_dir)
+        if len(runs) > 1:
+            print_summary(method, runs)
 
 
 if __name__ == "__main__":
