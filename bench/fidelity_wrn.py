@@ -91,7 +91,7 @@ class FidelityRun(OfflineRun):
         classes = model.num_classes
         correct = {"bal": torch.zeros(classes), "std": torch.zeros(classes)}
         for x, y in zip(self.test_x.split(500), self.test_y.split(500)):
-            features = model(x.to(self.device)).cpu()
+            features = model(self.learner.input(x)).cpu()  # the uint8 test images, normalised as in training
             for head in correct:
                 hit = (model.head(head).cpu()(features).argmax(1) == y).float()
                 correct[head] += torch.zeros(classes).index_add_(0, y, hit)
