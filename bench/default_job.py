@@ -1,10 +1,12 @@
 """The default job (`bmb-stream`: BMB, small CNN, the simulated fmnist_lt_drift stream, 320 steps) over
 several seeds, with the memory bank as configured against the reference's bank (unlabeled pseudo-labels
-only, the reference count rule): balanced accuracy of the EMA model and of the online weights, each the
-mean of the run's evaluations (every second experience: 5 per run), then mean +- std over the seeds;
-and the bank at the end (entries, classes, entries from labeled images, purity of the pseudo-labeled ones).
+only, the reference count rule), and against supervised training and FixMatch on the same stream and
+budget: balanced accuracy of the EMA model and of the online weights, each the mean of the run's
+evaluations (every second experience: 5 per run), then mean +- std over the seeds; and the bank at the
+end (entries, classes, entries from labeled images, purity of the pseudo-labeled ones).
 
-    python bench/default_job.py [--seeds 0 1 2] [--variants default reference-bank bf16] [--out bench/results/default_job]
+    python bench/default_job.py [--seeds 0 1 2] [--variants default reference-bank supervised fixmatch bf16]
+                                [--out bench/results/default_job]
 
 Each seed simulates its own stream once (cached). Finished runs under --out are reused.
 """
@@ -27,6 +29,8 @@ from bmb_stream.engine.stream_loop import run_stream  # noqa: E402
 VARIANTS = {
     "default": [],
     "reference-bank": ["method.bank.labeled=false", "method.bank.count_rule=reference"],
+    "supervised": ["method=supervised"],  # the labeled images only
+    "fixmatch": ["method=fixmatch"],
     "bf16": ["train.amp=true"],  # bfloat16 autocast, at equal accuracy or not
 }
 
@@ -46,7 +50,7 @@ def main() -> None:
                 run_stream(compose([f"seed={seed}", "progress=false", f"run.dir={run_dir}", *VARIANTS[name]]))
             summary = json.loads((run_dir / "summary.json").read_text())
             records = [json.loads(line) for line in (run_dir / "eval.jsonl").read_text().splitlines()]
-            counts = summary["bank_class_counts"]
+            counts = summary.get("bank_class_counts") or []  # no bank: supervised, FixMatch
             row = {"ema": 100 * np.mean([r["balanced_acc"] for r in records]),
                    "online": 100 * np.mean([r["raw_balanced_acc"] for r in records]),
                    "final_ema": 100 * summary["final"]["balanced_acc"], "entries": sum(counts),
@@ -54,7 +58,7 @@ def main() -> None:
                    "purity": summary.get("bank_purity")}
             rows[name].append(row)
             print(f"{name:<15} seed {seed}: EMA {row['ema']:.1f}  online {row['online']:.1f}  final EMA "
-                  f"{row['final_ema']:.1f}  bank {row['entries']}/{summary['bank_capacity']}, {row['classes']} classes, "
+                  f"{row['final_ema']:.1f}  bank {row['entries']}/{summary.get('bank_capacity') or 0}, {row['classes']} classes, "
                   f"{row['labeled']} labeled  ({time.time() - started:.0f} s)", flush=True)
     print(f"\nThe default job, seeds {args.seeds}: balanced accuracy (%), mean over each run's evaluations, "
           "then mean +- std over seeds; the bank at the end, mean over seeds")
