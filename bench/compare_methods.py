@@ -3,6 +3,10 @@
 
     python bench/compare_methods.py [--steps 1000] [--eval-every 50] [--last 10] [--seeds 0 1 2]
                                     [--variants supervised fixmatch bmb ...] [--out bench/results/methods]
+                                    [--per-class] [--finished-only]
+
+--per-class adds, per variant, each class's accuracy (EMA model, the same statistic) and, for BMB, when
+each seed's bank was first full (at an evaluation) and which classes never entered it.
 
 The statistic: per run, the mean of the last `--last` evaluations (the EMA model and the online
 weights, balanced accuracy, %), then the mean and standard deviation of that over the seeds. One
@@ -24,6 +28,7 @@ import numpy as np
 warnings.filterwarnings("ignore", message="no QP solver found")
 
 from bmb_stream.config import compose  # noqa: E402
+from bmb_stream.data.datasets import FMNIST_CLASSES  # noqa: E402
 from bmb_stream.engine.offline import run_offline  # noqa: E402
 
 VARIANTS = {
@@ -65,8 +70,10 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=["supervised", "fixmatch", "bmb"], choices=list(VARIANTS))
     ap.add_argument("--out", default="bench/results/methods")
     ap.add_argument("--finished-only", action="store_true", help="tabulate the finished runs, train none")
+    ap.add_argument("--per-class", action="store_true", help="per-class accuracy and the bank's classes too")
     args = ap.parse_args()
     per_run: dict[str, list[dict]] = {v: [] for v in args.variants}
+    histories: dict[str, dict[int, list[dict]]] = {v: {} for v in args.variants}
     t0 = time.time()
     for seed in args.seeds:
         for name in args.variants:
@@ -74,6 +81,7 @@ def main() -> None:
             records = run_variant(name, seed, args)
             if records is None:
                 continue
+            histories[name][seed] = records
             records = records[-args.last:]
             mean = {key: 100 * float(np.mean([r[key] for r in records])) for key, _ in COLUMNS}
             per_run[name].append(mean)
@@ -92,9 +100,34 @@ def main() -> None:
         table[name] = row
         print(f"{name:<26}" + "".join(f"{f'{row[k][0]:.1f} +- {row[k][1]:.1f}':>18}" for k, _ in COLUMNS)
               + f"{len(runs):>7}")
+    if args.per_class:
+        print_per_class(histories, args.last)
     print(f"total wall time {time.time() - t0:.0f} s")
     Path(args.out).mkdir(parents=True, exist_ok=True)
     (Path(args.out) / "table.json").write_text(json.dumps({"args": vars(args), "table": table}, indent=2))
+
+
+def print_per_class(histories: dict[str, dict[int, list[dict]]], last: int) -> None:
+    """Each class's EMA accuracy (per run the mean of the last `last` evaluations, then the mean over
+    seeds) and, where there is a bank, the evaluation at which it was first full and the classes that
+    were never in it at any evaluation, per seed."""
+    print(f"\nper class: EMA accuracy (%), mean of the last {last} evaluations, then over seeds")
+    print(f"{'variant':<26}" + "".join(f"{name[:8]:>9}" for name in FMNIST_CLASSES))
+    for name, runs in histories.items():
+        if not runs:
+            continue
+        acc = np.mean([np.mean([r["per_class_acc"] for r in records[-last:]], axis=0) for records in runs.values()], axis=0)
+        print(f"{name:<26}" + "".join(f"{100 * a:>9.0f}" for a in acc))
+    for name, runs in histories.items():
+        for seed, records in runs.items():
+            counts = [r.get("bank_class_counts") for r in records]
+            if not any(counts):
+                continue
+            sizes = [sum(c) if c else 0 for c in counts]
+            first_largest = records[sizes.index(max(sizes))]["step"]
+            never = [FMNIST_CLASSES[k] for k in range(len(counts[-1])) if all(not c or c[k] == 0 for c in counts)]
+            print(f"{name} seed {seed}: bank at its largest ({max(sizes)} entries) first at step {first_largest}; "
+                  f"never in the bank: {', '.join(never) or 'none'}")
 
 
 if __name__ == "__main__":
