@@ -8,7 +8,9 @@ end (entries, classes, entries from labeled images, purity of the pseudo-labeled
     python bench/default_job.py [--seeds 0 1 2] [--variants default reference-bank supervised fixmatch bf16]
                                 [--out bench/results/default_job]
 
-Each seed simulates its own stream once (cached). Finished runs under --out are reused.
+Every seed trains on the same stream (the recipe's own seed fixes it; simulated once and cached); the run
+seed changes the initial weights, the shuffling and the augmentations. Finished runs under --out are
+reused.
 """
 
 from __future__ import annotations
