@@ -38,9 +38,9 @@ BENCHMARKS = {
     "step_overhead": (["--model", "wrn28_2", "--steps", "4", "--rounds", "3"], False),
     "memory_growth": ([], True),
     "default_job": ([], True),
-    "compare_methods": ([], True),
+    "compare_methods": (["--per-class"], True),
     "stream_vs_offline": ([], True),
-    "fidelity_wrn": (["--methods", "bmb"], True),
+    "fidelity_wrn": (["--methods", "bmb", "--seeds", "0", "1", "2"], True),
 }
 
 
