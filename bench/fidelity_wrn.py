@@ -15,8 +15,9 @@ held every class and first gave a full draw of 128. Printed next to the authors'
 
 The reference split is the same for every seed; a seed changes the initial weights, the batch order
 and the augmentations. With several seeds, a summary follows the curves: when each seed's bank first
-held every class and first gave a full draw, and each column at the last step, mean +- std over seeds
-beside the authors' run (one seed, one evaluation).
+held every class and first gave a full draw, and each column at the last step (mean +- std over seeds,
+and the seeds' range) and averaged over the last three curve points, beside the authors' run (one
+seed, one evaluation).
 
 A finished run folder (<out>/<method>-seed<N>) is read, not rerun (delete it to rerun). Each record's
 extra keys are in its fidelity.jsonl.
@@ -160,22 +161,27 @@ def mean_std(values: list[float]) -> str:
     return f"{t.mean():.1f} +- {t.std():.1f}" if len(values) > 1 else f"{t.mean():.1f}"
 
 
-def print_summary(method: str, runs: dict[int, Path]) -> None:
-    """Across seeds: the bank's landmarks per seed, and each column at the last step as mean +- std."""
-    last = {seed: read_points(run_dir)[-1] for seed, run_dir in runs.items()}
-    print(f"\n{method}: {len(runs)} seeds ({', '.join(map(str, runs))}), last step {next(iter(last.values()))['step']}")
-    for seed, point in last.items():
-        print(f"  seed {seed}: bank first held every class at step {point.get('all_classes')}, "
-              f"first full draw at step {point.get('full_draw')}")
+def print_summary(method: str, runs: dict[int, Path], window: int = 3) -> None:
+    """Across seeds: the bank's landmarks per seed; each column at the last step (what the authors'
+    single evaluation is compared with) and averaged over the last `window` curve points, as mean +- std
+    over seeds, with the range of the seeds' values at the last step."""
+    points = {seed: read_points(run_dir) for seed, run_dir in runs.items()}
+    last_step, first_step = (next(iter(points.values()))[i]["step"] for i in (-1, -window))
+    print(f"\n{method}: {len(runs)} seeds ({', '.join(map(str, runs))})")
+    for seed, curve in points.items():
+        print(f"  seed {seed}: bank first held every class at step {curve[-1].get('all_classes')}, "
+              f"first full draw at step {curve[-1].get('full_draw')}")
     ref = REFERENCE.get(method, {})
-    print(f"  {'':<8}{'ours, mean +- std':>20}{'range':>16}{'authors':>10}")
+    print(f"  {'':<8}{f'step {last_step}':>16}{'range':>16}{f'steps {first_step}-{last_step}':>18}{'authors':>10}")
     columns = ["ema_bal", "raw_bal", "ema_std", "raw_std"] + (["entries", "purity"] if method == "bmb" else [])
     for key in columns:
         scale = 1 if key == "entries" else 100
-        values = [scale * point[key] for point in last.values() if point.get(key) is not None]
-        if values:
-            print(f"  {key:<8}{mean_std(values):>20}{f'{min(values):.1f} .. {max(values):.1f}':>16}"
-                  f"{ref.get(key, '-'):>10}")
+        at_last = [scale * curve[-1][key] for curve in points.values() if curve[-1].get(key) is not None]
+        averaged = [scale * sum(p[key] for p in curve[-window:]) / window for curve in points.values()
+                    if all(p.get(key) is not None for p in curve[-window:])]
+        if at_last:
+            print(f"  {key:<8}{mean_std(at_last):>16}{f'{min(at_last):.1f} .. {max(at_last):.1f}':>16}"
+                  f"{mean_std(averaged) if averaged else '-':>18}{ref.get(key, '-'):>10}")
 
 
 def run(method: str, seed: int, run_dir: Path, args) -> None:
