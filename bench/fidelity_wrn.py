@@ -11,7 +11,9 @@ held every class and first gave a full draw of 128. Printed next to the authors'
 (their code, the same split and settings), whose numbers are the constants below.
 
     python bench/fidelity_wrn.py [--methods bmb fixmatch] [--seeds 0 1 2] [--steps 1050] [--every 105]
-                                 [--out bench/results/fidelity]
+                                 [--out bench/results/fidelity] [--set KEY=VALUE ...]
+
+--set adds config overrides after the fixed ones (the test suite runs it with model=small_cnn).
 
 The reference split is the same for every seed; a seed changes the initial weights, the batch order
 and the augmentations. With several seeds, a summary follows the curves: when each seed's bank first
@@ -166,6 +168,7 @@ def print_summary(method: str, runs: dict[int, Path], window: int = 3) -> None:
     single evaluation is compared with) and averaged over the last `window` curve points, as mean +- std
     over seeds, with the range of the seeds' values at the last step."""
     points = {seed: read_points(run_dir) for seed, run_dir in runs.items()}
+    window = min([window] + [len(curve) for curve in points.values()])
     last_step, first_step = (next(iter(points.values()))[i]["step"] for i in (-1, -window))
     print(f"\n{method}: {len(runs)} seeds ({', '.join(map(str, runs))})")
     for seed, curve in points.items():
@@ -191,7 +194,7 @@ def run(method: str, seed: int, run_dir: Path, args) -> None:
     cfg = compose(["mode=offline", "experiment=fmnist_lt_r100", f"method={method}", f"seed={seed}",
                    "dataset.split_shuffle=false", "dataset.randaugment=reference",
                    f"train.steps={args.steps}", f"train.eval_every={args.steps}", "train.ema_warmup=false",
-                   "progress=false", f"run.dir={run_dir}"])
+                   "progress=false", f"run.dir={run_dir}", *args.set])
     FidelityRun(cfg, args.every).execute()
 
 
@@ -202,6 +205,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1050)
     ap.add_argument("--every", type=int, default=105)
     ap.add_argument("--out", default="bench/results/fidelity")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra config overrides")
     args = ap.parse_args()
     for method in args.methods:
         runs = {seed: Path(args.out) / f"{method}-seed{seed}" for seed in args.seeds}
