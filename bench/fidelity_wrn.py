@@ -134,6 +134,13 @@ def read_points(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "fidelity.jsonl").read_text().splitlines()]
 
 
+def landmarks(point: dict) -> str:
+    """When the bank first held every class and first gave a full draw, as of `point`."""
+    def when(key):
+        return f"at step {point[key]}" if point.get(key) is not None else f"not by step {point['step']}"
+    return f"bank first held every class {when('all_classes')}, first full draw {when('full_draw')}"
+
+
 def print_curve(method: str, seed: int, run_dir: Path) -> None:
     points = read_points(run_dir)
     final = json.loads((run_dir / "eval.jsonl").read_text().splitlines()[-1])
@@ -150,8 +157,7 @@ def print_curve(method: str, seed: int, run_dir: Path) -> None:
     if "landmarks" in ref:
         print(f"authors' run: {ref['landmarks']}")
     last = points[-1]
-    print(f"ours: bank first held every class at step {last.get('all_classes')}, first full draw at step "
-          f"{last.get('full_draw')}; wall {final['wall_s'] / 60:.0f} min")
+    print(f"ours: {landmarks(last)}; wall {final['wall_s'] / 60:.0f} min")
     head = "bal" if method == "bmb" else "std"  # the head the run's own evaluation reports
     print(f"check: the run's own evaluation at step {final['step']}: EMA {percent(final['balanced_acc'])}, "
           f"online {percent(final['raw_balanced_acc'])} (the curve's {head} head: {percent(last['ema_' + head])}, "
@@ -172,8 +178,7 @@ def print_summary(method: str, runs: dict[int, Path], window: int = 3) -> None:
     last_step, first_step = (next(iter(points.values()))[i]["step"] for i in (-1, -window))
     print(f"\n{method}: {len(runs)} seeds ({', '.join(map(str, runs))})")
     for seed, curve in points.items():
-        print(f"  seed {seed}: bank first held every class at step {curve[-1].get('all_classes')}, "
-              f"first full draw at step {curve[-1].get('full_draw')}")
+        print(f"  seed {seed}: {landmarks(curve[-1])}")
     ref = REFERENCE.get(method, {})
     print(f"  {'':<8}{f'step {last_step}':>16}{'range':>16}{f'steps {first_step}-{last_step}':>18}{'authors':>10}")
     columns = ["ema_bal", "raw_bal", "ema_std", "raw_std"] + (["entries", "purity"] if method == "bmb" else [])
