@@ -5,8 +5,8 @@
                                     [--variants supervised fixmatch bmb ...] [--out bench/results/methods]
                                     [--per-class] [--finished-only]
 
---per-class adds, per variant, each class's accuracy (EMA model, the same statistic) and, for BMB, when
-each seed's bank was first full (at an evaluation) and which classes never entered it.
+--per-class adds, per variant, each class's accuracy (EMA model, the same statistic) and, for BMB, the
+evaluation at which each seed's bank was first at its largest and which classes never entered it.
 
 The statistic: per run, the mean of the last `--last` evaluations (the EMA model and the online
 weights, balanced accuracy, %), then the mean and standard deviation of that over the seeds. One
@@ -109,8 +109,8 @@ def main() -> None:
 
 def print_per_class(histories: dict[str, dict[int, list[dict]]], last: int) -> None:
     """Each class's EMA accuracy (per run the mean of the last `last` evaluations, then the mean over
-    seeds) and, where there is a bank, the evaluation at which it was first full and the classes that
-    were never in it at any evaluation, per seed."""
+    seeds) and, where there is a bank, the evaluation at which it was first at its largest and the
+    classes that were never in it at any evaluation, per seed."""
     print(f"\nper class: EMA accuracy (%), mean of the last {last} evaluations, then over seeds")
     print(f"{'variant':<26}" + "".join(f"{name[:8]:>9}" for name in FMNIST_CLASSES))
     for name, runs in histories.items():
