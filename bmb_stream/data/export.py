@@ -1,13 +1,13 @@
 """`bmb-stream shards`: a configured dataset split (labeled, unlabeled, test) written as shards.
 
 Shards of one set are written in parallel threads (image encoding and file reads release the GIL),
-JPEG files keep their bytes, and the manifest is written last.
+JPEG files keep their bytes, and the manifest is written last; a folder gets the split whole once it
+is complete (upload.ShardDestination).
 """
 
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +15,10 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 import bmb_stream
+from bmb_stream.atomic import WriteFailed
 from bmb_stream.data.datasets import SplitIndices, load_split
-from bmb_stream.data.shards import write_set
-from bmb_stream.data.simulate import MANIFEST, StreamError, earlier_output, write_json
+from bmb_stream.data.shards import write_set, writer_pool
+from bmb_stream.data.simulate import MANIFEST, StreamError, earlier_output, incomplete, write_json
 from bmb_stream.data.upload import ShardDestination
 
 FORMAT = "bmb-stream-split/1"
@@ -37,30 +38,32 @@ def export_split(ds_cfg, out: str | Path, *, seed: int = 0, max_samples: int = 1
     dest = ShardDestination(out)
     try:
         existing = dest.names()
-        if existing and not overwrite:
+        if existing and not overwrite and not incomplete(existing):
             raise StreamError(f"{dest.out} is not empty; choose another out= or add overwrite=true")
         split = load_split(ds_cfg, seed)
         split.check_images(progress)  # an undecodable file would be packed as it is: refuse before writing
-        dest.remove(earlier_output(dest, SPLIT_PREFIXES))
-        return _write_split(ds_cfg, dest, split, seed=seed, max_samples=max_samples, max_bytes=max_bytes,
-                            workers=workers, keep_hidden_labels=keep_hidden_labels, progress=progress,
-                            shard_multiple=shard_multiple, shorter_side=shorter_side)
+        return _write_split(ds_cfg, dest, earlier_output(dest, SPLIT_PREFIXES), split, seed=seed,
+                            max_samples=max_samples, max_bytes=max_bytes, workers=workers,
+                            keep_hidden_labels=keep_hidden_labels, progress=progress, shard_multiple=shard_multiple,
+                            shorter_side=shorter_side)
+    except WriteFailed as e:
+        raise dest.failed(e) from None
     finally:
         dest.close()
 
 
-def _write_split(ds_cfg, dest: ShardDestination, split: SplitIndices, *, seed: int, max_samples: int,
-                 max_bytes: int | None, workers: int, keep_hidden_labels: bool, progress: bool, shard_multiple: int,
-                 shorter_side: int | None) -> dict:
+def _write_split(ds_cfg, dest: ShardDestination, replace: list[str], split: SplitIndices, *, seed: int,
+                 max_samples: int, max_bytes: int | None, workers: int, keep_hidden_labels: bool, progress: bool,
+                 shard_multiple: int, shorter_side: int | None) -> dict:
     num_classes = int(ds_cfg.num_classes)
     train, test, names, labeled_idx, unlabeled_idx = (split.train, split.test, split.class_names, split.labeled,
                                                       split.unlabeled)
-    out = dest.prepare()
+    out = dest.prepare(replace)  # a staging folder: the split is put in place only once complete
     total = len(labeled_idx) + len(unlabeled_idx) + len(test)
     bar = tqdm(total=total, desc=f"shards {ds_cfg.name}", unit="img", disable=not progress)
     shape = {"max_bytes": max_bytes, "publish": dest.publish, "shard_multiple": shard_multiple,
              "shorter_side": shorter_side}
-    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+    with writer_pool(workers or os.cpu_count() or 1) as pool:
         sets = {
             "labeled_set": write_set(out, "labeled", train, labeled_idx, True, num_classes, max_samples, pool, bar,
                                      **shape),

@@ -13,6 +13,8 @@ from __future__ import annotations
 import io
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,6 +99,18 @@ def write_shard(path: str | Path, pool: ImagePool, samples: list[ShardSample], n
             sink.write(obj)
             histogram[s.label] += 1
     return {"file": path.name, "samples": len(samples), "labeled": labeled, "class_histogram": histogram.tolist()}
+
+
+@contextmanager
+def writer_pool(workers: int):
+    """Threads that write shards; after a failure or Ctrl-C the shards not started are never written."""
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
+        yield pool
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 TAR_MEMBER_OVERHEAD = 1024  # a tar header and padding per member, at most

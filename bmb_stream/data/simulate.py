@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -13,17 +12,19 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 import bmb_stream
-from bmb_stream.atomic import write_text
+from bmb_stream.atomic import WriteFailed, write_text
 from bmb_stream.data.datasets import load_split
 from bmb_stream.data.priors import shard_priors
-from bmb_stream.data.shards import ShardSample, write_set, write_shard
+from bmb_stream.data.shards import ShardSample, write_set, write_shard, writer_pool
 from bmb_stream.data.sources import check_image_files
-from bmb_stream.data.upload import ShardDestination
+from bmb_stream.data.upload import INCOMPLETE, ShardDestination
 
 MANIFEST = "manifest.json"
 PLOT = "plots/stream_prior.png"
 FORMAT = "bmb-stream-shards/1"
 STREAM_PREFIXES = ("stream-", "labeled-", "test-")
+MAX_SHARDS = 100_000  # the plan holds a prior per shard and class, and every image's index:
+MAX_STREAM_IMAGES = 100_000_000  # bounds that keep it in memory and far above any real stream
 
 
 class StreamError(ValueError):
@@ -68,6 +69,11 @@ def check_recipe(recipe: dict) -> None:
         optional = key in ("max_samples_per_set_shard", "test_per_class", "shorter_side")
         if not (optional and value is None) and not (number(value) and value >= low):
             raise StreamError(f"{key}={value}: must be an integer >= {low}{' or null' if optional else ''}")
+    if recipe["shards"] > MAX_SHARDS:
+        raise StreamError(f"shards={recipe['shards']}: at most {MAX_SHARDS:,}; use fewer, larger shards")
+    if (total := recipe["shards"] * recipe["samples_per_shard"]) > MAX_STREAM_IMAGES:
+        raise StreamError(f"shards x samples_per_shard = {total:,} images: a stream holds at most "
+                          f"{MAX_STREAM_IMAGES:,}; lower shards= or samples_per_shard=")
     fraction = recipe.get("labeled_fraction")
     if not (number(fraction, (int, float)) and 0 <= fraction <= 1):
         raise StreamError(f"labeled_fraction={fraction}: must be a number in [0, 1]")
@@ -104,8 +110,10 @@ def plan_stream(recipe: dict, targets: np.ndarray, available: np.ndarray, num_cl
         mix = np.bincount(targets[available], minlength=num_classes) / max(1, len(available))
         shards = [{"indices": order[i: i + per_shard], "prior": mix,
                    "labeled": rng.random(len(order[i: i + per_shard])) < float(recipe["labeled_fraction"])}
-                  for i in range(0, len(order), per_shard)]
-        return {"shards": shards, "stopped_early": None, "reused_samples": 0}  # the last shard may be partial
+                  for i in range(0, len(order), per_shard)]  # the last shard may be partial
+        stopped = None if len(order) == num_shards * per_shard else \
+            {"before_shard": len(shards), "classes_exhausted": np.flatnonzero(mix).tolist()}
+        return {"shards": shards, "stopped_early": stopped, "reused_samples": 0}
     priors = shard_priors(recipe["prior"], num_classes, num_shards)
     by_class = [rng.permutation(available[targets[available] == c]) for c in range(num_classes)]
     cursor = np.zeros(num_classes, dtype=np.int64)
@@ -115,6 +123,11 @@ def plan_stream(recipe: dict, targets: np.ndarray, available: np.ndarray, num_cl
     for i in range(num_shards):
         counts = rng.multinomial(per_shard, priors[i])
         short = [c for c in range(num_classes) if cursor[c] + counts[c] > len(by_class[c])]
+        if short and not reuse and i == 0:
+            c = short[0]
+            raise StreamError(f"samples_per_shard={per_shard}: the first shard draws {counts[c]} images of class {c}, "
+                              f"which has {len(by_class[c])} for the stream; lower samples_per_shard= or set "
+                              f"on_exhausted=reuse")
         if short and not reuse:
             stopped = {"before_shard": i, "classes_exhausted": short}
             break
@@ -157,15 +170,20 @@ def read_our_manifest(dest: ShardDestination, names) -> dict | None:
 
 
 def earlier_output(dest: ShardDestination, prefixes: tuple[str, ...]) -> list[str]:
-    """What an earlier run of ours left in `dest`, the only files overwrite=true deletes: the files its
+    """What an earlier run of ours left in `dest`, the only files a new output replaces: the files its
     manifest lists, the manifest and our plot, or, without a manifest of ours, the shards named with
-    our `prefixes`. Every other file is the user's and stays."""
+    our `prefixes`; and the marker of an output left incomplete. Every other file is the user's and stays."""
     names = dest.names()
     old = read_our_manifest(dest, names)
     if old is None:
-        return [n for n in names if n.endswith(".tar") and n.startswith(prefixes)]
-    ours = {MANIFEST, PLOT, *manifest_files(old)}
+        return [n for n in names if n.endswith(".tar") and n.startswith(prefixes) or n == INCOMPLETE]
+    ours = {MANIFEST, PLOT, INCOMPLETE, *manifest_files(old)}
     return [n for n in names if n in ours]
+
+
+def incomplete(names) -> bool:
+    """The destination holds an output of ours left incomplete (its manifest never came): a retry replaces it."""
+    return INCOMPLETE in names and MANIFEST not in names
 
 
 def _check_out(dest: ShardDestination, manifest: dict, overwrite: bool) -> bool:
@@ -180,7 +198,7 @@ def _check_out(dest: ShardDestination, manifest: dict, overwrite: bool) -> bool:
         if not overwrite:
             raise StreamError(f"{dest.out} already holds a different stream ({old.get('recipe_name')}, seed "
                               f"{old.get('recipe', {}).get('seed')}); choose another out= or add overwrite=true")
-    elif names and not overwrite:
+    elif names and not overwrite and not incomplete(names):
         raise StreamError(f"{dest.out} is not empty and holds no stream manifest; choose another out= or add overwrite=true")
     return False
 
@@ -200,31 +218,36 @@ def simulate(recipe_name: str, recipe: dict, out: str | Path, overwrite: bool = 
     try:
         if _check_out(dest, manifest, overwrite):
             return json.loads(dest.read(MANIFEST))
-        manifest = _write_stream(recipe_name, recipe, ds_cfg, manifest, dest, overwrite, progress)
+        manifest = _write_stream(recipe_name, recipe, ds_cfg, manifest, dest, earlier_output(dest, STREAM_PREFIXES),
+                                 progress)
+    except WriteFailed as e:
+        raise dest.failed(e) from None
     finally:
         dest.close()
     return manifest
 
 
-def _write_stream(recipe_name: str, recipe: dict, ds_cfg, manifest: dict, dest: ShardDestination, overwrite: bool,
-                  progress: bool) -> dict:
+def _write_stream(recipe_name: str, recipe: dict, ds_cfg, manifest: dict, dest: ShardDestination,
+                  replace: list[str], progress: bool) -> dict:
     num_classes = ds_cfg.num_classes
     split = load_split(ds_cfg, int(recipe["seed"]))
     train, test, names, seed_set = split.train, split.test, split.class_names, split.labeled
     available = np.setdiff1d(np.arange(len(train)), seed_set)  # the stream never repeats a seed-set image
+    if int(recipe["samples_per_shard"]) > len(available):
+        raise StreamError(f"samples_per_shard={recipe['samples_per_shard']}: more than the {len(available)} images "
+                          f"{recipe['dataset']} has for the stream (its training images less the seed set); "
+                          f"lower it to at most {len(available)}")
     plan = plan_stream(recipe, train.targets, available, num_classes)
     test_idx = _test_indices(recipe, test.targets, num_classes)
     # a bad image file stops here, before anything is written or uploaded
     check_image_files(train, np.concatenate([seed_set, *(s["indices"] for s in plan["shards"])]), progress)
     check_image_files(test, test_idx, progress)
-    if overwrite:
-        dest.remove(earlier_output(dest, STREAM_PREFIXES))
-    out = dest.prepare()
+    out = dest.prepare(replace)  # a staging folder: the output is put in place only once complete
     max_samples = int(recipe.get("max_samples_per_set_shard") or 10_000)
     shorter_side = recipe.get("shorter_side")  # larger images stored downscaled to it (shards.encode_image)
     total = sum(len(s["indices"]) for s in plan["shards"]) + len(seed_set) + len(test_idx)
     bar = tqdm(total=total, desc=f"simulate {recipe_name}", unit="img", disable=not progress)
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+    with writer_pool(os.cpu_count() or 1) as pool:
         jobs = []
         for i, shard in enumerate(plan["shards"]):
             samples = [ShardSample(f"s{i:06d}-{j:06d}", int(idx), int(train.targets[idx]), bool(lab),
@@ -268,12 +291,8 @@ def write_json(path: Path, obj: dict) -> None:
 
 
 def plot_priors(manifest: dict, path: Path) -> None:
-    import matplotlib
+    from bmb_stream.evaluation.plots import plt, save_figure  # matplotlib on its file backend
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
     prior = np.asarray([s["prior"] for s in manifest["shards"]])
     seen = np.asarray([s["class_histogram"] for s in manifest["shards"]], dtype=float)
     seen = seen / np.maximum(seen.sum(1, keepdims=True), 1)
@@ -285,5 +304,4 @@ def plot_priors(manifest: dict, path: Path) -> None:
     axes[0].set_ylabel("shard")
     fig.suptitle(f"{manifest['recipe_name']} (seed {manifest['recipe']['seed']})")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -9,6 +10,24 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from bmb_stream.atomic import WriteFailed, atomic_write, write_failure  # noqa: E402
+
+
+def save_figure(fig, path: str | Path) -> None:
+    """The figure as a PNG at `path`, written whole or not at all (WriteFailed, as for a full disk); closes it."""
+    path = Path(path)
+    image = io.BytesIO()
+    try:
+        fig.savefig(image, format="png", dpi=110)
+    finally:
+        plt.close(fig)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WriteFailed(path, write_failure(path, e)) from None
+    with atomic_write(path) as f:
+        f.write(image.getvalue())
 
 
 def _lines(ax, x, series: np.ndarray, names: list[str]) -> None:
@@ -23,7 +42,6 @@ def _lines(ax, x, series: np.ndarray, names: list[str]) -> None:
 def write_plots(history: list[dict], out_dir: str | Path, class_names: list[str], x_key: str = "step") -> list[Path]:
     """Write the run's plots (PNG) and return their paths; classes are ordered head to tail."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     if not history:
         return []
     x = [r[x_key] for r in history]
@@ -37,8 +55,7 @@ def write_plots(history: list[dict], out_dir: str | Path, class_names: list[str]
     ax2.set(xlabel="class (head to tail)", ylabel="accuracy", title="final per-class accuracy", ylim=(0, 1))
     fig.tight_layout()
     written.append(out / "per_class_acc.png")
-    fig.savefig(written[-1], dpi=110)
-    plt.close(fig)
+    save_figure(fig, written[-1])
     for key, title in (("bank_class_counts", "memory bank composition"), ("class_weights", "unlabeled class weights")):
         if history[-1].get(key) is None:
             continue
@@ -48,6 +65,5 @@ def write_plots(history: list[dict], out_dir: str | Path, class_names: list[str]
         ax.set(xlabel=x_key, title=title)
         fig.tight_layout()
         written.append(out / f"{key}.png")
-        fig.savefig(written[-1], dpi=110)
-        plt.close(fig)
+        save_figure(fig, written[-1])
     return written
