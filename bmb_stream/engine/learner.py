@@ -21,6 +21,8 @@ from bmb_stream.models import build_model
 from bmb_stream.models.heads import HeadPredictor
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss or the weights became NaN or infinite; the message says when and what to change."""
 
 
 def lr_factor(step: int, total_steps: int, schedule: str) -> float:
@@ -96,6 +98,10 @@ class Learner:
         self.step = 0
         self.samples_seen = 0  # unlabeled images consumed (labeled ones for the supervised baseline)
         self.last_extras: dict = {}
+        # a loss seen NaN or infinite since the last check: kept on the device, read by `check_finite` (every
+        # train.log_every steps, at evaluations and checkpoints), so that the step never waits for it
+        self.nonfinite_loss = torch.zeros((), dtype=torch.bool, device=device)
+        self.checked_step = 0
 
     @property
     def needs_unlabeled(self) -> bool:
@@ -148,6 +154,7 @@ class Learner:
         amp = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.cfg.train.amp else nullcontext()
         with amp:
             out = self.step_fn(self.parallel_model, batch, ctx)
+        self.nonfinite_loss |= ~torch.isfinite(out.loss.detach())
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         self.optimizer.step()
@@ -172,6 +179,29 @@ class Learner:
             self.last_extras["pseudo_labels"], self.last_extras["mask"] = distributed.gather_together(
                 out.extras["pseudo_labels"], out.extras["mask"])
         return {**out.terms, "loss": out.loss.detach(), "lr": lr}
+
+    def state_is_finite(self) -> bool:
+        """Whether every float tensor of the model and its EMA (weights and batch-norm statistics) is finite."""
+        models = [self.model] + ([self.ema.module] if self.ema is not None else [])
+        flags = [torch.isfinite(t).all() for m in models for t in m.state_dict().values() if t.is_floating_point()]
+        return bool(torch.stack(flags).all()) if flags else True
+
+    def check_finite(self, weights: bool = False) -> None:
+        """Raise TrainingDiverged where a loss since the last check (on any rank) was NaN or infinite, or,
+        with `weights`, where a weight or batch-norm statistic of the model or its EMA is (every rank calls
+        it at the same step)."""
+        bad = bool(self.nonfinite_loss)
+        what = "the loss"
+        if weights and not bad:
+            bad, what = not self.state_is_finite(), "the weights"
+        if distributed.any_rank(bad):
+            since = f"between steps {self.checked_step} and {self.step}" if self.step > self.checked_step + 1 \
+                else f"at step {self.step}"
+            raise TrainingDiverged(
+                f"training diverged: {what} became NaN or infinite {since}, and no checkpoint is written from "
+                f"diverged weights. Lower optim.lr, check dataset.mean and dataset.std, or turn train.amp off, then "
+                f"start a new run.dir")
+        self.checked_step = self.step
 
     def evaluated_model(self) -> HeadPredictor:
         """The model evaluation reports: the EMA model when there is one, through the method's head."""
@@ -212,7 +242,7 @@ class Learner:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.step = int(state["step"])
+        self.step = self.checked_step = int(state["step"])
         self.samples_seen = int(state["samples_seen"])
         rng = self._own_random_state(state)
         if rng is not None:

@@ -2,7 +2,7 @@
 progress bar, stop flag and summary. A mode fills in its phases (`prepare`, `train`) and what its
 checkpoint and summary add; `execute` runs them in order:
 
-    open the run directory -> prepare (data, learner, evaluator) -> write config.yaml -> resume
+    open the run directory -> prepare (data, learner, evaluator) -> resume -> write config.yaml
     -> train (until done or stopped) -> summary.json and plots (or a stop message)
 
 Under torchrun every rank runs the skeleton; rank 0 decides the run directory and alone writes to it
@@ -17,9 +17,11 @@ import time
 import torch
 from tqdm import tqdm
 
-from bmb_stream.config import ConfigError
+from omegaconf import OmegaConf
+
+from bmb_stream.config import ConfigError, redacted
 from bmb_stream.engine import distributed
-from bmb_stream.engine.checkpoint import load_checkpoint, save_atomic
+from bmb_stream.engine.checkpoint import CHECKPOINT_FORMAT, CheckpointError, check_layout, load_checkpoint, save_atomic
 from bmb_stream.engine.learner import Learner
 from bmb_stream.engine.run_dir import RunDir
 from bmb_stream.engine.runtime import StopFlag, resolve_device
@@ -66,7 +68,7 @@ class Run(abc.ABC):
         """Restore what `checkpoint_state` saved."""
 
     def resumed_message(self) -> str:
-        return f"resumed from {self.run_dir.last_checkpoint} at step {self.learner.step}"
+        return f"resumed from {self.run_dir.resume_from} at step {self.learner.step}"
 
     def stopped_message(self, stop: StopFlag) -> str:
         return (f"stopped by {stop.raised or 'a signal to another rank'} at step {self.learner.step}; "
@@ -84,9 +86,15 @@ class Run(abc.ABC):
 
     # --- the skeleton -----------------------------------------------------------------------------
     def execute(self) -> dict:
+        try:
+            return self._execute()
+        finally:
+            self.run_dir.release()  # the folder is free for the next run (in this process too)
+
+    def _execute(self) -> dict:
         self.prepare()
+        self.resume()  # before anything is written: a checkpoint that cannot be resumed changes no file
         self.run_dir.write_config(self.cfg)
-        self.resume()
         self.run_dir.rewrite_evals(self.history)
         self.start_wall = time.time() - (self.history[-1]["wall_s"] if self.history else 0.0)
         self.bar = tqdm(total=self.total_steps(), initial=self.learner.step, desc=f"{self.cfg.method.name} {self.cfg.mode}",
@@ -104,18 +112,36 @@ class Run(abc.ABC):
         return summary
 
     def resume(self) -> None:
-        if not (self.cfg.resume and self.run_dir.last_checkpoint.exists()):
+        """Continue from the checkpoint the run directory chose (rank 0 loaded it when checking the folder)."""
+        path = self.run_dir.resume_from
+        if path is None:
             return
-        state = load_checkpoint(self.run_dir.last_checkpoint)  # on the CPU: RNG states must stay there
-        self.learner.load_state_dict(state["learner"])
-        self.history = list(state["history"])
-        self.load_state(state)
+        # on the CPU: RNG states must stay there
+        state = self.run_dir.resume_state or check_layout(load_checkpoint(path), path)
+        self.run_dir.resume_state = None  # the learner holds it now
+        try:
+            self.learner.load_state_dict(state["learner"])
+            self.history = list(state["history"])
+            self.load_state(state)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as e:
+            reason = " ".join(str(e).split())[:200] or type(e).__name__
+            raise CheckpointError(f"checkpoint {path} was written by another version of bmb-stream or for another "
+                                  f"model ({type(e).__name__}: {reason}): it cannot be resumed here; start another "
+                                  f"run.dir") from None
+        if distributed.any_rank(not self.learner.state_is_finite()):
+            raise CheckpointError(f"checkpoint {path} holds NaN or infinite weights: it cannot be resumed; resume from "
+                                  f"an earlier one (move it aside: checkpoints/experience-*.pt are kept), or start "
+                                  f"another run.dir")
         print(self.resumed_message())
 
     def save_checkpoint(self, path=None) -> None:
         """Rank 0 writes the checkpoint (every rank calls this at the same step: the learner's state
         gathers every rank's random state)."""
-        state = {"learner": self.learner.state_dict(), "history": self.history, **self.checkpoint_state()}
+        self.learner.check_finite(weights=True)  # a checkpoint never holds diverged weights
+        state = {"format": CHECKPOINT_FORMAT, "learner": self.learner.state_dict(), "history": self.history,
+                 **self.checkpoint_state(),
+                 # the experiment it continues: a resumed run is checked against it, not against config.yaml alone
+                 "config": OmegaConf.to_yaml(redacted(self.cfg), resolve=True)}
         if distributed.is_main():
             save_atomic(state, path or self.run_dir.last_checkpoint)
         distributed.barrier()
@@ -131,6 +157,8 @@ class Run(abc.ABC):
         self.train_time += time.time() - started
         self.train_images += images * distributed.world_size()
         self.bar.update(1)
+        if self.learner.step % self.cfg.train.log_every == 0:
+            self.learner.check_finite()
 
     def images_per_s(self) -> float:
         return self.train_images / max(self.train_time, 1e-9)
@@ -140,6 +168,7 @@ class Run(abc.ABC):
         In a data-parallel run each rank evaluates its part of the test set and gets the whole set's
         numbers; rank 0 writes them and gets the record to report, the others get None."""
         learner = self.learner
+        learner.check_finite(weights=True)
         was_training = learner.model.training
         online = learner.online_model() if learner.ema is not None else None
         results = self.evaluator.evaluate(learner.evaluated_model(), online, step=learner.step, **kw)
@@ -171,17 +200,19 @@ class Run(abc.ABC):
 
 
 def open_run_dir(cfg) -> RunDir:
-    """Rank 0 checks and opens the run directory; a refusal ends every rank with its message."""
+    """Rank 0 checks, locks and opens the run directory and chooses the checkpoint to resume from; a
+    refusal ends every rank with its message."""
     run_dir, refusal = None, None
     if distributed.is_main():
         try:
             run_dir = RunDir.open(cfg)
-        except ConfigError as e:
-            refusal = str(e)
+        except (ConfigError, CheckpointError) as e:
+            refusal = e
     refusal = distributed.from_main(refusal)
     if refusal is not None:
-        raise ConfigError(refusal)
-    return run_dir if run_dir is not None else RunDir.follower(cfg.run.dir)
+        raise refusal
+    resume_from = distributed.from_main(str(run_dir.resume_from) if run_dir and run_dir.resume_from else None)
+    return run_dir if run_dir is not None else RunDir.follower(cfg.run.dir, resume_from)
 
 
 def method_state(learner: Learner) -> dict:

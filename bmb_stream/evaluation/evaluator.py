@@ -152,10 +152,13 @@ class Evaluator:
             self.cache = tuple(t.pin_memory() for t in self.cache)
         self.forgetting = Forgetting()
         self.log, self.evaluations = log, 0
-        if log:
-            self._open_logs(Path(run_dir))
+        self.run_dir, self._writer = Path(run_dir), None  # the logs open at the first write: a run refused
+        # before it evaluates (a checkpoint that cannot be resumed) leaves the folder as it was
 
-    def _open_logs(self, run_dir: Path) -> None:
+    def _open_logs(self) -> None:
+        if self._writer is not None:
+            return
+        run_dir = self.run_dir
         self.log_path, self.csv_path = run_dir / "log.txt", run_dir / "csv" / "eval_results.csv"
         self.csv_path.parent.mkdir(parents=True, exist_ok=True)
         self.log_path.touch()
@@ -202,6 +205,8 @@ class Evaluator:
         """Evaluate `model` (the EMA model where there is one) and `online_model` (the online weights;
         None: the same model). `trained_segments` (stream mode): the class segments trained so far.
         `step`: the training step the logs file it under (None: the evaluation's index)."""
+        if self.log:
+            self._open_logs()
         models = {"model": model} if online_model is None else {"model": model, "online": online_model}
         results = self.evaluate_models(models)
         main, raw = results["model"], results.get("online", results["model"])
@@ -239,6 +244,7 @@ class Evaluator:
         """Numeric values (forgetting, bank purity, ...) into the run's TensorBoard; others are skipped."""
         if not self.log:
             return
+        self._open_logs()
         for name, value in values.items():
             if isinstance(value, (int, float)):
                 self._writer.add_scalar(name, value, step)
@@ -251,6 +257,6 @@ class Evaluator:
             self.forgetting.update_initial(int(k), float(v))
 
     def close(self) -> None:
-        if self.log:
+        if self._writer is not None:
             self._writer.flush()
             self._writer.close()
