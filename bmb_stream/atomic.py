@@ -24,7 +24,7 @@ def write_failure(path: Path, error: BaseException) -> str:
     free = shutil.disk_usage(path.parent).free if path.parent.exists() else None
     if isinstance(error, OSError) and error.errno == errno.ENOSPC or (free is not None and free < 2**16):
         return "no space left on the device"
-    return (error.strerror if isinstance(error, OSError) and error.strerror else str(error).splitlines()[0]) + \
+    return (error.strerror if isinstance(error, OSError) and error.strerror else (str(error).strip().splitlines() or [type(error).__name__])[0]) + \
         (f" ({free / 2**20:.1f} MiB free)" if free is not None else "")
 
 

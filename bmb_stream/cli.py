@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import difflib
+import logging
 import os
+import re
 import shlex
 import sys
 import warnings
+from pathlib import Path
 
-from bmb_stream.config import GROUPS, ConfigError, check_simulated_stream, compose, group_options
+from bmb_stream import redaction
+from bmb_stream.config import (GROUPS, ConfigError, check_simulated_stream, compose, group_options, is_credential,
+                               no_such_key, parsed_override, redact_text)
 
 EXAMPLES = """examples:
   bmb-stream                                           the default job (a stream of Fashion-MNIST-LT with drift)
@@ -67,11 +72,11 @@ def parse_args(argv: list[str]) -> list[str]:
         if arg == "--mode":
             if i + 1 >= len(argv):
                 raise ConfigError("--mode needs a value: stream or offline")
-            overrides.append(f"mode={argv[i + 1]}")
+            overrides.append(for_hydra(f"mode={argv[i + 1]}"))
             i += 2
             continue
         if arg.startswith("--mode="):
-            overrides.append(f"mode={arg.split('=', 1)[1]}")
+            overrides.append(for_hydra(f"mode={arg.split('=', 1)[1]}"))
         elif arg.startswith("-"):
             raise ConfigError(f"unknown option {arg}; see bmb-stream --help")
         elif "=" not in arg:
@@ -79,17 +84,46 @@ def parse_args(argv: list[str]) -> list[str]:
             hint = f"; did you mean 'bmb-stream {close[0]}'?" if close else "; see bmb-stream --help"
             raise ConfigError(f"{arg!r} is not a KEY=VALUE override nor a subcommand ({', '.join(SUBCOMMANDS)}){hint}")
         else:
-            overrides.append(_quote_braces(arg))
+            overrides.append(for_hydra(arg))
         i += 1
     return overrides
 
 
-def _quote_braces(override: str) -> str:
-    """`stream.urls=s/shard-{000..099}.tar` -> quoted for Hydra, which reads braces as syntax."""
+def for_hydra(override: str) -> str:
+    """A KEY=VALUE argument as Hydra must read it: a value (or list item) with braces
+    (`s/shard-{000..099}.tar`), or one its grammar cannot read (letters beyond ASCII, `?a=b&c`, `#`),
+    double-quoted; a section, a quoted value or a list Hydra reads as given. A value Hydra would read as
+    several (a sweep: `a,b`) is refused."""
     key, _, value = override.partition("=")
-    if ("{" in value or "}" in value) and value[:1] not in "{[\"'":
-        return f'{key}="{value}"'
-    return override
+    if not key:
+        raise ConfigError(f"{override!r} is not a KEY=VALUE override; see bmb-stream --help")
+    parsed = parsed_override(override)
+    if parsed is None and parsed_override(f"{key}=0") is None:  # no key of ours: letters beyond ASCII, a space
+        raise ConfigError(no_such_key(key))
+    if value[:1] == "[" and value[-1:] == "]" and parsed is None:
+        items = re.split(r",(?![^{]*\})", value[1:-1])  # at commas outside brace patterns
+        return f"{key}=[{','.join(_item_for_hydra(item.strip()) for item in items)}]"
+    if value[:1] in ("[", "{", "'", '"'):
+        return override
+    if "{" in value or "}" in value:  # Hydra would read a brace pattern as a section or an interpolation
+        parsed = None
+    if parsed is not None and parsed.is_sweep_override():
+        raise ConfigError(f"{override}: several values where one is expected; write a list in brackets, quoted for "
+                          f"the shell: '{key}=[{value}]'")
+    return override if parsed is not None else f"{key}={_quoted(value)}"
+
+
+def _item_for_hydra(item: str) -> str:
+    readable = item[:1] in ("'", '"') or ("{" not in item and "}" not in item
+                                          and parsed_override(f"item={item}") is not None)
+    return item if readable else _quoted(item)
+
+
+def _quoted(value: str) -> str:
+    """`value` as a double-quoted Hydra string: a quote escaped, the backslashes before it (or before the
+    closing quote) doubled."""
+    escaped = re.sub(r'(\\*)"', lambda m: m[1] * 2 + '\\"', value)
+    return '"' + re.sub(r"(\\+)$", lambda m: m[1] * 2, escaped) + '"'
 
 
 def print_headline(summary: dict, run_dir: str) -> None:
@@ -149,7 +183,7 @@ def _use_storage(cfg_or_overrides) -> None:
     """Object storage settings for out=s3://... from the config (or `storage.*` overrides of it)."""
     from bmb_stream.data.object_store import S3Settings, use_storage
 
-    cfg = compose(cfg_or_overrides) if isinstance(cfg_or_overrides, list) else cfg_or_overrides
+    cfg = compose([for_hydra(a) for a in cfg_or_overrides]) if isinstance(cfg_or_overrides, list) else cfg_or_overrides
     use_storage(S3Settings.from_config(cfg.storage))
 
 
@@ -183,7 +217,7 @@ def shards_command(args: list[str]) -> int:
                                           "shard_multiple": "1", "shorter_side": ""})
     if not options["out"]:
         raise ConfigError("shards needs out=DIR")
-    cfg = compose(rest)
+    cfg = compose([for_hydra(a) for a in rest])
     _use_storage(cfg)
     workers = options["workers"]
     if not workers.isdigit():
@@ -202,11 +236,36 @@ def shards_command(args: list[str]) -> int:
 SUBCOMMANDS = {"simulate": simulate_command, "shards": shards_command}
 
 
+_LOGGED_ARGV: list[str] = []
+
+
+def redact_log_records(argv: list[str]) -> None:
+    """The package's log records (storage retry warnings) carry no secret, whichever handler prints them:
+    a library's message may quote a URL whole (the S3 client, its endpoint with a password)."""
+    _LOGGED_ARGV[:] = argv
+    factory = logging.getLogRecordFactory()
+    if getattr(factory, "redacts", False):
+        return
+
+    def make_record(*args, **kwargs) -> logging.LogRecord:
+        record = factory(*args, **kwargs)
+        if record.name.startswith("bmb_stream"):
+            try:
+                record.msg, record.args = redact_text(record.getMessage(), _LOGGED_ARGV), ()
+            except Exception:  # a message that does not format: logging reports it as it would have
+                pass
+        return record
+
+    make_record.redacts = True
+    logging.setLogRecordFactory(make_record)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help") for a in argv):
         print(usage())
         return 0
+    redact_log_records(argv)
     os.environ.setdefault("HYDRA_FULL_ERROR", "0")
     try:
         return subcommand(argv) if argv and argv[0] in SUBCOMMANDS else run_command(argv)
@@ -224,7 +283,7 @@ def subcommand(argv: list[str]) -> int:
     try:
         return SUBCOMMANDS[argv[0]](argv[1:])
     except (ConfigError, StreamError, DataNotFound, DataError, WriteFailed) as e:
-        print(f"bmb-stream {argv[0]}: error: {e}", file=sys.stderr)
+        print(f"bmb-stream {argv[0]}: error: {redact_text(str(e), argv)}", file=sys.stderr)
         return 2
 
 
@@ -234,13 +293,14 @@ def run_command(argv: list[str]) -> int:
         cfg = compose(overrides)
         check_run(cfg, overrides)
     except ConfigError as e:
-        print(f"bmb-stream: error: {e}", file=sys.stderr)
+        print(f"bmb-stream: error: {redact_text(str(e), argv)}", file=sys.stderr)
         return 2
     warnings.filterwarnings("ignore", message="no QP solver found")
     from bmb_stream.data.simulate import StreamError
     from bmb_stream.data.sources import DataNotFound
     from bmb_stream.data.errors import DataError, StorageUnavailable
     from bmb_stream.engine.checkpoint import CheckpointError
+    from bmb_stream.engine.learner import TrainingDiverged
     from bmb_stream.atomic import WriteFailed
 
     if cfg.mode == "stream":
@@ -252,27 +312,44 @@ def run_command(argv: list[str]) -> int:
         summary = run(cfg)
     except StorageUnavailable as e:  # a checkpoint was written: try again later (EX_TEMPFAIL)
         if distributed.is_main():
-            print(f"bmb-stream: error: {e}\nresume with: {resume_command(argv, cfg.run.dir)}", file=sys.stderr)
+            print(f"bmb-stream: error: {redact_text(str(e), argv)}\n{resume_hint(argv, cfg.run.dir)}", file=sys.stderr)
         return 75
-    except (ConfigError, DataNotFound, CheckpointError, DataError, StreamError, WriteFailed) as e:
-        if distributed.is_main() or not isinstance(e, ConfigError):  # a data fault may be one rank's alone
+    except (ConfigError, DataNotFound, CheckpointError, DataError, StreamError, WriteFailed, TrainingDiverged) as e:
+        if distributed.is_main() or not isinstance(e, (ConfigError, TrainingDiverged)):  # a data fault may be one rank's alone
             where = f" (rank {distributed.rank()})" if distributed.world_size() > 1 else ""
-            print(f"bmb-stream: error{where}: {e}", file=sys.stderr)
+            print(f"bmb-stream: error{where}: {redact_text(str(e), argv)}", file=sys.stderr)
         return 2
     finally:
         distributed.shutdown()
     if "rank" in summary:  # ranks other than 0 of a data-parallel run: rank 0 reports
         return 0
     if "stopped" in summary:
-        print(f"{summary['stopped']}\nresume with: {resume_command(argv, cfg.run.dir)}")
+        print(f"{summary['stopped']}\n{resume_hint(argv, cfg.run.dir)}")
         return 0
     print_headline(summary, cfg.run.dir)
     return 0
 
 
-def resume_command(argv: list[str], run_dir: str) -> str:
-    """The command that continues this run: the same arguments, this run.dir, resume=true (shell-quoted)."""
-    kept = [a for a in argv if not a.startswith(("run.dir=", "resume="))]
+def resume_hint(argv: list[str], run_dir: str) -> str:
+    """How to continue this run: the command (resume=true once a checkpoint holds what was learned, else
+    the same run started again), and what the command leaves out."""
+    from bmb_stream.engine.run_dir import checkpoints_of
+
+    started = bool(checkpoints_of(Path(run_dir)))  # last.pt, or an experience boundary's: what resume=true reads
+    lines = [f"resume with: {resume_command(argv, run_dir, resume=started)}"]
+    left_out = [a.partition("=")[0].lstrip("+~") for a in argv if is_credential(a)]
+    if left_out:
+        lines.append(f"credentials left out ({', '.join(left_out)}): give them again, or through the AWS_* variables")
+    if any(redaction.redact_text(a) != a for a in [*argv, run_dir] if not is_credential(a)):
+        lines.append(f"a URL holds a secret where the command shows {redaction.REDACTED}: put the real one back")
+    return "\n".join(lines)
+
+
+def resume_command(argv: list[str], run_dir: str, resume: bool = True) -> str:
+    """The command that continues this run: the same arguments but credentials (URLs with their secrets
+    blanked), this run.dir, resume=true (shell-quoted)."""
+    kept = [redaction.redact_text(a) for a in argv
+            if not a.startswith(("run.dir=", "resume=")) and not is_credential(a)]
     from bmb_stream.engine.distributed import launched_ranks
 
     ranks, per_node = launched_ranks(), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
@@ -280,7 +357,8 @@ def resume_command(argv: list[str], run_dir: str) -> str:
     if ranks > 1:  # under torchrun: the same launch (its rendezvous options, on several nodes, as before)
         nodes = ["--nnodes", str(ranks // per_node)] if ranks > per_node else []
         launcher = ["torchrun", *nodes, "--nproc_per_node", str(per_node), "-m", "bmb_stream"]
-    return shlex.join([*launcher, *kept, f"run.dir={run_dir}", "resume=true"])
+    ending = [redaction.redact_text(f"run.dir={run_dir}"), *(["resume=true"] if resume else [])]
+    return shlex.join([*launcher, *kept, *ending])
 
 
 STREAM_IGNORES = ("train.steps", "train.eval_every")

@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import time
 from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue, ValidationError
+from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, GrammarParseError, InterpolationKeyError,
+                              InterpolationResolutionError, InterpolationToMissingValueError, MissingMandatoryValue,
+                              UnsupportedInterpolationType, ValidationError)
 
 from bmb_stream import config_schema as schema
+from bmb_stream import redaction
 
 GROUPS = ("mode", "method", "model", "dataset", "experiment")
 
@@ -53,10 +57,16 @@ def _hydra_compose(config_name: str, overrides: list[str]) -> DictConfig:
 def compose(overrides: list[str]) -> DictConfig:
     """The configuration for these Hydra overrides, validated, with run.dir filled in."""
     cfg = _hydra_compose("config", overrides)
-    _refuse_unread_overrides(cfg, overrides)
-    _without_dataset_folders(cfg)
-    _count_class_folders(cfg)
-    validate(cfg)
+    try:
+        _refuse_unread_overrides(cfg, overrides)
+        _refuse_null_interpolations(cfg, overrides)
+        _without_dataset_folders(cfg)
+        _count_class_folders(cfg)
+        validate(cfg)
+    except InterpolationResolutionError as e:
+        raise ConfigError(redact_text(_interpolation_message(e, cfg), overrides)) from None
+    except ConfigError as e:
+        raise ConfigError(redact_text(str(e), overrides)) from None
     if cfg.run.dir is None:
         name = cfg.experiment_name or cfg.dataset.name
         cfg.run.dir = str(Path("runs") / f"{name}-{cfg.method.name}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -95,6 +105,35 @@ def _refuse_unread_overrides(cfg: DictConfig, overrides: list[str]) -> None:
             node_schema = schema.section_schema(fields[part])
 
 
+def _refuse_null_interpolations(cfg: DictConfig, overrides: list[str]) -> None:
+    """A value given on the command line that an interpolation turns into null (`${oc.select:no.key}`)
+    is refused: null means "none" (no stream.urls: the default simulated stream), which was not what
+    was written, unless the interpolation gives null as its default."""
+    written = OmegaConf.to_container(cfg, resolve=False)
+    for override in overrides:
+        key, _, value = override.partition("=")
+        key = key.lstrip("+")
+        if "${" not in value or key.startswith("~"):
+            continue
+        for leaf, given in _leaves(_lookup(written, key), key):
+            says_null = re.search(r",\s*null\s*}", given) if isinstance(given, str) else None  # ${oc.env:X,null}
+            if isinstance(given, str) and "${" in given and not says_null and OmegaConf.select(cfg, leaf) is None:
+                raise ConfigError(f"{leaf}={given}: the interpolation gives null; refer to a key that has a value, "
+                                  f"or write {leaf}=null for none")
+
+
+def _leaves(value, key: str):
+    """(dotted key, value) of every scalar in a value (`stream.urls[1]` for a list item)."""
+    if isinstance(value, dict):
+        for name, v in value.items():
+            yield from _leaves(v, f"{key}.{name}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _leaves(v, f"{key}[{i}]")
+    else:
+        yield key, value
+
+
 def _count_class_folders(cfg: DictConfig) -> None:
     """An image folder dataset without dataset.num_classes has as many classes as <root>/train has
     sub-folders, as torchvision's ImageFolder counts them."""
@@ -108,9 +147,30 @@ def _count_class_folders(cfg: DictConfig) -> None:
         d.num_classes = len(class_folders(train))
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message; its type's name where the message is empty."""
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+
+
+def parsed_override(override: str):
+    """Hydra's reading of one KEY=VALUE override, or None where its grammar cannot read it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        return OverridesParser.create().parse_override(override)
+    except HydraException:
+        return None
+
+
 def _hydra_message(error: Exception, overrides: list[str]) -> str:
-    text = str(error).strip().splitlines()[0]
+    text = first_line(error)
     if type(error).__name__ == "OverrideParseException":
+        unread = next((o for o in overrides if is_credential(o) and parsed_override(o) is None), None)
+        if unread is not None:  # Hydra's text quotes the part of the value it read
+            key = unread.partition("=")[0].lstrip("+~")
+            return (f"{key}={redaction.REDACTED}: cannot parse the value (not shown: it may be a secret); write "
+                    f"KEY=VALUE, quoting a value that is one string: '{key}=\"VALUE\"'")
         return f"cannot parse the overrides ({text}); write KEY=VALUE, quoting lists: 'key=[1,2]'"
     if text.startswith("Could not override '"):
         return _key_message(text.split("'")[1])
@@ -133,6 +193,11 @@ def _omegaconf_message(error, overrides: list[str]) -> str | None:
     (train.steps=abc), said as `validate` says it."""
     if isinstance(error, (ConfigKeyError, ConfigAttributeError)):
         return _key_message(error.full_key)
+    if isinstance(error, GrammarParseError):  # `${foo` without its closing brace
+        key = _override_key(error.full_key, overrides)
+        detail = "" if redaction.names_secret(key) else f" ({first_line(error)})"  # it may quote the value
+        return (f"{key}={_secret_shown(key, _override_value(overrides, key) or '?')}: not a valid interpolation"
+                f"{detail}; write ${{KEY}} or ${{oc.env:NAME}}, or \\$ for a literal $")
     if not isinstance(error, ValidationError):
         return None
     key = error.full_key.split("[")[0]
@@ -141,21 +206,81 @@ def _omegaconf_message(error, overrides: list[str]) -> str | None:
     if f is None:
         return None
     typed = _override_value(overrides, key)
-    return f"{key}={typed if typed is not None else _shown(error.value)}: must be {schema.field_check(f)[1]}"
+    shown = typed if typed is not None else _shown(error.value)
+    return f"{key}={_secret_shown(key, shown)}: must be {schema.field_check(f)[1]}"
+
+
+def _override_key(full_key: str, overrides: list[str]) -> str:
+    """The key an error names; Hydra keeps the overrides' text in hydra.overrides.task[i]."""
+    task = re.fullmatch(r"hydra\.overrides\.task\[(\d+)\]", full_key or "")
+    if task and int(task[1]) < len(overrides):
+        return overrides[int(task[1])].split("=", 1)[0].lstrip("+~")
+    return full_key
 
 
 def _override_value(overrides: list[str], key: str) -> str | None:
-    """The value the overrides give `key`, as typed."""
-    return next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+~") == key), None)
+    """The value the overrides give `key`, as typed (without the quotes that make it one string for Hydra)."""
+    value = next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].lstrip("+~") == key), None)
+    quoted = value is not None and len(value) > 1 and value[0] == value[-1] and value[0] in "'\""
+    if not quoted:
+        return value
+    # Hydra's escapes in a quoted string: backslashes before its quote character, or at its end, doubled
+    inner = re.sub(rf"((?:\\\\)*)\\{value[0]}", lambda m: m[1][:len(m[1]) // 2] + value[0], value[1:-1])
+    return re.sub(r"((?:\\\\)+)$", lambda m: m[1][:len(m[1]) // 2], inner)
+
+
+def _interpolation_message(error: InterpolationResolutionError, cfg: DictConfig) -> str:
+    """An interpolation that does not resolve, named with its key and the value as written."""
+    key = error.full_key or "?"
+    written = _secret_shown(key, _written_value(cfg, key))
+    text = first_line(error)
+    if isinstance(error, InterpolationKeyError):
+        missing = text.split("'")[1] if text.count("'") >= 2 else "?"
+        why = f"{missing} is no key of this configuration{_did_you_mean(missing, schema.known_keys())}"
+    elif isinstance(error, UnsupportedInterpolationType):
+        why = f"no resolver is named {text.rpartition(' ')[2]} (oc.env:NAME reads an environment variable)"
+    elif isinstance(error, InterpolationToMissingValueError):
+        why = "it refers to a key that has no value"
+    elif isinstance(error, ValidationError) and schema.find_field(key) is not None:  # resolved, of the wrong type
+        why = f"what it gives (not shown: it may be a secret) is not {schema.field_check(schema.find_field(key))[1]}"
+    elif "Environment variable '" in text:
+        name = text.split("Environment variable '")[1].split("'")[0]
+        why = f"the environment variable {name} is not set; set it, or give a default: ${{oc.env:{name},VALUE}}"
+    elif text.startswith("Recursive interpolation"):
+        why = "the interpolation refers back to itself"
+    elif redaction.names_secret(key):  # the resolver's own words may quote the value
+        why = type(error).__name__
+    else:
+        why = text.partition("raised while resolving interpolation: ")[2] or text
+    return f"{key}={written}: cannot resolve the interpolation: {why}"
+
+
+def _written_value(cfg: DictConfig, key: str):
+    """The value of a dotted key (`stream.urls[1]`) as written, interpolations unresolved."""
+    value = _lookup(OmegaConf.to_container(cfg, resolve=False), key)
+    return "?" if value is _ABSENT else _shown(value)
+
+
+_ABSENT = object()
+
+
+def _lookup(container, key: str):
+    """The value of a dotted key (`stream.urls[1]`) in plain dicts and lists, else _ABSENT."""
+    for part in key.replace("[", ".").replace("]", "").split("."):
+        try:
+            container = container[int(part) if isinstance(container, list) else part]
+        except (KeyError, IndexError, ValueError, TypeError):
+            return _ABSENT
+    return container
 
 
 def _key_message(key: str) -> str:
     if key in schema.known_keys():  # a key of some option of its group, but not of the chosen one
         return f"{key}: not a key of this configuration (the chosen {key.split('.')[0]} option has no such key)"
-    return _no_such_key(key)
+    return no_such_key(key)
 
 
-def _no_such_key(key: str) -> str:
+def no_such_key(key: str) -> str:
     return f"{key}: no such configuration key{_did_you_mean(key, schema.known_keys())} (see bmb-stream --help)"
 
 
@@ -167,6 +292,11 @@ def _did_you_mean(word: str, known) -> str:
 def _check(cond: bool, key: str, accepted: str, value) -> None:
     if not cond:
         raise ConfigError(f"{key}={_shown(value)}: must be {accepted}")
+
+
+def _secret_shown(key: str, shown: str) -> str:
+    """A value as shown in a message: <redacted> for a key that names a credential."""
+    return redaction.REDACTED if redaction.names_secret(key) and shown != "null" else shown
 
 
 def _shown(value) -> str:
@@ -190,6 +320,11 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"{key} is required{hint}: add {key}=...") from None
     _check_keys(cfg, schema.Config, "")
     _check_relations(cfg)
+    for key in ("run.dir", "stream.cache_dir"):  # written to by libraries (TensorBoard) that take only text
+        folder = OmegaConf.select(cfg, key)
+        if isinstance(folder, str) and not _is_text(folder):
+            raise ConfigError(f"{key}={os.fsencode(folder).decode('utf-8', 'backslashreplace')}: the folder's name is "
+                              f"not valid UTF-8; choose a name in UTF-8")
     root = cfg.dataset.get("root")
     if root is not None and not Path(root).exists():
         hint = " (apt-get install dataset-fashion-mnist)" if cfg.dataset.source == "fashion_mnist" else ""
@@ -200,19 +335,30 @@ def validate(cfg: DictConfig) -> None:
         _check(torch.cuda.is_available(), "device", "auto or cpu: no CUDA device is available here", cfg.device)
 
 
+def _is_text(value: str) -> bool:
+    """False for a name that came in as bytes that are not UTF-8 (kept as surrogates)."""
+    try:
+        value.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
 def _check_keys(node: DictConfig, node_schema: type, prefix: str) -> None:
     """Every key of `node` against the check its schema declares. A group's node is typed by the chosen
     option's schema; an open one (schema.CARRIES) is checked against the schema it carries too."""
     own = OmegaConf.get_type(node)
     declared = schema.schema_fields(own if schema.is_schema(own) else node_schema)
     carried = schema.schema_fields(schema.CARRIES[own]) if own in schema.CARRIES else {}
+    written = OmegaConf.to_container(node, resolve=False)  # a value is shown as written: `${seed}`, not its value
     for name in node:
         f, key = declared.get(name) or carried.get(name), f"{prefix}{name}"
         if f is None:
-            raise ConfigError(_no_such_key(key))
+            raise ConfigError(no_such_key(key))
         value = node[name]
         ok, accepted = schema.field_check(f)
-        _check(ok(value), key, accepted, value)
+        if not ok(value):
+            raise ConfigError(f"{key}={_secret_shown(key, _shown(written[name]))}: must be {accepted}")
         sub = schema.section_schema(f) or (OmegaConf.get_type(value) if isinstance(value, DictConfig) else None)
         if schema.is_schema(sub):
             _check_keys(value, sub, f"{key}.")
@@ -248,22 +394,70 @@ def check_simulated_stream(cfg: DictConfig) -> None:
                           f"offline protocol")
 
 
-SECRET_KEYS = ("storage.s3.access_key_id", "storage.s3.secret_access_key", "storage.s3.session_token")
-
-
 def redacted(cfg: DictConfig) -> DictConfig:
-    """A copy of the config without credentials, for config.yaml and checkpoints."""
-    out = cfg.copy()
-    for key in SECRET_KEYS:
-        if OmegaConf.select(out, key) is not None:
-            OmegaConf.update(out, key, "<redacted>", force_add=False)
-    return out
+    """A resolved copy of the config without credentials, for config.yaml and checkpoints: keys that name
+    a credential read <redacted>, URLs (list items too) lose their passwords and signed-URL tokens."""
+    return OmegaConf.create(_without_secrets(OmegaConf.to_container(cfg, resolve=True)))
+
+
+def _without_secrets(value, key: str = ""):
+    if isinstance(value, dict):
+        return {name: _without_secrets(v, f"{key}.{name}" if key else str(name)) for name, v in value.items()}
+    if isinstance(value, list):
+        return [_without_secrets(v, key) for v in value]
+    if value is not None and redaction.names_secret(key):
+        return redaction.REDACTED
+    return redaction.redact_text(value) if isinstance(value, str) else value
+
+
+def is_credential(override: str) -> bool:
+    """Whether a KEY=VALUE argument gives a credential: its key names one, or its value is a section
+    (`storage.s3={secret_access_key: ...}`) with a key that does."""
+    key, _, value = override.partition("=")
+    return redaction.names_secret(key.lstrip("+~")) or bool(_section_secrets(value))
 
 
 def redact_text(text: str, overrides: list[str]) -> str:
-    """`text` with the values of credential overrides (any key naming a secret or key id) blanked."""
-    for o in overrides:
-        key, _, value = o.partition("=")
-        if value and any(word in key.lower() for word in ("secret", "access_key", "password", "token")):
-            text = text.replace(value, "<redacted>")
-    return text
+    """`text` with the values of credential overrides blanked, and every URL's user information and
+    signed-URL token. A value is blanked where it stands as a token of its own, however short: not
+    inside a longer word."""
+    secrets = {v for override in filter(is_credential, overrides) for v in _credential_values(override)}
+    for given in sorted(secrets, key=len, reverse=True):  # the whole value before the parts it holds
+        text = re.sub(rf"(?<![\w-]){re.escape(given)}(?![\w-])", redaction.REDACTED, text)
+    return redaction.redact_text(text)
+
+
+# a run of characters between a list's or a section's punctuation, not a key (followed by `:`)
+_SCALAR = re.compile(r"""[^\s{}\[\],:'"]+(?![^\s{}\[\],:'"])(?!\s*:)""")
+
+
+def _credential_values(override: str) -> set[str]:
+    """The secrets a credential override gives: its whole value when its key names a credential, else
+    the values of the section's keys that do; each as typed, unquoted, and the scalars it holds (a
+    message may show a list or a section spaced otherwise)."""
+    key, _, value = override.partition("=")
+    found = set()
+    for v in [value] if redaction.names_secret(key.lstrip("+~")) else _section_secrets(value):
+        without_interpolations = re.sub(r"\$\{[^{}]*\}", " ", v)  # they name keys and variables, no secret
+        found |= {v.strip(), v.strip().strip("'\""), *_SCALAR.findall(without_interpolations)}
+    return {v for v in found if v and v != "null"}
+
+
+def _section_secrets(value: str) -> list[str]:
+    """The values, as typed, of the keys naming a credential in a section `{name: value, ...}`, at any depth."""
+    if value.lstrip()[:1] != "{":
+        return []
+    return [_value_at(value, m.end()) for m in re.finditer(r"([\w.-]+)\s*:\s*", value) if redaction.names_secret(m[1])]
+
+
+def _value_at(text: str, start: int) -> str:
+    """The value that starts at `start` in a section: up to the `,` or closing bracket that ends it."""
+    depth = 0
+    for i, c in enumerate(text[start:], start):
+        if c in "{[":
+            depth += 1
+        elif c in "}]" and depth:
+            depth -= 1
+        elif c in "}]," and not depth:
+            return text[start:i].strip()
+    return text[start:].strip()

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from bmb_stream.evaluation.summary import STATISTICS
 
@@ -36,14 +36,18 @@ Check = tuple[Callable[[Any], bool], str]  # a predicate over the value, and wha
 
 
 # --- checks: a predicate and the words that say what it accepts --------------------------------------
-def integer(low: int | None = None, nullable: bool = False) -> Check:
-    text = {None: "an integer", 1: "a positive integer"}.get(low, f"an integer >= {low}") + (" or null" if nullable else "")
+def integer(low: int | None = None, nullable: bool = False, bits: int | None = None) -> Check:
+    """An integer >= low (and below 2^bits)."""
+    text = {None: "an integer", 1: "a positive integer"}.get(low, f"an integer >= {low}")
+    text += f" and below 2^{bits}" if bits else ""
     return (lambda v: (nullable and v is None)
-            or (isinstance(v, int) and not isinstance(v, bool) and (low is None or v >= low))), text
+            or (isinstance(v, int) and not isinstance(v, bool) and (low is None or v >= low)
+                and (bits is None or v < 2 ** bits))), text + (" or null" if nullable else "")
 
 
 def number(low: float | None = None, high: float | None = None, open_low: bool = False, open_high: bool = False,
-           nullable: bool = False) -> Check:
+           nullable: bool = False, infinite: bool = False) -> Check:
+    """A number in a range; finite unless `infinite` (inf: no limit)."""
     if low is not None and high is not None:
         text = f"in {'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}"
     elif low is not None:
@@ -54,7 +58,7 @@ def number(low: float | None = None, high: float | None = None, open_low: bool =
     def ok(v) -> bool:
         if nullable and v is None:
             return True
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v) or (math.isinf(v) and not infinite):
             return False
         return ((low is None or (v > low if open_low else v >= low))
                 and (high is None or (v < high if open_high else v <= high)))
@@ -77,8 +81,18 @@ def device() -> Check:
     return (lambda v: isinstance(v, str) and (v in DEVICES or v.startswith("cuda:"))), "auto, cpu, cuda or cuda:N"
 
 
-def three_numbers() -> Check:
-    return (lambda v: v is not None and len(v) == 3 and all(number()[0](x) for x in v)), "a list of three numbers"
+def pixel_fractions(open_low: bool = False) -> Check:
+    """Three per-channel numbers on the scale of pixel values in [0, 1] (a mean, a standard deviation)."""
+    each = number(0, 1, open_low=open_low)
+    return ((lambda v: v is not None and len(v) == 3 and all(each[0](x) for x in v)),
+            f"a list of three numbers, each finite and {each[1]} (fractions of the pixel range)")
+
+
+def shard_urls() -> Check:
+    """Shard URLs: one string (a URL, a brace pattern, a folder), a list of them, or null."""
+    return ((lambda v: v is None or isinstance(v, str)
+             or isinstance(v, (list, ListConfig)) and all(isinstance(u, str) for u in v)),
+            "a URL, a brace pattern or a folder (a string), a list of them, or null")
 
 
 def anything() -> Check:
@@ -101,6 +115,7 @@ SECONDS = number(0, open_low=True)
 @dataclass
 class Run:
     dir: str | None = MISSING  # null: runs/<experiment>-<method>-<time>
+    allow_nonempty: bool = MISSING  # a new run may write into a folder that holds other files
 
 
 @dataclass
@@ -131,9 +146,9 @@ class Optim:
 
 @dataclass
 class Stream:
-    urls: Any = MISSING  # a brace pattern, a list or a folder
-    labeled_urls: Any = MISSING
-    test_urls: Any = MISSING
+    urls: Any = key(shard_urls())  # a brace pattern, a list or a folder
+    labeled_urls: Any = key(shard_urls())
+    test_urls: Any = key(shard_urls())
     recipe: str | None = MISSING
     cache_dir: str = MISSING
     shards_per_experience: int = key(POSITIVE)
@@ -162,7 +177,7 @@ class S3:
 
 @dataclass
 class Retry:
-    budget_s: float = key(NON_NEGATIVE)
+    budget_s: float = key(number(0, infinite=True))  # inf: retry as long as it takes
     backoff_s: float = key(SECONDS)
     max_backoff_s: float = key(SECONDS)
 
@@ -181,7 +196,7 @@ class Eval:
 
 @dataclass
 class Config:
-    seed: int = key(COUNT)
+    seed: int = key(integer(0, bits=63))  # what torch's generators take, with room for seed + step
     device: str = key(device())
     resume: bool = MISSING
     progress: bool = MISSING
@@ -276,8 +291,8 @@ class Dataset:
     image_size: int = key(POSITIVE)
     labeled_ratio: float | None = key(number(0, 1, open_low=True, nullable=True))
     split_shuffle: bool = MISSING
-    mean: list[float] = key(three_numbers())
-    std: list[float] = key(three_numbers())
+    mean: list[float] = key(pixel_fractions())  # of pixel values scaled to [0, 1]: within [0, 1]
+    std: list[float] = key(pixel_fractions(open_low=True))  # images are divided by it; at most 0.5 for [0, 1] values
     randaugment: str = key(choice(*RANDAUGMENT_KINDS))
     many_threshold: int = key(COUNT)
     few_threshold: int = key(COUNT)
