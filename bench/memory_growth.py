@@ -56,10 +56,12 @@ def main() -> None:
         write_tar(shards / f"u-{i:04d}.tar", [(f"u{i}-{j}", {"png": png(60 * (j % 3) + i % 7), "gt.cls": str(j % 3).encode()})
                                              for j in range(16)])
     write_tar(shards / "lab.tar", [(f"l{j}", {"png": png(60 * (j % 3)), "cls": str(j % 3).encode()}) for j in range(12)])
+    write_tar(shards / "test.tar", [(f"t{j}", {"png": png(60 * (j % 3) + 5), "cls": str(j % 3).encode()})
+                                    for j in range(12)])
     t = time.time()
     with open(out / "run.log", "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
         code = bmb_stream([f"stream.urls={shards}/u-{{0000..{n - 1:04d}}}.tar", f"stream.labeled_urls={shards}/lab.tar",
-                           f"stream.test_urls={shards}/lab.tar", "dataset.num_classes=3", f"run.dir={out / 'run'}",
+                           f"stream.test_urls={shards}/test.tar", "dataset.num_classes=3", f"run.dir={out / 'run'}",
                            "model=small_cnn", "train.batch_labeled=16", "train.batch_unlabeled=16", "method.tau=0.3",
                            "method.bank.capacity=64", "method.bank.draw=32", "stream.num_workers=0",
                            "stream.shards_per_experience=1", "stream.eval_every=1", "progress=false"])

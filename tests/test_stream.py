@@ -129,7 +129,8 @@ def test_shards_written_by_hand_with_tarfile(tmp_path):
 def test_corrupt_image_missing_and_truncated_shards_name_the_shard(fmnist_stream, tmp_path, capsys):
     write_tar(tmp_path / "bad.tar", [("a", {"png": b"\x89PNG not really", "gt.cls": b"0"})])
     write_tar(tmp_path / "lab.tar", [(f"l{j}", {"png": png(10), "cls": str(j % 2).encode()}) for j in range(4)])
-    common = [f"stream.labeled_urls={tmp_path}/lab.tar", f"stream.test_urls={tmp_path}/lab.tar",
+    write_tar(tmp_path / "test.tar", [(f"t{j}", {"png": png(20), "cls": str(j % 2).encode()}) for j in range(4)])
+    common = [f"stream.labeled_urls={tmp_path}/lab.tar", f"stream.test_urls={tmp_path}/test.tar",
               "dataset.num_classes=2", f"run.dir={tmp_path / 'run'}", *FAST]
     assert main([f"stream.urls={tmp_path}/bad.tar", *common]) == 2
     assert "sample a in " in capsys.readouterr().err
@@ -166,8 +167,10 @@ def test_memory_stays_flat_over_many_experiences(tmp_path):
         write_tar(tmp_path / f"u-{i:03d}.tar", [(f"u{i}-{j}", {"png": png(60 * (j % 3)), "gt.cls": str(j % 3).encode()})
                                                  for j in range(16)])
     write_tar(tmp_path / "lab.tar", [(f"l{j}", {"png": png(60 * (j % 3)), "cls": str(j % 3).encode()}) for j in range(12)])
+    write_tar(tmp_path / "test.tar", [(f"t{j}", {"png": png(60 * (j % 3) + 5), "cls": str(j % 3).encode()})
+                                      for j in range(12)])
     args = [f"stream.urls={tmp_path}/u-{{000..119}}.tar", f"stream.labeled_urls={tmp_path}/lab.tar",
-            f"stream.test_urls={tmp_path}/lab.tar", "dataset.num_classes=3", f"run.dir={tmp_path / 'run'}",
+            f"stream.test_urls={tmp_path}/test.tar", "dataset.num_classes=3", f"run.dir={tmp_path / 'run'}",
             *FAST, "stream.eval_every=10", "stream.keep_checkpoints=0", "train.ema_decay=0"]
     assert main(args) == 0
     records = [json.loads(line) for line in (tmp_path / "run" / "eval.jsonl").read_text().splitlines()]

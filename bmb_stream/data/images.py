@@ -2,7 +2,8 @@
 
 An image over MAX_IMAGE_PIXELS is refused from its header, before any pixel is decoded (a
 decompression bomb in an untrusted shard); PIL's own errors become one short reason, never the repr
-of a BytesIO object."""
+of a BytesIO object. Only the decoders of common formats are used (IMAGE_FORMATS): untrusted bytes
+never reach PIL's rarely used ones."""
 
 from __future__ import annotations
 
@@ -16,6 +17,10 @@ from PIL import Image, UnidentifiedImageError
 from bmb_stream.data.errors import one_line
 
 MAX_IMAGE_PIXELS = 64 << 20  # 64 megapixels (8192 x 8192), decoded: about 200 MB of RGB bytes
+# the extensions (in any case) of the shard members read as images, and the formats PIL may decode
+IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "jpe", "jfif", "webp", "bmp", "gif", "tif", "tiff", "ppm", "pgm", "pbm",
+                    "pnm")
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF", "PPM")
 
 
 class UnusableImage(Exception):
@@ -49,7 +54,7 @@ def decode_rgb(source: bytes | str | Path) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own, lower limit follows
-            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
+            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source, formats=IMAGE_FORMATS) as img:
                 if img.width * img.height > MAX_IMAGE_PIXELS:
                     raise too_big(f"{img.width}x{img.height} pixels")
                 return img.convert("RGB")

@@ -70,6 +70,8 @@ def read_manifest(folder: str) -> Manifest | None:
         data = read_bytes(url)
     except ShardError as e:  # the storage's own message starts with the URL
         raise type(e)(f"cannot read the manifest {e}") from None
+    except OSError as e:  # a local one: a folder that may not be read, a path too long
+        raise ShardError(f"cannot read the manifest {url}: {e.strerror or e}") from None
     return None if data is None else parse_manifest(data, url)
 
 

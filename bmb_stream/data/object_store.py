@@ -4,7 +4,9 @@ with WebDataset (in place of its curl pipe), small objects read whole, and listi
 Reads are byte streams that survive faults: a transient error is retried within the budget of
 `storage_retry`, and a read interrupted in the middle of an object resumes at the byte where it
 stopped (a ranged GET pinned to the object's ETag), so the tar reader above never sees a duplicated
-or a missing sample.
+or a missing sample. A read that trickles (under LOW_SPEED_BYTES_PER_S for a whole read timeout,
+`storage.s3.read_timeout_s`) is such a fault too: a server that sends a byte now and then would
+otherwise hold a run for ever, each byte arriving within the socket's timeout.
 
 Credentials come from the standard AWS variables or from `storage.s3.*`, and appear in no message.
 Each process (main process, DataLoader worker, rank) builds its own client on first use: boto3
@@ -18,16 +20,18 @@ import importlib
 import io
 import os
 import threading
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bmb_stream.data.errors import ShardError
-from bmb_stream.data.storage_retry import NoSuchObject, RetryPolicy, with_retries
+from bmb_stream.data.storage_retry import NoSuchObject, RetryPolicy, Stalled, unreachable, with_retries
 
 # the module, not the function of the same name that `webdataset.gopen` resolves to
 gopen_module = importlib.import_module("webdataset.gopen")
+LOW_SPEED_BYTES_PER_S = 1024  # slower than this for a whole read timeout, a read has stalled (curl's low-speed limit)
 
 
 def split_s3_url(url: str) -> tuple[str, str]:
@@ -93,15 +97,18 @@ class S3Settings:
 class ResumableReader(io.RawIOBase):
     """A forward-only byte stream over one object that resumes at its byte offset after a fault.
     Subclasses send the request (`_request`): from `self.position` (a ranged read once it is past 0),
-    pinned to `self.etag` (the same object, not a newer upload under the same name)."""
+    pinned to `self.etag` (the same object, not a newer upload under the same name). A body that brings
+    under LOW_SPEED_BYTES_PER_S for `stall_s` seconds has stalled: a fault, retried as a timeout."""
 
-    def __init__(self, url: str, policy: RetryPolicy):
+    def __init__(self, url: str, policy: RetryPolicy, stall_s: float = S3Settings.read_timeout_s):
         super().__init__()
-        self.url, self.policy = url, policy
+        self.url, self.policy, self.stall_s = url, policy, stall_s
         self.position = 0
         self.size: int | None = None  # None: unknown (an http body without Content-Length) until its end
         self.etag: str | None = None
         self.body = None
+        self.window = (0.0, 0)  # (start, bytes since): the speed is measured over stall_s seconds at least
+        self.stalled_since: float | None = None  # the first stall since the last window at full speed
         with_retries(self._open, url, policy, self._drop)  # a missing object fails here, at open time
 
     @abc.abstractmethod
@@ -118,6 +125,7 @@ class ResumableReader(io.RawIOBase):
         else:
             self.etag, self.size = etag, size
         self.body = body
+        self.window = (time.monotonic(), 0)
 
     def _drop(self) -> None:
         if self.body is not None:
@@ -137,9 +145,10 @@ class ResumableReader(io.RawIOBase):
         def read_some() -> bytes:
             if self.body is None:
                 self._open()
-            data = self.body.read(len(buffer))
+            data = self._read1(len(buffer))
             if not data and self.size is not None:  # the connection ended before the object did
                 raise ConnectionResetError(f"connection closed at byte {self.position} of {self.size}")
+            self._check_speed(len(data))
             return data
 
         data = with_retries(read_some, self.url, self.policy, self._drop)
@@ -147,16 +156,40 @@ class ResumableReader(io.RawIOBase):
         self.position += len(data)
         return len(data)
 
+    def _read1(self, n: int) -> bytes:
+        """What the body has, up to n bytes, in one read from the socket: a read of n bytes would wait
+        for all of them, however slowly they come. botocore's body reads through urllib3's."""
+        body = getattr(self.body, "_raw_stream", self.body)
+        return body.read1(n) if hasattr(body, "read1") else self.body.read(n)
+
+    def _check_speed(self, n: int) -> None:
+        """Raise Stalled for a window of stall_s seconds under the lowest speed; StorageUnavailable once
+        the stalls have lasted the retry budget (a retry that reconnects and gets a few bytes is no cure)."""
+        start, total = self.window[0], self.window[1] + n
+        now = time.monotonic()
+        if now - start < self.stall_s:
+            self.window = (start, total)
+            return
+        if total >= LOW_SPEED_BYTES_PER_S * (now - start):
+            self.window, self.stalled_since = (now, 0), None
+            return
+        stall = Stalled(f"stalled: under {LOW_SPEED_BYTES_PER_S} bytes/s for {self.stall_s:g} s "
+                        f"(storage.s3.read_timeout_s)")
+        self.stalled_since = self.stalled_since or now
+        if now - self.stalled_since >= self.policy.budget_s:
+            raise unreachable(self.url, self.policy, stall)
+        raise stall
+
     def close(self) -> None:
         self._drop()
         super().close()
 
 
 class S3Reader(ResumableReader):
-    def __init__(self, client, url: str, policy: RetryPolicy):
+    def __init__(self, client, url: str, policy: RetryPolicy, stall_s: float = S3Settings.read_timeout_s):
         self.client = client
         self.bucket, self.key = split_s3_url(url)
-        super().__init__(url, policy)
+        super().__init__(url, policy, stall_s)
 
     def _request(self):
         request = {"Bucket": self.bucket, "Key": self.key}
@@ -174,7 +207,7 @@ class HttpReader(ResumableReader):
 
     def __init__(self, url: str, policy: RetryPolicy, timeout_s: float):
         self.timeout_s = timeout_s
-        super().__init__(url, policy)
+        super().__init__(url, policy, stall_s=timeout_s)
 
     def _request(self):
         headers = {"Range": f"bytes={self.position}-"} if self.position else {}
@@ -232,7 +265,8 @@ class S3Opener(Opener):
             return self._clients[pid]
 
     def reader(self, url: str) -> ResumableReader:
-        return S3Reader(with_retries(self.client, url, self.settings.retry), url, self.settings.retry)
+        return S3Reader(with_retries(self.client, url, self.settings.retry), url, self.settings.retry,
+                        self.settings.read_timeout_s)
 
     def __getstate__(self):  # pickled into spawned workers without the process's clients
         return {"settings": self.settings}

@@ -52,7 +52,7 @@ def load_recipe(name_or_path: str, overrides: list[str] = ()) -> tuple[str, dict
         merged = OmegaConf.merge(base, OmegaConf.from_dotlist(list(overrides)))
         recipe = OmegaConf.to_container(merged, resolve=True, throw_on_missing=True)
     except Exception as e:  # omegaconf's errors name the key
-        raise StreamError(f"recipe {path.stem}: {str(e).splitlines()[0]}") from None
+        raise StreamError(f"recipe {path.stem}: {(str(e).strip().splitlines() or [type(e).__name__])[0]}") from None
     return path.stem, recipe
 
 
@@ -89,11 +89,11 @@ def dataset_config(recipe: dict):
     try:
         cfg = OmegaConf.merge(option_config("dataset", name), recipe.get("dataset_overrides") or {})
     except Exception as e:  # a key the dataset has not, or a value of the wrong type
-        raise StreamError(f"dataset_overrides: {str(e).splitlines()[0]}") from None
+        raise StreamError(f"dataset_overrides: {(str(e).strip().splitlines() or [type(e).__name__])[0]}") from None
     try:
         OmegaConf.to_container(cfg, throw_on_missing=True)
     except Exception as e:
-        raise StreamError(f"dataset_overrides: {str(e).splitlines()[0]} (e.g. root=/path/to/data)") from None
+        raise StreamError(f"dataset_overrides: {(str(e).strip().splitlines() or [type(e).__name__])[0]} (e.g. root=/path/to/data)") from None
     return cfg
 
 

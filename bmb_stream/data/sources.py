@@ -21,7 +21,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from bmb_stream.data.errors import DataError, one_line
-from bmb_stream.data.images import UnusableImage, decode_rgb, why
+from bmb_stream.data.images import IMAGE_FORMATS, UnusableImage, decode_rgb, why
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 FOLDER_LAYOUT = "expected <root>/train/<class>/<image> and <root>/test/<class>/<image>"
@@ -62,7 +62,7 @@ def image_problem(path: str) -> str | None:
     still read, so a file cut short fails), a PNG's chunk checksums are verified, other formats open
     their header; no full decode."""
     try:
-        with Image.open(path) as img:
+        with Image.open(path, formats=IMAGE_FORMATS) as img:
             if img.format == "JPEG":
                 img.draft("RGB", (max(1, img.width // 8), max(1, img.height // 8)))
                 img.load()

@@ -42,6 +42,12 @@ class NoSuchObject(ShardError):
     """The object (S3 key, http URL) does not exist: permanent, and for an optional file (a manifest) no error."""
 
 
+class Stalled(TimeoutError):
+    """A read that trickles, below the lowest speed for a whole read timeout: a timeout like any other
+    (retried, resumed at its byte), though each wait for bytes ends within the socket's own timeout.
+    Its reader counts the budget: each retry gets a few bytes, which would end a retry episode."""
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """Exponential backoff: waits of backoff_s, 2 backoff_s, ... capped at max_backoff_s (with jitter),
@@ -125,6 +131,8 @@ def describe(exc: BaseException) -> str:
         exc = exc.reason if isinstance(exc.reason, BaseException) else exc
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused (is the server up?)"
+    if isinstance(exc, Stalled):
+        return str(exc)
     if isinstance(exc, TimeoutError):
         return "timed out"
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):  # botocore's text names variables, no values
@@ -136,6 +144,12 @@ def describe(exc: BaseException) -> str:
             cause = "server error or throttling" if status >= 500 or status == 429 else "request refused"
         return f"{cause} ({code or status})"
     return f"{type(exc).__name__}: {exc}"
+
+
+def unreachable(url: str, policy: RetryPolicy, exc: BaseException) -> StorageUnavailable:
+    """The fault `exc` has outlasted the retry budget."""
+    return StorageUnavailable(f"{url}: storage unreachable for {policy.budget_s:g} s (storage.retry.budget_s): "
+                              f"{describe(exc)}")
 
 
 def with_retries(action: Callable, url: str, policy: RetryPolicy, on_failure: Callable | None = None):
@@ -154,7 +168,6 @@ def with_retries(action: Callable, url: str, policy: RetryPolicy, on_failure: Ca
             waits = waits or policy.waits()
             wait = next(waits)
             if wait is None:
-                raise StorageUnavailable(f"{url}: storage unreachable for {policy.budget_s:g} s "
-                                         f"(storage.retry.budget_s): {describe(exc)}") from None
+                raise unreachable(url, policy, exc) from None
             log.warning("%s: %s; retrying in %.1f s", url, describe(exc), wait)
             time.sleep(wait)

@@ -3,20 +3,27 @@
 Only the keys of the shard contract are read (an image, `cls`, `gt.cls`, `json`); nothing is
 unpickled, and no member, image or class index is taken on trust: a tar member over
 MAX_MEMBER_BYTES is not read, an image over MAX_IMAGE_PIXELS (data/images.py) is not decoded (a
-decompression bomb declares a huge size in a few bytes), a class outside 0..num_classes-1 is refused. Each is a
-ShardError naming the shard and the sample, handed to the error policy (handler_for): raised, or
-skipped and counted under stream.on_shard_error=skip.
+decompression bomb declares a huge size in a few bytes), a class outside 0..num_classes-1 is refused,
+`json` must be an object, and a shard that gives no sample at all (an empty tar file, one of folders
+or other files, a device, a broken link) is an error too. Each is a ShardError naming the shard and the
+sample, handed to the error policy (handler_for): raised, or skipped and counted under
+stream.on_shard_error=skip. A stream sample that is a test sample ends the run under either policy.
+Image members may have any extension of IMAGE_EXTENSIONS, in any case (`.PNG`, `.Jpeg`, `.tiff`).
 `gt.cls`, the hidden true class of a simulated sample, travels beside the batch for monitoring and
 never enters the training step.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
+import re
+import stat
 import tarfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fnmatch import fnmatch
 from functools import partial
 from pathlib import Path
@@ -24,18 +31,20 @@ from pathlib import Path
 import numpy as np
 import torch
 import webdataset as wds
-from braceexpand import braceexpand
+from braceexpand import UnbalancedBracesError, braceexpand, make_char_range
 from PIL import Image
 from torch.utils.data import Dataset
 
-from bmb_stream.data.errors import ShardError, StorageUnavailable
-from bmb_stream.data.images import UnusableImage, decode_rgb
+from bmb_stream.data.errors import DataError, ShardError, StorageUnavailable
+from bmb_stream.data.images import IMAGE_EXTENSIONS, UnusableImage, decode_rgb
 from bmb_stream.data.manifest import SETS, read_manifest
 from bmb_stream.data.object_store import list_objects, open_url
-from bmb_stream.data.shards import IMAGE_KEYS
 
-WANTED_SUFFIXES = tuple(f".{k}" for k in IMAGE_KEYS) + (".cls", ".gt.cls", ".json")
+WANTED_SUFFIXES = tuple(f".{k}" for k in IMAGE_EXTENSIONS) + (".cls", ".gt.cls", ".json")
 MAX_MEMBER_BYTES = 64 << 20  # one tar member (an image, a label, metadata): 64 MB, beyond any real image file
+# the shards one brace pattern may name, counted before anything is expanded: a range one digit too
+# long names ten times as many, and ten million URLs fill gigabytes of memory before a shard is read
+MAX_SHARD_URLS = 1_000_000
 URL_KEYS = {"stream": "stream.urls", "labeled": "stream.labeled_urls", "test": "stream.test_urls"}
 
 
@@ -53,19 +62,118 @@ def expand_urls(urls, which: str = "stream") -> list[str]:
     if not out:
         raise ShardError(f"{key}: names no shards; give a folder, a brace pattern or a list of shard URLs")
     local = [u for u in out if "://" not in u]
-    if local and not any(os.path.exists(u) for u in local):
-        raise ShardError(f"{key}: no such file or folder ({_few(local)})")
+    if local and not any(_local_stat(u, key) for u in local):
+        raise ShardError(f"{key}: no such file or folder ({few_of(local)})")
     return out
 
 
 def _expand(pattern: str, which: str, key: str) -> list[str]:
-    if "://" not in pattern and Path(pattern).is_dir():
-        return _folder(pattern.rstrip("/") or "/", which, key, [p.name for p in Path(pattern).iterdir() if p.is_file()])
+    if "://" not in pattern and _is_folder(pattern, key):
+        try:  # every entry: a link to a device or to nothing is named by the reader, not left out unsaid
+            names = os.listdir(pattern)
+        except OSError as e:
+            raise _path_error(key, pattern, e) from None
+        return _folder(pattern.rstrip("/") or "/", which, key, names)
     if pattern.startswith("s3://") and "{" not in pattern and not pattern.endswith(".tar"):
         return _s3_prefix(pattern, which, key)
     if pattern.startswith(("http://", "https://")) and pattern.endswith("/"):
         return _folder(pattern.rstrip("/"), which, key, None)  # http has no listing: only a manifest says
-    return list(braceexpand(pattern))
+    return _braces(pattern, key)
+
+
+def _is_folder(pattern: str, key: str) -> bool:
+    if "{" in pattern:  # a brace pattern, not a path (it may be too long for one): its shards are probed
+        try:
+            return Path(pattern).is_dir()
+        except OSError:
+            return False
+    found = _local_stat(pattern, key)
+    return found is not None and stat.S_ISDIR(found.st_mode)
+
+
+def _local_stat(path: str, key: str) -> os.stat_result | None:
+    """A local path's status, None where there is nothing; any other failure (a name too long, a folder
+    that may not be read, a loop of links) is a ShardError naming the key, the path and the reason."""
+    try:
+        return os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as e:
+        raise _path_error(key, path, e) from None
+
+
+PATH_FIXES = {errno.ENAMETOOLONG: "give a shorter path", errno.EACCES: "give a path this user may read",
+              errno.ELOOP: "its symbolic links loop; fix them"}
+
+
+def _path_error(key: str, path: str, e: OSError) -> ShardError:
+    where = key if key.endswith(f"={path}") else f"{key}: {path}"
+    return ShardError(f"{where}: {e.strerror or e}; {PATH_FIXES.get(e.errno, 'check the path')}")
+
+
+def _braces(pattern: str, key: str) -> list[str]:
+    """A brace pattern's URLs, counted first: at most MAX_SHARD_URLS."""
+    try:
+        count = brace_count(pattern)
+        if count > MAX_SHARD_URLS:
+            shown = f"{count:,}" if count <= 10**15 else "over 10^15"
+            raise ShardError(f"{key}: the brace pattern names {shown} shards, over the limit of {MAX_SHARD_URLS:,} "
+                             f"(MAX_SHARD_URLS); is a range a digit too long?")
+        return list(braceexpand(pattern))
+    except UnbalancedBracesError:
+        raise ShardError(f"{key}: unbalanced braces in the pattern; a range is written as "
+                         f"stream-{{000000..000099}}.tar") from None
+    except RecursionError:
+        raise ShardError(f"{key}: braces nested too deeply in the pattern") from None
+
+
+_INT_RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)(?:\.\.-?(\d+))?$")  # braceexpand's own grammar
+_CHAR_RANGE = re.compile(r"^([A-Za-z])\.\.([A-Za-z])(?:\.\.-?(\d+))?$")
+
+
+def brace_count(pattern: str) -> int:
+    """How many strings braceexpand(pattern) gives, counted by its grammar without expanding anything:
+    the product of its top-level brace expressions' counts."""
+    count, depth, start, pos = 1, 0, 0, 0
+    while pos < len(pattern):
+        if pattern[pos] == "\\":
+            pos += 2
+            continue
+        if pattern[pos] == "{":
+            start = pos if depth == 0 else start
+            depth += 1
+        elif pattern[pos] == "}":
+            depth -= 1
+            if depth == 0:
+                count *= _expression_count(pattern[start + 1: pos])
+        pos += 1
+    return count
+
+
+def _expression_count(expr: str) -> int:
+    """The count of one brace expression: a range, alternatives (each a pattern), or text in braces."""
+    if match := _INT_RANGE.match(expr):
+        first, last, step = int(match[1]), int(match[2]), int(match[3] or 1) or 1
+        return abs(last - first) // step + 1
+    if match := _CHAR_RANGE.match(expr):
+        return len(make_char_range(*match.groups()))
+    alternatives = _alternatives(expr)
+    return brace_count(expr) if alternatives is None else sum(map(brace_count, alternatives))
+
+
+def _alternatives(expr: str) -> list[str] | None:
+    """`a,b{c,d}` -> ["a", "b{c,d}"]: split at the commas outside nested braces (None: no such comma)."""
+    parts, depth, start, pos = [], 0, 0, 0
+    while pos < len(expr):
+        if expr[pos] == "\\":
+            pos += 2
+            continue
+        depth += {"{": 1, "}": -1}.get(expr[pos], 0)
+        if expr[pos] == "," and depth == 0:
+            parts.append(expr[start:pos])
+            start = pos + 1
+        pos += 1
+    return None if depth != 0 or not parts else [*parts, expr[start:]]
 
 
 def _s3_prefix(prefix: str, which: str, key: str) -> list[str]:
@@ -77,7 +185,7 @@ def _s3_prefix(prefix: str, which: str, key: str) -> list[str]:
         return _folder(folder, which, key, [n for n in inside if "/" not in n])
     tars = [u for u in objects if u.endswith(".tar")]
     if not tars:
-        raise ShardError(f"{key}: no .tar objects under this prefix ({_few(objects, 'found: ') or 'none at all'})")
+        raise ShardError(f"{key}: no .tar objects under this prefix ({few_of(objects, 'found: ') or 'none at all'})")
     return tars
 
 
@@ -93,11 +201,11 @@ def _folder(folder: str, which: str, key: str, names: list[str] | None) -> list[
     found = sorted(n for n in names if fnmatch(n, pattern))
     if not found:
         raise ShardError(f"{key}: the folder holds no {pattern} shards and no manifest.json "
-                         f"({_few(sorted(names), 'found: ') or 'it is empty'})")
+                         f"({few_of(sorted(names), 'found: ') or 'it is empty'})")
     return [f"{folder}/{n}" for n in found]
 
 
-def _few(items: list[str], lead: str = "") -> str:
+def few_of(items: list[str], lead: str = "") -> str:
     return lead + ", ".join(items[:5]) + (f", ... ({len(items)} in all)" if len(items) > 5 else "") if items else ""
 
 
@@ -117,13 +225,17 @@ def experience_shards(urls: list[str], shards_per_experience: int, seed: int, sh
     return groups[:max_experiences] if max_experiences else groups
 
 
+class SampleError(ShardError):
+    """One sample of a shard is unusable (its image, class or json); the message names it and its shard."""
+
+
 def decode_image(data: bytes, where: str = "") -> Image.Image:
     """Encoded bytes -> an RGB image, the size checked from the header before any pixel is decoded."""
     try:
         return decode_rgb(data)
     except UnusableImage as e:
         where = where or "a sample"
-        raise ShardError(f"the image of {where} is {e.reason}" if e.too_big
+        raise SampleError(f"the image of {where} is {e.reason}" if e.too_big
                          else f"cannot decode the image of {where}: {e.reason}") from None
 
 
@@ -155,21 +267,67 @@ class Oversized:
     size: int
 
 
-def tar_members(stream, url: str):
-    """The wanted members of one tar stream, as WebDataset's file samples. A member's size is known
-    from its header: one over MAX_MEMBER_BYTES is passed over without being read."""
+@dataclass
+class Unread:
+    """The members of a tar that give no sample: how many are files, and a few names (a folder's ends in /)."""
+
+    files: int = 0
+    names: list[str] = field(default_factory=list)
+
+    def note(self, info: tarfile.TarInfo) -> None:
+        self.files += info.isreg()
+        if len(self.names) < 5:
+            self.names.append(info.name + "/" * info.isdir())
+
+
+def tar_members(stream, url: str, unread: Unread | None = None):
+    """The wanted members of one tar stream, as WebDataset's file samples; the others are noted in
+    `unread`. A member's size is known from its header: one over MAX_MEMBER_BYTES is passed over
+    without being read."""
     with tarfile.open(fileobj=stream, mode="r|*") as tar:
         for info in tar:
-            if info.isreg() and info.name.endswith(WANTED_SUFFIXES):
+            if info.isreg() and info.name.lower().endswith(WANTED_SUFFIXES):
                 data = tar.extractfile(info).read() if info.size <= MAX_MEMBER_BYTES else Oversized(info.size)
                 yield {"fname": info.name, "data": data, "__url__": url}
+            elif unread is not None:
+                unread.note(info)
             tar.members = []  # a stream of any length: forget the members already passed
 
 
 def tar_samples(url: str):
-    """The samples of one shard (members grouped by key, as WebDataset does)."""
+    """The samples of one shard (members grouped by key, as WebDataset does; extensions in any case).
+    A shard that gives none is a ShardError: it would count as read and add nothing."""
+    local = url.removeprefix("file://")
+    if "://" not in local and os.path.islink(local) and not os.path.exists(local):
+        raise ShardError(f"{url}: a broken symbolic link (to {os.readlink(local)}, which is not there); point it at "
+                         f"a shard, or remove it")
+    if "://" not in local and _special(local):
+        raise ShardError(f"{url}: not a regular file (a device, a FIFO or a socket); a shard is a tar file")
+    unread = Unread()
+    samples = 0
     with open_url(url) as stream:
-        yield from wds.tariterators.group_by_keys(tar_members(stream, url))
+        for sample in wds.tariterators.group_by_keys(tar_members(stream, url, unread)):
+            samples += 1
+            yield sample
+    if samples:
+        return
+    if not unread.names:
+        raise ShardError(f"{url}: no samples in it: the tar file is empty; write it again, or leave it out")
+    found = f"found: {few_of(unread.names)}"
+    if not unread.files:
+        raise ShardError(f"{url}: no samples in it: the tar file holds no files, only folders or links ({found}); "
+                         f"a sample is files named <key>.<ext>, one of them an image")
+    raise ShardError(f"{url}: no samples in it: none of its files is an image ({', '.join(IMAGE_EXTENSIONS)}), "
+                     f"a cls or a json ({found}); a sample is files named <key>.<ext>, one of them an image")
+
+
+def _special(path: str) -> bool:
+    """A device, FIFO or socket: reading one may block for ever (a FIFO) or give no end (/dev/zero)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:  # missing or unreachable: opening it names the cause
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
 SKIPPED = "__skipped__"  # the key of the marker that stands for a skipped shard or sample
@@ -241,22 +399,58 @@ def parse_sample(sample: dict, num_classes: int | None = None) -> dict:
     where = f"sample {sample.get('__key__')} in {sample.get('__url__')}"
     for name, value in sample.items():
         if isinstance(value, Oversized):
-            raise ShardError(f"{where}: its {name} member is {value.size:,} bytes, over the limit of "
+            raise SampleError(f"{where}: its {name} member is {value.size:,} bytes, over the limit of "
                              f"{MAX_MEMBER_BYTES >> 20} MB per member (MAX_MEMBER_BYTES)")
-    image = next((sample[k] for k in IMAGE_KEYS if k in sample), None)
+    image = next((sample[k] for k in IMAGE_EXTENSIONS if k in sample), None)
     if image is None:
-        raise ShardError(f"{where} has no image ({', '.join(IMAGE_KEYS)})")
+        raise SampleError(f"{where} has no image ({', '.join(IMAGE_EXTENSIONS)})")
     out = {"key": sample["__key__"], "url": sample.get("__url__"), "image": image, "cls": -1, "gt": -1}
     try:
         if "cls" in sample:
             out["cls"] = _class(sample["cls"], "cls", where, num_classes)
         if "gt.cls" in sample:
             out["gt"] = _class(sample["gt.cls"], "gt.cls", where, num_classes)
-        if "json" in sample:
-            out["json"] = json.loads(sample["json"])
     except ValueError as e:
-        raise ShardError(f"{where}: bad cls/json ({e})") from None
+        raise SampleError(f"{where}: bad cls ({e})") from None
+    if "json" in sample:
+        out["json"] = _metadata(sample["json"], where)
     return out
+
+
+def _metadata(data: bytes, where: str) -> dict:
+    """A `json` member: a JSON object. Hostile ones (nested past the recursion limit, numbers of
+    thousands of digits or past a float's range, bytes that are not UTF-8) are a bad sample, not a crash."""
+    try:
+        value = json.loads(data, parse_float=_finite, parse_constant=_finite)
+    except (ValueError, RecursionError) as e:
+        raise SampleError(f"{where}: its json is not valid JSON ({_json_problem(e)})") from None
+    if not isinstance(value, dict):
+        kind = {list: "an array", str: "a string", bool: "true or false", type(None): "null"}.get(type(value), "a number")
+        raise SampleError(f"{where}: its json is {kind}, not a JSON object")
+    return value
+
+
+class OutOfRange(ValueError):
+    """A JSON number past a float's range (1e999) or NaN: Python would read it as inf or nan."""
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not np.isfinite(value):
+        raise OutOfRange(text)
+    return value
+
+
+def _json_problem(e: Exception) -> str:
+    if isinstance(e, RecursionError):
+        return "nested too deeply"
+    if isinstance(e, UnicodeDecodeError):
+        return "not UTF-8 text"
+    if isinstance(e, OutOfRange):
+        return "a number out of range"
+    if isinstance(e, json.JSONDecodeError):
+        return f"{e.msg} at line {e.lineno} column {e.colno}"
+    return "a number of too many digits"  # Python's limit on the digits of an integer read from text
 
 
 def _class(data: bytes, name: str, where: str, num_classes: int | None) -> int:
@@ -264,7 +458,7 @@ def _class(data: bytes, name: str, where: str, num_classes: int | None) -> int:
     value = int(data)
     if value < 0 or (num_classes is not None and value >= num_classes):
         limit = f"0..{num_classes - 1} (dataset.num_classes={num_classes})" if num_classes else "0 or more"
-        raise ShardError(f"{where}: {name} is {value}, not a class: a class is {limit}; fix the shard, or the config")
+        raise SampleError(f"{where}: {name} is {value}, not a class: a class is {limit}; fix the shard, or the config")
     return value
 
 
@@ -283,13 +477,45 @@ def shard_samples(urls: list[str], handler: ShardErrorHandler = fail_on_error, n
     return wds.DataPipeline(*sample_stages(urls, handler, num_classes=num_classes, split_by_rank=split_by_rank))
 
 
+def image_digest(image: bytes) -> bytes:
+    return hashlib.sha256(image).digest()
+
+
+def sample_index(keys: list[str], images: list[bytes]) -> dict[str, set[bytes]]:
+    """Samples by identity, key -> the digests of its images: a digest, not the bytes, is kept. A sample
+    is the same key and image; a key alone is not enough (two sets written apart may both number from 0)."""
+    index: dict[str, set[bytes]] = {}
+    for key, image in zip(keys, images):
+        index.setdefault(key, set()).add(image_digest(image))
+    return index
+
+
+def refuse_test_samples(test_samples: dict[str, set[bytes]]) -> Callable[[dict], dict]:
+    """Pipeline step: a stream sample that is a test sample ends the run, whatever stream.on_shard_error
+    says (a DataError, not a shard's fault). An image is hashed only where its key is a test key."""
+
+    def check(sample: dict) -> dict:
+        digests = test_samples.get(sample.get("key"))  # a skip marker has no key
+        if digests and image_digest(sample["image"]) in digests:
+            raise DataError(f"the stream holds test sample {sample['key']} (shard {sample['url']}): a test set must "
+                            f"not be trained on; leave the test shards out of stream.urls, or give a test set of "
+                            f"other images (stream.test_urls)")
+        return sample
+
+    return check
+
+
 def make_unlabeled_batches(urls: list[str], views: Callable, batch_size: int,
-                           handler: ShardErrorHandler = fail_on_error, num_classes: int | None = None):
+                           handler: ShardErrorHandler = fail_on_error, num_classes: int | None = None,
+                           test_samples: dict[str, set[bytes]] | None = None):
     """Decoded, augmented and batched in the workers: dicts of u_weak, u_strong1, u_strong2, cls, gt,
     the encoded images of the labeled samples (for the labeled pool), and `skipped`: the shards and
     samples left out by the handler (skip_and_count), as (url, error) pairs. A batch may hold no images
     at all (only skips); then u_weak is None. With num_classes, a cls or gt.cls outside 0..num_classes-1 is
-    a bad sample (without it, a class past the end would fail later, in the training step)."""
+    a bad sample (without it, a class past the end would fail later, in the training step). A test
+    sample (`test_samples`, a sample_index of the test set) ends the run: the stream may hold test shards
+    under a URL that no comparison of URLs finds (served over http, a copy)."""
+    test_samples = test_samples or {}
 
     def to_views(s: dict) -> dict:
         weak, strong1, strong2 = views(decode_image(s["image"], f"sample {s['key']} in {s['url']}"))
@@ -307,26 +533,33 @@ def make_unlabeled_batches(urls: list[str], views: Callable, batch_size: int,
                 "labeled_images": [(s["image"], s["cls"]) for s in samples if s["image"] is not None],
                 "urls": [s["url"] for s in samples], "skipped": skipped}
 
-    return wds.DataPipeline(*sample_stages(urls, handler, num_classes),
+    return wds.DataPipeline(*sample_stages(urls, handler, num_classes), wds.map(refuse_test_samples(test_samples)),
                             wds.map(guarded(to_views, handler, "url")),
                             wds.batched(batch_size, collation_fn=collate, partial=True))
 
 
-def read_labeled_shards(urls: list[str], require_cls: bool = True,
-                        num_classes: int | None = None) -> tuple[list[bytes], np.ndarray]:
-    """Every (image bytes, class) of some shards, in order: the labeled seed set or the test set, whole
-    on every rank of a distributed run."""
-    images, labels = [], []
+def labeled_samples(urls: list[str], require_cls: bool = True,
+                    num_classes: int | None = None) -> tuple[list[bytes], np.ndarray, list[str]]:
+    """Every (image bytes, class, key) of some shards, in order: the labeled seed set or the test set,
+    whole on every rank of a distributed run."""
+    images, labels, keys = [], [], []
     for s in shard_samples(urls, num_classes=num_classes, split_by_rank=False):
         label = s["cls"] if s["cls"] >= 0 else s["gt"]
         if label < 0 or (require_cls and s["cls"] < 0):
-            raise ShardError(f"sample {s['key']} in {s['url']} has no cls: labeled and test shards need one")
+            raise SampleError(f"sample {s['key']} in {s['url']} has no cls: labeled and test shards need one")
         decode_image(s["image"], f"sample {s['key']} in {s['url']}")  # fail now, naming it, not mid-training
         images.append(s["image"])
         labels.append(label)
+        keys.append(s["key"])
     if not images:
-        raise ShardError(f"no samples in {_few(urls)}: labeled and test shards must hold some")
-    return images, np.asarray(labels, dtype=np.int64)
+        raise ShardError(f"no samples in {few_of(urls)}: labeled and test shards must hold some")
+    return images, np.asarray(labels, dtype=np.int64), keys
+
+
+def read_labeled_shards(urls: list[str], require_cls: bool = True,
+                        num_classes: int | None = None) -> tuple[list[bytes], np.ndarray]:
+    """Every (image bytes, class) of some shards, in order (labeled_samples without the keys)."""
+    return labeled_samples(urls, require_cls, num_classes)[:2]
 
 
 class EncodedImages(Dataset):

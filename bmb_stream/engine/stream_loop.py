@@ -7,21 +7,25 @@ seeds) is seeded from (seed, k), and the learner's own generators are in its che
 resumed from any checkpoint replays exactly what an uninterrupted run does. A checkpoint taken
 mid-experience (on SIGINT/SIGTERM) records how many batches were consumed; the resumed run reads
 and augments those batches again without training on them, which replays the random streams too.
+A stop signal that arrives while the loop waits for a batch ends the wait at once: a shard read from
+a server that stalls may block for as long as the storage's timeouts and retries allow.
 """
 
 from __future__ import annotations
 
 import math
+import signal
+import threading
 import time
 from collections import Counter
+from contextlib import contextmanager
 
 import numpy as np
 import psutil
 import torch
 import webdataset as wds
-from omegaconf import OmegaConf
 
-from bmb_stream.config import ConfigError, redacted
+from bmb_stream.config import ConfigError
 from bmb_stream.data.errors import ShardError, StorageUnavailable
 from bmb_stream.data.stream import (EncodedImages, ShardErrorHandler, fail_on_error, handler_for,
                                     make_unlabeled_batches)
@@ -35,6 +39,40 @@ from bmb_stream.engine.runtime import WORKER_DEATH, StopFlag, endless_batches, i
 from bmb_stream.evaluation.evaluator import Evaluator
 from bmb_stream.evaluation.monitor import StreamMonitor
 from bmb_stream.method.steps import Batch
+from bmb_stream.redaction import redact_text
+
+
+class ReadInterrupted(BaseException):
+    """A stop signal came while the loop waited for a batch. A BaseException, as KeyboardInterrupt is:
+    no `except Exception` on the way (the storage's retries, the shard error policy) may swallow it."""
+
+
+@contextmanager
+def interruptible_wait():
+    """SIGINT and SIGTERM, while the loop waits for data, run the handler in place (the run's StopFlag
+    notes the stop) and then raise ReadInterrupted, which ends a read blocked on the storage. Outside
+    the wait a stop takes effect after the step, as always. Only where a Python handler is in place
+    (a run's), and only in the main thread, where signals are handled."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    handlers = {sig: handler for sig, handler in handlers.items() if callable(handler)}
+    waiting = [True]  # False from the moment the wait ends: a signal then only notes the stop
+
+    def interrupt(signum, frame):
+        handlers[signum](signum, frame)
+        if waiting[0]:
+            raise ReadInterrupted
+
+    for sig in handlers:
+        signal.signal(sig, interrupt)
+    try:
+        yield
+    finally:
+        waiting[0] = False
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
 
 
 def derived_seed(seed: int, experience: int, purpose: int) -> int:
@@ -44,18 +82,25 @@ def derived_seed(seed: int, experience: int, purpose: int) -> int:
 
 def experience_batches(shards: list[str], views, batch_size: int, workers: int, passes: int, seed: int, k: int,
                        handler: ShardErrorHandler = fail_on_error, num_classes: int | None = None,
-                       pin_memory: bool = False):
+                       pin_memory: bool = False, test_samples: dict | None = None):
     """The unlabeled batches of experience k: `passes` reads of its shards, each with its own seeds;
     each batch says its pass. A shard or sample that cannot be read goes to `handler`. A replay (a
     mid-experience resume) reads every shard again, skipped ones included: see SkippedShards.
     `pin_memory`: the images come in page-locked memory (for a non-blocking copy to a GPU)."""
     for p in range(passes):
         # the pipeline splits the shards across the ranks (every world-th) and then across the workers
-        batches = make_unlabeled_batches(shards, views, batch_size, handler, num_classes=num_classes)
+        batches = make_unlabeled_batches(shards, views, batch_size, handler, num_classes=num_classes,
+                                         test_samples=test_samples)
         own = torch.Generator().manual_seed(distributed.rank_seed(derived_seed(seed, k, 2 + p)))
         loader = wds.WebLoader(batches, batch_size=None, num_workers=min(workers, len(rank_share(shards))),
                                worker_init_fn=ignore_interrupts, generator=own, pin_memory=pin_memory)
-        for batch in loader:
+        with interruptible_wait():
+            loaded = iter(loader)
+        while True:
+            with interruptible_wait():
+                batch = next(loaded, None)
+            if batch is None:
+                break
             batch["pass"] = p
             yield batch
 
@@ -109,8 +154,8 @@ class SkippedShards:
         if url in self.in_experience:
             return False
         self.in_experience.add(url)
-        if not replayed:
-            self.entries.append({"experience": k, "pass": pass_, "url": url, "error": error})
+        if not replayed:  # stored as printed: a URL's password or signature blanked
+            self.entries.append({"experience": k, "pass": pass_, "url": redact_text(url), "error": redact_text(error)})
         return not replayed
 
     def share(self) -> None:
@@ -171,8 +216,7 @@ class StreamRun(Run):
                 "monitor": self.monitor.state_dict(),
                 "evaluator": self.evaluator.state_dict(),
                 "unlabeled_seen": torch.from_numpy(self.unlabeled_seen),
-                "skipped": self.skipped.entries, "position": dict(self.position),
-                "config": OmegaConf.to_yaml(redacted(self.cfg))}
+                "skipped": self.skipped.entries, "position": dict(self.position)}
 
     def load_state(self, state: dict) -> None:
         self.pool.load_state_dict(state["labeled_pool"])
@@ -191,7 +235,7 @@ class StreamRun(Run):
         self.untrained = int(state.get("untrained_batches", 0))
 
     def resumed_message(self) -> str:
-        return (f"resumed from {self.run_dir.last_checkpoint}: experience {self.position['experience']}, "
+        return (f"resumed from {self.run_dir.resume_from}: experience {self.position['experience']}, "
                 f"batch {self.position['batches']}, step {self.learner.step}")
 
     def stopped_message(self, stop: StopFlag) -> str:
@@ -241,7 +285,7 @@ class StreamRun(Run):
         cfg = self.cfg
         for ub in experience_batches(self.source.experiences[k], self.views["unlabeled"], cfg.train.batch_unlabeled, cfg.stream.num_workers,
                                      cfg.stream.passes, self.seed, k, self.on_shard_error, self.num_classes,
-                                     pin_memory=self.device.type == "cuda"):
+                                     pin_memory=self.device.type == "cuda", test_samples=self.source.test_samples):
             self.consumed += 1
             replayed = self.consumed <= replay
             self.note_skips(k, ub, replayed=replayed)
@@ -275,6 +319,8 @@ class StreamRun(Run):
             except WORKER_DEATH as e:  # SIGTERM to the process group also ended the DataLoader workers
                 if not stop.stopping(e):
                     raise
+                dying = True
+            except ReadInterrupted:  # a stop while a read was blocked: no batch in hand, none half counted
                 dying = True
             have, outages, dead = distributed.count_ranks(got is not None, outage is not None, dying)
             trained = max(self.consumed - (got is not None), replay)  # a batch in hand is read, not trained on
@@ -312,7 +358,7 @@ class StreamRun(Run):
         """Shards a batch reports skipped (stream.on_shard_error=skip), each counted once per experience."""
         for url, error in ub["skipped"]:
             if self.skipped.note(k, ub["pass"], url, error, replayed):
-                self.bar.write(f"skipped: {error}")
+                self.bar.write(f"skipped: {redact_text(error)}")
 
     def after_experience(self, k: int, batches: int) -> None:
         """Every shard read in full (or skipped), labeled samples into the pool, evaluation, checkpoint."""
@@ -323,7 +369,7 @@ class StreamRun(Run):
         for url, error in source.short_shards(rank_share(shards), self.read, cfg.stream.passes, self.skipped.in_experience):
             marker = self.on_shard_error(ShardError(error), url)  # under fail, the error ends the run
             if self.skipped.note(k, None, url, marker["error"]):
-                self.bar.write(f"skipped: {error}")
+                self.bar.write(f"skipped: {redact_text(error)}")
         for joined in distributed.gather_objects(self.joining):  # every rank's, in rank order
             for image, label in joined:
                 self.pool.add(image, label)
