@@ -26,7 +26,8 @@ from PIL import Image
 from bmb_stream.cli import main
 from bmb_stream.data.simulate import load_recipe
 from bmb_stream.data.stream_source import cache_entry
-from tests.test_faults_shards import TINY, good_manifest, png, samples, sets_of, stream_folder, write_tar
+from tests.test_faults_shards import (TINY, good_manifest, png, ranged_headers, samples, sets_of, stream_folder,
+                                      write_tar)
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_MANIFEST = "bmb-stream: warning: no manifest.json beside the stream shards"
@@ -376,13 +377,7 @@ class Trickle(BaseHTTPRequestHandler):
             self.send_error(404)
             return
         data = path.read_bytes()
-        start = int(self.headers["Range"][6:-1]) if self.headers.get("Range") else 0
-        self.send_response(206 if start else 200)
-        if start:
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        self.send_header("Content-Length", str(len(data) - start))
-        self.send_header("ETag", '"v1"')
-        self.end_headers()
+        start = ranged_headers(self, data)
         try:
             if not self.path.endswith(self.server.slow):
                 self.wfile.write(data[start:])

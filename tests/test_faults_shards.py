@@ -349,6 +349,19 @@ def test_a_malformed_manifest_names_its_field_at_start_up(tmp_path, capsys, chan
 # ----- 6. URL readers: local and http(s), with the storage's retry budget -----
 
 
+def ranged_headers(handler: BaseHTTPRequestHandler, data: bytes) -> int:
+    """Send the status and headers of a reply of `data` from the byte its Range asks for (206 and
+    Content-Range then), with an ETag; the byte it starts from."""
+    start = int(handler.headers["Range"][6:-1]) if handler.headers.get("Range") else 0
+    handler.send_response(206 if start else 200)
+    if start:
+        handler.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+    handler.send_header("Content-Length", str(len(data) - start))
+    handler.send_header("ETag", '"v1"')
+    handler.end_headers()
+    return start
+
+
 class Faulty(BaseHTTPRequestHandler):
     """Serves a folder with byte ranges and an ETag; `faults` (path suffix, fault) are played in
     turn: "503" answers 503, "cut" sends half of the body and closes the connection."""
@@ -362,13 +375,7 @@ class Faulty(BaseHTTPRequestHandler):
             self.send_error(503 if fault else 404)
             return
         data = path.read_bytes()
-        start = int(self.headers["Range"][6:-1]) if self.headers.get("Range") else 0
-        self.send_response(206 if start else 200)
-        if start:
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        self.send_header("Content-Length", str(len(data) - start))
-        self.send_header("ETag", '"v1"')
-        self.end_headers()
+        start = ranged_headers(self, data)
         self.wfile.write(data[start:] if fault != "cut" else data[start: len(data) // 2])
 
     def log_message(self, *args):
