@@ -50,6 +50,23 @@ def final_of(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())["final"]
 
 
+def refused(run_dir: Path, tiny_stream: Path, capsys, *extra) -> str:
+    """Resume `run_dir` with `extra`: exit 2, one line (returned), every file of the folder as it was."""
+    before = snapshot(run_dir)
+    assert main(args_for(tiny_stream, run_dir, "resume=true", *extra)) == 2
+    line = error_line(capsys)
+    assert snapshot(run_dir) == before, line
+    return line
+
+
+def only_last(finished: Path, to: Path) -> Path:
+    """A copy of the finished run with last.pt alone among its checkpoints."""
+    run_dir = copy_of(finished, to)
+    for old in (run_dir / "checkpoints").glob("experience-*.pt"):
+        old.unlink()
+    return run_dir
+
+
 # --- two runs into one folder ------------------------------------------------------------------------
 
 HOLD = """
@@ -131,22 +148,16 @@ def test_results_without_a_loadable_checkpoint_are_refused_and_kept(finished, ti
     (run_dir / "checkpoints" / "last.pt").write_bytes(b"")
     for old in (run_dir / "checkpoints").glob("experience-*.pt"):
         old.unlink() if kept == "none" else old.write_bytes(b"\x80\x02truncated")
-    before = snapshot(run_dir)
-    assert main(args_for(tiny_stream, run_dir, "resume=true")) == 2
-    line = error_line(capsys)
+    line = refused(run_dir, tiny_stream, capsys)
     assert "last.pt cannot be loaded: the file is empty" in line and "start another run.dir" in line, line
-    assert snapshot(run_dir) == before
 
 
 def test_records_without_any_checkpoint_are_refused_and_kept(finished, tiny_stream, tmp_path, capsys):
     run_dir = copy_of(finished, tmp_path / "run")
     for old in (run_dir / "checkpoints").glob("*.pt"):
         old.unlink()
-    before = snapshot(run_dir)
-    assert main(args_for(tiny_stream, run_dir, "resume=true")) == 2
-    line = error_line(capsys)
+    line = refused(run_dir, tiny_stream, capsys)
     assert "holds results (eval.jsonl, summary.json) but no checkpoint" in line, line
-    assert snapshot(run_dir) == before
 
 
 def _foreign(state: dict, shape: str):
@@ -170,29 +181,19 @@ def _foreign(state: dict, shape: str):
 @pytest.mark.parametrize("shape", ["newer layout", "no learner", "a tensor", "a list", "another model",
                                    "learner without step"])
 def test_a_checkpoint_of_another_layout_is_one_line(finished, tiny_stream, tmp_path, capsys, shape):
-    run_dir = copy_of(finished, tmp_path / "run")
-    for old in (run_dir / "checkpoints").glob("experience-*.pt"):
-        old.unlink()
+    run_dir = only_last(finished, tmp_path / "run")
     last = run_dir / "checkpoints" / "last.pt"
     torch.save(_foreign(torch.load(last, weights_only=True), shape), last)
-    before = snapshot(run_dir)
-    assert main(args_for(tiny_stream, run_dir, "resume=true")) == 2
-    line = error_line(capsys)
+    line = refused(run_dir, tiny_stream, capsys)
     assert "written by another version of bmb-stream" in line and "last.pt" in line, line
-    assert snapshot(run_dir) == before
 
 
 def test_a_checkpoint_holding_python_objects_is_not_unpickled(finished, tiny_stream, tmp_path, capsys):
-    run_dir = copy_of(finished, tmp_path / "run")
-    for old in (run_dir / "checkpoints").glob("experience-*.pt"):
-        old.unlink()
+    run_dir = only_last(finished, tmp_path / "run")
     last = run_dir / "checkpoints" / "last.pt"
     torch.save({**torch.load(last, weights_only=True), "extra": argparse.Namespace(x=1)}, last)
-    before = snapshot(run_dir)
-    assert main(args_for(tiny_stream, run_dir, "resume=true")) == 2
-    line = error_line(capsys)
+    line = refused(run_dir, tiny_stream, capsys)
     assert "last.pt cannot be loaded" in line and "not loaded (untrusted)" in line, line
-    assert snapshot(run_dir) == before
 
 
 # --- the experience is checked against the checkpoint, not config.yaml alone ------------------------
@@ -206,11 +207,8 @@ def test_resume_checks_the_experience_against_the_checkpoints_config(finished, t
     else:
         config.write_text({"empty": "", "stripped": "seed: 0\n",
                            "edited": config.read_text().replace("tau: 0.95", "tau: 0.5")}[edit])
-    before = snapshot(run_dir)
-    assert main(args_for(tiny_stream, run_dir, "resume=true", "method.tau=0.5")) == 2
-    line = error_line(capsys)
+    line = refused(run_dir, tiny_stream, capsys, "method.tau=0.5")
     assert "method.tau: 0.95 -> 0.5" in line and "changes the experiment" in line, line
-    assert snapshot(run_dir) == before
 
 
 # --- a folder that holds other files -----------------------------------------------------------------
@@ -262,23 +260,13 @@ def test_training_that_diverges_stops_with_one_line_and_keeps_finite_checkpoints
 
 # --- what a checkpoint carries is checked before it is trusted --------------------------------------
 
-def _only_last(finished: Path, to: Path) -> Path:
-    run_dir = copy_of(finished, to)
-    for old in (run_dir / "checkpoints").glob("experience-*.pt"):
-        old.unlink()
-    return run_dir
-
-
 @pytest.mark.parametrize("config", ["- a\n- b\n", "{}", 123, ""])
 def test_a_checkpoint_whose_configuration_is_not_one_is_refused(finished, tiny_stream, tmp_path, capsys, config):
-    run_dir = _only_last(finished, tmp_path / "run")
+    run_dir = only_last(finished, tmp_path / "run")
     last = run_dir / "checkpoints" / "last.pt"
     torch.save({**torch.load(last, weights_only=True), "config": config}, last)
-    before = snapshot(run_dir)
-    assert main(args_for(tiny_stream, run_dir, "resume=true", "seed=5", "optim.lr=0.77")) == 2
-    line = error_line(capsys)
+    line = refused(run_dir, tiny_stream, capsys, "seed=5", "optim.lr=0.77")
     assert "written by another version of bmb-stream" in line, line
-    assert snapshot(run_dir) == before
 
 
 def test_a_checkpoint_of_an_earlier_version_resumes_only_where_config_yaml_vouches(finished, tiny_stream, tmp_path,
@@ -292,11 +280,8 @@ def test_a_checkpoint_of_an_earlier_version_resumes_only_where_config_yaml_vouch
     (run_dir / "checkpoints" / "last.pt").unlink()
     full = (run_dir / "config.yaml").read_text()
     (run_dir / "config.yaml").write_text("seed: 0\n")
-    before = snapshot(run_dir)
-    assert main(args_for(tiny_stream, run_dir, "resume=true", "optim.lr=0.77")) == 2
-    line = error_line(capsys)
+    line = refused(run_dir, tiny_stream, capsys, "optim.lr=0.77")
     assert "config.yaml lacks keys of the run's configuration" in line, line
-    assert snapshot(run_dir) == before
     (run_dir / "config.yaml").write_text(full)  # whole again: the earlier checkpoint resumes exactly
     assert main(args_for(tiny_stream, run_dir, "resume=true")) == 0
     assert final_of(run_dir) == final_of(finished)
@@ -304,7 +289,7 @@ def test_a_checkpoint_of_an_earlier_version_resumes_only_where_config_yaml_vouch
 
 @pytest.mark.parametrize("where", ["model buffer", "ema weight"])
 def test_a_checkpoint_holding_nan_is_refused(finished, tiny_stream, tmp_path, capsys, where):
-    run_dir = _only_last(finished, tmp_path / "run")
+    run_dir = only_last(finished, tmp_path / "run")
     last = run_dir / "checkpoints" / "last.pt"
     state = torch.load(last, weights_only=True)
     learner = state["learner"]
@@ -312,15 +297,12 @@ def test_a_checkpoint_holding_nan_is_refused(finished, tiny_stream, tmp_path, ca
     name = next(k for k in tensors if ("running_var" in k) == (where == "model buffer") and tensors[k].is_floating_point())
     tensors[name].view(-1)[0] = float("nan")
     torch.save(state, last)
-    before = snapshot(run_dir)
-    assert main(args_for(tiny_stream, run_dir, "resume=true", "stream.max_experiences=null")) == 2
-    line = error_line(capsys)
+    line = refused(run_dir, tiny_stream, capsys, "stream.max_experiences=null")
     assert "holds NaN or infinite weights" in line, line
-    assert snapshot(run_dir) == before
 
 
 def test_a_checkpoint_of_junk_bytes_says_so(finished, tiny_stream, tmp_path, capsys):
-    run_dir = _only_last(finished, tmp_path / "run")
+    run_dir = only_last(finished, tmp_path / "run")
     (run_dir / "checkpoints" / "last.pt").write_bytes(b"ju" + bytes(range(256)) * 4)
     assert main(args_for(tiny_stream, run_dir, "resume=true")) == 2
     assert "not a PyTorch checkpoint, or a damaged one" in error_line(capsys)
