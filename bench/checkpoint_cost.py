@@ -33,7 +33,7 @@ from bmb_stream.config import compose
 from bmb_stream.engine.checkpoint import load_checkpoint, save_atomic
 from bmb_stream.engine.learner import Learner
 from bmb_stream.evaluation.monitor import StreamMonitor
-from bmb_stream.method.steps import Batch
+from bmb_stream.algorithms import Batch
 
 
 def make_learner(model: str, capacity: int) -> Learner:
@@ -49,7 +49,7 @@ def populate(learner: Learner, seed: int = 0) -> None:
         p.grad = torch.zeros_like(p)
     learner.optimizer.step()
     learner.optimizer.zero_grad(set_to_none=True)
-    bank, gen = learner.bank, torch.Generator().manual_seed(seed)
+    bank, gen = learner.algorithm.bank, torch.Generator().manual_seed(seed)
     while bank.fill < bank.capacity:
         n = min(bank.capacity, 4096)
         bank.put(torch.randn(n, bank.features.shape[1], generator=gen),
@@ -59,7 +59,7 @@ def populate(learner: Learner, seed: int = 0) -> None:
 def checkpoint_times(learner: Learner, folder: Path, rounds: int) -> tuple[float, float, float]:
     """(size MB, save s, load s), medians of `rounds`."""
     state = {"learner": learner.state_dict(),
-             "monitor": StreamMonitor(learner.num_classes, learner.bank.capacity).state_dict()}
+             "monitor": StreamMonitor(learner.num_classes, learner.algorithm.bank.capacity).state_dict()}
     path = folder / "last.pt"
     saves, loads = [], []
     for _ in range(rounds):

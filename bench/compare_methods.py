@@ -1,4 +1,4 @@
-"""Supervised vs FixMatch vs BMB, and BMB's ablations, at the same budget on real Fashion-MNIST-LT
+"""Supervised vs FixMatch vs BMB vs ABC vs CDMAD, and BMB's ablations, at the same budget on real Fashion-MNIST-LT
 (gamma 100), small CNN, several seeds.
 
     python bench/compare_methods.py [--steps 1000] [--eval-every 50] [--last 10] [--seeds 0 1 2]
@@ -35,6 +35,8 @@ VARIANTS = {
     "supervised": ["method=supervised"],
     "fixmatch": ["method=fixmatch"],
     "bmb": ["method=bmb"],
+    "abc": ["method=abc"],
+    "cdmad": ["method=cdmad"],
     "bmb, bank off": ["method=bmb", "method.bank.enabled=false"],
     "bmb, weights off": ["method=bmb", "method.weights.enabled=false"],
     "bmb, strong features": ["method=bmb", "method.bank.features=strong"],
@@ -42,8 +44,19 @@ VARIANTS = {
     "bmb, labeled in bank": ["method=bmb", "method.bank.labeled=true"],
 }
 __doc__ += "".join(f"\n    {name}: {' '.join(o)}" for name, o in VARIANTS.items()) + "\n"
-COLUMNS = (("balanced_acc", "EMA balanced"), ("raw_balanced_acc", "online balanced"), ("few_acc", "EMA few-shot"),
-           ("many_acc", "EMA many-shot"))
+# plain: the EMA model without the algorithm's test-time rule (BMB's and ABC's standard head, CDMAD's
+# unrefined logits; "-" for an algorithm without one)
+COLUMNS = (("balanced_acc", "EMA balanced"), ("raw_balanced_acc", "online balanced"),
+           ("plain_balanced_acc", "EMA without rule"), ("few_acc", "EMA few-shot"), ("many_acc", "EMA many-shot"))
+
+
+def mean_of(records: list[dict], key: str) -> float | None:
+    values = [r.get(key) for r in records]
+    return None if any(v is None for v in values) else 100 * float(np.mean(values))
+
+
+def shown(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 def run_variant(name: str, seed: int, args) -> list[dict] | None:
@@ -83,9 +96,9 @@ def main() -> None:
                 continue
             histories[name][seed] = records
             records = records[-args.last:]
-            mean = {key: 100 * float(np.mean([r[key] for r in records])) for key, _ in COLUMNS}
+            mean = {key: mean_of(records, key) for key, _ in COLUMNS}
             per_run[name].append(mean)
-            print(f"{name:<26} seed {seed}: " + "  ".join(f"{label} {mean[key]:.1f}" for key, label in COLUMNS)
+            print(f"{name:<26} seed {seed}: " + "  ".join(f"{label} {shown(mean[key])}" for key, label in COLUMNS)
                   + f"  (steps {records[0]['step']}-{records[-1]['step']}, {time.time() - started:.0f} s)", flush=True)
     print(f"\nFashion-MNIST-LT gamma 100 (N1 1500, M1 3000), small CNN, {args.steps} steps, batch 64 + 64; per run the "
           f"mean of the last {args.last} evaluations (every {args.eval_every} steps), then mean +- std over seeds "
@@ -96,9 +109,10 @@ def main() -> None:
         if not runs:
             continue
         row = {key: (float(np.mean([r[key] for r in runs])),
-                     float(np.std([r[key] for r in runs], ddof=1)) if len(runs) > 1 else 0.0) for key, _ in COLUMNS}
+                     float(np.std([r[key] for r in runs], ddof=1)) if len(runs) > 1 else 0.0)
+               if all(r[key] is not None for r in runs) else None for key, _ in COLUMNS}
         table[name] = row
-        print(f"{name:<26}" + "".join(f"{f'{row[k][0]:.1f} +- {row[k][1]:.1f}':>18}" for k, _ in COLUMNS)
+        print(f"{name:<26}" + "".join(f"{f'{row[k][0]:.1f} +- {row[k][1]:.1f}' if row[k] else '-':>18}" for k, _ in COLUMNS)
               + f"{len(runs):>7}")
     if args.per_class:
         print_per_class(histories, args.last)

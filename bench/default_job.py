@@ -1,11 +1,13 @@
 """The default job (`bmb-stream`: BMB, small CNN, the simulated fmnist_lt_drift stream, 320 steps) over
 several seeds, with the memory bank as configured against the reference's bank (unlabeled pseudo-labels
 only, the reference count rule), and against supervised training and FixMatch on the same stream and
-budget: balanced accuracy of the EMA model and of the online weights, each the mean of the run's
-evaluations (every second experience: 5 per run), then mean +- std over the seeds; and the bank at the
-end (entries, classes, entries from labeled images, purity of the pseudo-labeled ones).
+budget, and ABC and CDMAD: balanced accuracy of the EMA model, of the online weights and of the EMA
+model without the algorithm's test-time rule (BMB's and ABC's standard head, CDMAD's unrefined logits),
+each the mean of the run's evaluations (every second experience: 5 per run), then mean +- std over the
+seeds; and the bank at the end (entries, classes, entries from labeled images, purity of the
+pseudo-labeled ones).
 
-    python bench/default_job.py [--seeds 0 1 2] [--variants default reference-bank supervised fixmatch bf16]
+    python bench/default_job.py [--seeds 0 1 2] [--variants default reference-bank supervised fixmatch abc cdmad bf16]
                                 [--out bench/results/default_job]
 
 Every seed trains on the same stream (the recipe's own seed fixes it; simulated once and cached); the run
@@ -33,6 +35,8 @@ VARIANTS = {
     "reference-bank": ["method.bank.labeled=false", "method.bank.count_rule=reference"],
     "supervised": ["method=supervised"],  # the labeled images only
     "fixmatch": ["method=fixmatch"],
+    "abc": ["method=abc"],
+    "cdmad": ["method=cdmad"],
     "bf16": ["train.amp=true"],  # bfloat16 autocast, at equal accuracy or not
 }
 
@@ -55,21 +59,27 @@ def main() -> None:
             counts = summary.get("bank_class_counts") or []  # no bank: supervised, FixMatch
             row = {"ema": 100 * np.mean([r["balanced_acc"] for r in records]),
                    "online": 100 * np.mean([r["raw_balanced_acc"] for r in records]),
+                   "plain": (100 * np.mean([r["plain_balanced_acc"] for r in records])
+                             if all("plain_balanced_acc" in r for r in records) else None),
                    "final_ema": 100 * summary["final"]["balanced_acc"], "entries": sum(counts),
                    "classes": sum(c > 0 for c in counts), "labeled": summary.get("bank_labeled") or 0,
                    "purity": summary.get("bank_purity")}
             rows[name].append(row)
-            print(f"{name:<15} seed {seed}: EMA {row['ema']:.1f}  online {row['online']:.1f}  final EMA "
+            plain = f"{row['plain']:.1f}" if row["plain"] is not None else "-"
+            print(f"{name:<15} seed {seed}: EMA {row['ema']:.1f}  online {row['online']:.1f}  without rule {plain}  final EMA "
                   f"{row['final_ema']:.1f}  bank {row['entries']}/{summary.get('bank_capacity') or 0}, {row['classes']} classes, "
                   f"{row['labeled']} labeled  ({time.time() - started:.0f} s)", flush=True)
     print(f"\nThe default job, seeds {args.seeds}: balanced accuracy (%), mean over each run's evaluations, "
           "then mean +- std over seeds; the bank at the end, mean over seeds")
-    print(f"{'variant':<16}{'EMA model':>14}{'online':>14}{'final EMA':>14}{'entries':>9}{'classes':>9}{'labeled':>9}")
+    print(f"{'variant':<16}{'EMA model':>14}{'online':>14}{'without rule':>14}{'final EMA':>14}{'entries':>9}"
+          f"{'classes':>9}{'labeled':>9}")
     for name, runs in rows.items():
         def cell(key):
             vals = [r[key] for r in runs]
+            if any(v is None for v in vals):
+                return "-"
             return f"{np.mean(vals):.1f} +- {np.std(vals, ddof=1) if len(vals) > 1 else 0.0:.1f}"
-        print(f"{name:<16}{cell('ema'):>14}{cell('online'):>14}{cell('final_ema'):>14}"
+        print(f"{name:<16}{cell('ema'):>14}{cell('online'):>14}{cell('plain'):>14}{cell('final_ema'):>14}"
               + "".join(f"{np.mean([r[k] for r in runs]):>9.0f}" for k in ("entries", "classes", "labeled")))
 
 

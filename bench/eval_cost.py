@@ -30,7 +30,7 @@ from bmb_stream.data.stream import EncodedImages  # noqa: E402
 from bmb_stream.data.transforms import DeviceNormalize, build_views  # noqa: E402
 from bmb_stream.evaluation.evaluator import Evaluator  # noqa: E402
 from bmb_stream.models import build_model  # noqa: E402
-from bmb_stream.models.heads import HeadPredictor  # noqa: E402
+from bmb_stream.models.heads import Predictor  # noqa: E402
 
 
 def jpeg_test_set(n: int, classes: int = 10) -> EncodedImages:
@@ -53,9 +53,15 @@ def bare_forward(evaluator: Evaluator, models) -> float:
     return time.perf_counter() - t
 
 
+def bmb_test_logits(model, x):
+    """What a BMB run evaluates: both heads from one backbone pass (bmb_stream/algorithms/bmb.py)."""
+    features = model(x)
+    return {"rule": model.head_bal(features), "plain": model.head_std(features)}
+
+
 def measure(name: str, test_set, model_name: str, classes: int, rounds: int, batch_size: int, mean, std) -> str:
     # the test set is decoded once into uint8; the models normalise it, as the learner's do
-    ema, online = (HeadPredictor(build_model(model_name, classes), "bal", DeviceNormalize(mean, std)).eval()
+    ema, online = (Predictor(build_model(model_name, classes), bmb_test_logits, DeviceNormalize(mean, std)).eval()
                    for _ in range(2))
     with tempfile.TemporaryDirectory() as run_dir:
         t = time.perf_counter()

@@ -67,18 +67,16 @@ class FidelityRun(OfflineRun):
         self.test_x = torch.stack([x for x, _ in images])
         self.test_y = torch.tensor([int(y) for _, y in images])
         self.first = {"all_classes": None, "full_draw": None}
-        step = self.learner.train_step
+        self.step_hooks.append(FidelityRun.observe_step)
 
-        def observed_step(batch):
-            terms = step(batch)
-            self.note_bank()
-            if self.learner.step % self.every == 0:
-                self.write_point()
-            return terms
-        self.learner.train_step = observed_step
+    def observe_step(self) -> None:
+        """After each training step: the bank's landmarks, and a curve point every `every` steps."""
+        self.note_bank()
+        if self.learner.step % self.every == 0:
+            self.write_point()
 
     def note_bank(self) -> None:
-        bank, step = self.learner.bank, self.learner.step
+        bank, step = self.learner.algorithm.bank, self.learner.step
         if bank is None:
             return
         if self.first["all_classes"] is None and bool((bank.class_counts() > 0).all()):
@@ -109,11 +107,12 @@ class FidelityRun(OfflineRun):
         ema_acc, raw_acc = self.head_accuracies(ema), self.head_accuracies(learner.model)
         point = {"step": learner.step, "ema_bal": ema_acc["bal"], "raw_bal": raw_acc["bal"],
                  "ema_std": ema_acc["std"], "raw_std": raw_acc["std"], **self.first}
-        if learner.bank is not None:
-            point |= {"entries": learner.bank.fill, "draw": min(self.cfg.method.bank.draw, learner.bank.fill),
-                      "purity": self.monitor.report(learner.bank).get("bank_purity")}
-        if learner.estimate is not None:
-            point["nhat"] = learner.estimate.value().tolist()
+        bank, estimate = learner.algorithm.bank, getattr(learner.algorithm, "estimate", None)
+        if bank is not None:
+            point |= {"entries": bank.fill, "draw": min(self.cfg.method.bank.draw, bank.fill),
+                      "purity": self.monitor.report(bank).get("bank_purity")}
+        if estimate is not None and estimate.value() is not None:
+            point["nhat"] = estimate.value().tolist()
         with open(self.run_dir.path / "fidelity.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(point) + "\n")
         print(f"step {learner.step}: " + ", ".join(f"{k} {100 * point[k]:.1f}"

@@ -38,7 +38,7 @@ from machine import print_header  # noqa: E402
 
 from bmb_stream.config import compose  # noqa: E402
 from bmb_stream.engine.learner import Learner  # noqa: E402
-from bmb_stream.method.steps import Batch  # noqa: E402
+from bmb_stream.algorithms import Batch  # noqa: E402
 
 SETTINGS = {"resnet50": ("imagenet_lt", 224, 1000), "wrn28_2": ("cifar10_lt", 32, 10)}
 VARIANTS = ("fp32", "bf16", "bf16 + channels_last", "bf16 + channels_last + compile")

@@ -40,7 +40,7 @@ from bmb_stream.data import build_split  # noqa: E402
 from bmb_stream.data.stream import decode_image, make_unlabeled_batches, shard_samples  # noqa: E402
 from bmb_stream.data.transforms import build_views  # noqa: E402
 from bmb_stream.engine.learner import Learner  # noqa: E402
-from bmb_stream.method.steps import Batch  # noqa: E402
+from bmb_stream.algorithms import Batch  # noqa: E402
 
 
 def write_shard(path: Path, images: list[bytes], ext: str) -> None:

@@ -58,7 +58,8 @@ def usage() -> str:
               "  out=s3://bucket/prefix uploads either one, shard by shard (AWS_* variables or storage.s3.*)"]
     lines += ["", "common keys: seed, device (auto/cpu/cuda), run.dir, resume, train.steps, train.eval_every,",
               "  train.batch_labeled, train.batch_unlabeled, train.ema_decay, train.ema_warmup, train.num_workers,",
-              "  dataset.root, method.tau, method.bank.*, method.weights.*, method.estimate.*,",
+              "  dataset.root, method.tau, method.bank.* (bmb), method.weights.* (bmb), method.abc_tau (abc),",
+              "  method.debias_start (cdmad),",
               "  stream.urls (paths, file://, http(s)://, s3://), stream.on_shard_error (fail/skip), storage.s3.*,",
               "  storage.retry.*", "", EXAMPLES]
     return "\n".join(lines)
@@ -132,12 +133,14 @@ def print_headline(summary: dict, run_dir: str) -> None:
     where = f"{s['experiences']} experiences, " if "experiences" in s else ""
     print(f"\n{s['mode']} {s['method']} on {s['dataset']} ({s['model']}), {where}{s['steps']} steps, {s['wall_s']:.0f} s, "
           f"{s['train_images_per_s']:.0f} train images/s")
-    print(f"{'statistic':<16}{'balanced':>10}{'online':>10}{'many':>8}{'medium':>8}{'few':>8}")
+    # with a test-time rule (BMB's and ABC's balanced head, CDMAD's refined logits), also the number without it
+    plain = [("plain_balanced_acc", "no rule")] if s.get("test_rule") else []
+    columns = [("balanced_acc", "balanced"), ("raw_balanced_acc", "online"), *plain, ("many_acc", "many"),
+               ("medium_acc", "medium"), ("few_acc", "few")]
+    print(f"{'statistic':<16}" + "".join(f"{title:>10}" for _, title in columns))
     for stat in ("final", "best", "mean_last_20", "median_last_20"):
-        r = s[stat]
-        cells = [r.get(k) for k in ("balanced_acc", "raw_balanced_acc", "many_acc", "medium_acc", "few_acc")]
-        fmt = [f"{100 * v:.1f}" if v is not None else "-" for v in cells]
-        print(f"{stat:<16}{fmt[0]:>10}{fmt[1]:>10}{fmt[2]:>8}{fmt[3]:>8}{fmt[4]:>8}")
+        cells = [s[stat].get(k) for k, _ in columns]
+        print(f"{stat:<16}" + "".join(f"{100 * v:>10.1f}" if v is not None else f"{'-':>10}" for v in cells))
     counts = s.get("bank_class_counts")
     if counts is not None:
         purity = f", pseudo-labels {100 * s['bank_purity']:.0f}% pure" if s.get("bank_purity") is not None else ""

@@ -89,7 +89,7 @@ def _without_dataset_folders(cfg: DictConfig) -> None:
 
 def _refuse_unread_overrides(cfg: DictConfig, overrides: list[str]) -> None:
     """A key given on the command line that the chosen option's schema does not declare (a BMB setting
-    with method=fixmatch, kept from the experiment's files but never read) is refused, not ignored."""
+    with method=fixmatch) is refused, not ignored."""
     for override in overrides:
         key = override.split("=", 1)[0].lstrip("+~")
         group, _, rest = key.partition(".")
@@ -345,14 +345,13 @@ def _is_text(value: str) -> bool:
 
 
 def _check_keys(node: DictConfig, node_schema: type, prefix: str) -> None:
-    """Every key of `node` against the check its schema declares. A group's node is typed by the chosen
-    option's schema; an open one (schema.CARRIES) is checked against the schema it carries too."""
+    """Every key of `node` against the check its schema declares (a group's node is typed by the chosen
+    option's schema)."""
     own = OmegaConf.get_type(node)
     declared = schema.schema_fields(own if schema.is_schema(own) else node_schema)
-    carried = schema.schema_fields(schema.CARRIES[own]) if own in schema.CARRIES else {}
     written = OmegaConf.to_container(node, resolve=False)  # a value is shown as written: `${seed}`, not its value
     for name in node:
-        f, key = declared.get(name) or carried.get(name), f"{prefix}{name}"
+        f, key = declared.get(name), f"{prefix}{name}"
         if f is None:
             raise ConfigError(no_such_key(key))
         value = node[name]

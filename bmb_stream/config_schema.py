@@ -5,8 +5,9 @@ defaults list (`/schema/<group>/<option>@_here_`, the root config `schema`), so 
 type-checks every value as it composes.
 
 Fields default to ??? (MISSING): a YAML file gives the value, and a key that no file gives is reported
-as required. Accepted values of string choices are the tuples below, imported by the code that acts
-on them."""
+as required; an algorithm's schema (bmb_stream/algorithms/) carries its defaults instead. Accepted
+values of string choices are the tuples below, imported by the code that acts on them; the checks
+are bmb_stream/config_checks.py."""
 
 import dataclasses
 import math
@@ -17,98 +18,17 @@ from typing import Any
 
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
+from bmb_stream.algorithms import ALGORITHMS
+from bmb_stream.config_checks import (COUNT, FRACTION, NON_NEGATIVE, POSITIVE, SECONDS, Check, anything,  # noqa: F401
+                                      boolean, choice, device, integer, key, number, pixel_fractions, shard_urls, text)
 from bmb_stream.evaluation.summary import STATISTICS
 
 MODES = ("offline", "stream")
-DEVICES = ("auto", "cpu", "cuda")  # and cuda:N
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "cosine", "fixmatch_cosine")
 SHARD_ERRORS = ("fail", "skip")
-EVAL_HEADS = ("std", "bal")
-BANK_FEATURES = ("strong", "weak")
-COUNT_RULES = ("reference", "present")
-UNLABELED_SOURCES = ("estimate", "labeled")
-ESTIMATE_KINDS = ("cumulative", "ema")
 RATIO_ROUNDINGS = ("ceil", "round")
 RANDAUGMENT_KINDS = ("reference", "torchvision")
-
-Check = tuple[Callable[[Any], bool], str]  # a predicate over the value, and what it accepts: "a positive integer"
-
-
-# --- checks: a predicate and the words that say what it accepts --------------------------------------
-def integer(low: int | None = None, nullable: bool = False, bits: int | None = None) -> Check:
-    """An integer >= low (and below 2^bits)."""
-    text = {None: "an integer", 1: "a positive integer"}.get(low, f"an integer >= {low}")
-    text += f" and below 2^{bits}" if bits else ""
-    return (lambda v: (nullable and v is None)
-            or (isinstance(v, int) and not isinstance(v, bool) and (low is None or v >= low)
-                and (bits is None or v < 2 ** bits))), text + (" or null" if nullable else "")
-
-
-def number(low: float | None = None, high: float | None = None, open_low: bool = False, open_high: bool = False,
-           nullable: bool = False, infinite: bool = False) -> Check:
-    """A number in a range; finite unless `infinite` (inf: no limit)."""
-    if low is not None and high is not None:
-        text = f"in {'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}"
-    elif low is not None:
-        text = "positive" if low == 0 and open_low else f"{'>' if open_low else '>='} {low}"
-    else:
-        text = "a number"
-
-    def ok(v) -> bool:
-        if nullable and v is None:
-            return True
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or math.isnan(v) or (math.isinf(v) and not infinite):
-            return False
-        return ((low is None or (v > low if open_low else v >= low))
-                and (high is None or (v < high if open_high else v <= high)))
-    return ok, text + (" or null" if nullable else "")
-
-
-def boolean() -> Check:
-    return (lambda v: isinstance(v, bool)), "true or false"
-
-
-def choice(*options: str) -> Check:
-    return (lambda v: v in options), ", ".join(options[:-1]) + f" or {options[-1]}" if len(options) > 1 else options[0]
-
-
-def text(nullable: bool = True) -> Check:
-    return (lambda v: isinstance(v, str) or (nullable and v is None)), "a string" + (" or null" if nullable else "")
-
-
-def device() -> Check:
-    return (lambda v: isinstance(v, str) and (v in DEVICES or v.startswith("cuda:"))), "auto, cpu, cuda or cuda:N"
-
-
-def pixel_fractions(open_low: bool = False) -> Check:
-    """Three per-channel numbers on the scale of pixel values in [0, 1] (a mean, a standard deviation)."""
-    each = number(0, 1, open_low=open_low)
-    return ((lambda v: v is not None and len(v) == 3 and all(each[0](x) for x in v)),
-            f"a list of three numbers, each finite and {each[1]} (fractions of the pixel range)")
-
-
-def shard_urls() -> Check:
-    """Shard URLs: one string (a URL, a brace pattern, a folder), a list of them, or null."""
-    return ((lambda v: v is None or isinstance(v, str)
-             or isinstance(v, (list, ListConfig)) and all(isinstance(u, str) for u in v)),
-            "a URL, a brace pattern or a folder (a string), a list of them, or null")
-
-
-def anything() -> Check:
-    return (lambda v: True), "any value"
-
-
-def key(check: Check | None = None) -> Any:
-    """A field whose value the YAML files give (??? until then), checked by `check` (else by its type)."""
-    return field(default=MISSING, metadata={"check": check} if check else {})
-
-
-POSITIVE = integer(1)
-COUNT = integer(0)
-FRACTION = number(0, 1, open_low=True)  # (0, 1]
-NON_NEGATIVE = number(0)
-SECONDS = number(0, open_low=True)
 
 
 # --- the root config: everything but the groups method, model and dataset ---------------------------
@@ -213,58 +133,6 @@ class Config:
     mode: str = key(choice(*MODES))
 
 
-# --- method ------------------------------------------------------------------------------------------
-@dataclass
-class Supervised:
-    name: str = MISSING
-    eval_head: str = key(choice(*EVAL_HEADS))
-
-
-@dataclass
-class FixMatch(Supervised):
-    tau: float = key(FRACTION)
-    lambda_u: float = key(NON_NEGATIVE)
-    warmup: int = key(COUNT)
-
-
-@dataclass
-class Bank:
-    enabled: bool = MISSING
-    capacity: int = key(POSITIVE)
-    draw: int = key(POSITIVE)
-    beta_put: float = key(NON_NEGATIVE)
-    beta_get: float = key(NON_NEGATIVE)
-    count_floor: float = key(number(0, open_low=True))
-    count_rule: str = key(choice(*COUNT_RULES))
-    labeled: bool = MISSING
-    features: str = key(choice(*BANK_FEATURES))
-    reset_after_warmup: bool = MISSING
-
-
-@dataclass
-class Weights:
-    enabled: bool = MISSING
-    alpha: float = key(NON_NEGATIVE)
-    unlabeled_source: str = key(choice(*UNLABELED_SOURCES))
-    count_rule: str = key(choice(*COUNT_RULES))
-
-
-@dataclass
-class Estimate:
-    kind: str = key(choice(*ESTIMATE_KINDS))
-    momentum: float = key(number(0, 1, open_high=True))
-    threshold: bool = MISSING
-
-
-@dataclass
-class BMB(FixMatch):
-    lambda_mb: float = key(NON_NEGATIVE)
-    bank_warmup: int | None = key(integer(0, nullable=True))
-    bank: Bank = field(default_factory=Bank)
-    weights: Weights = field(default_factory=Weights)
-    estimate: Estimate = field(default_factory=Estimate)
-
-
 # --- model -------------------------------------------------------------------------------------------
 @dataclass
 class Model:
@@ -326,36 +194,35 @@ class ImageNetLTDataset(RatioDataset):
     test_list: str = MISSING
 
 
-# Each group's options' schemas by name (/schema/<group>/<name> in a YAML's defaults list), and the
-# schema whose keys an option of the group may carry besides its own: the experiment and mode files set
-# BMB's settings (method.bank.*, method.weights.*, ...), which FixMatch and the supervised baseline
-# keep, unused, so that any method composes with any experiment.
+# Each group's options' schemas by name (/schema/<group>/<name> in a YAML's defaults list); a method's
+# is its algorithm's `Config` (bmb_stream/algorithms/), with its defaults.
 OPTION_SCHEMAS = {
-    "method": {"bmb": BMB, "fixmatch": FixMatch, "supervised": Supervised},
+    "method": {name: algorithm.Config for name, algorithm in ALGORITHMS.items()},
     "model": {"small_cnn": SmallCNN, "wrn28_2": Model, "resnet50": ResNet50},
     "dataset": {"counts": CountsDataset, "cifar": CifarDataset, "ratio": RatioDataset, "imagenet_lt": ImageNetLTDataset},
 }
-CARRIES = {FixMatch: BMB, Supervised: BMB}
 
 
 def register() -> None:
-    """Put the schemas in Hydra's ConfigStore (idempotent). A schema that CARRIES another's keys is an
-    open node: keys it does not declare are kept (and checked against that schema by `validate`)."""
+    """Put the schemas in Hydra's ConfigStore (idempotent)."""
     from hydra.core.config_store import ConfigStore
 
     store = ConfigStore.instance()
     store.store(name="schema", node=Config)
     for group, options in OPTION_SCHEMAS.items():
         for name, schema in options.items():
-            node = OmegaConf.structured(schema)
-            if schema in CARRIES:
-                OmegaConf.set_struct(node, False)
-            store.store(group=f"schema/{group}", name=name, node=node)
+            store.store(group=f"schema/{group}", name=name, node=schema)
 
 
 # --- looking fields up -------------------------------------------------------------------------------
 def schema_fields(schema: type) -> dict[str, dataclasses.Field]:
-    return {f.name: f for f in dataclasses.fields(schema)}
+    """The schema's fields, each with its type resolved (a schema written under `from __future__ import
+    annotations` declares them as strings)."""
+    hints = typing.get_type_hints(schema)
+    fields = dataclasses.fields(schema)
+    for f in fields:
+        f.type = hints.get(f.name, f.type)
+    return {f.name: f for f in fields}
 
 
 def is_schema(t) -> bool:

@@ -27,7 +27,8 @@ STEPS, PER_STEP, DIM, CLASSES = 6, 64, 8, 5
 
 def bank_steps(out: Path) -> None:
     from bmb_stream.method.bank import MemoryBank
-    from bmb_stream.method.steps import Batch, StepContext, _bank_offer, bank_loss, on_host
+    from bmb_stream.algorithms.base import Batch, on_host
+    from bmb_stream.algorithms.bmb import StepContext, _bank_offer, bank_loss
     from bmb_stream.method.weights import PseudoLabelEstimate
 
     distributed.init(torch.device("cpu"))
@@ -35,7 +36,7 @@ def bank_steps(out: Path) -> None:
     # uneven shares (24 and 40 unlabeled, 6 and 10 labeled), as a stream's partial batches are
     share = slice(0, PER_STEP) if world == 1 else (slice(0, 24), slice(24, PER_STEP))[rank]
     labeled = slice(0, 16) if world == 1 else (slice(0, 6), slice(6, 16))[rank]
-    cfg = SimpleNamespace(tau=0.5, bank=SimpleNamespace(features="weak", draw=16, get=lambda key, default=None: True))
+    cfg = SimpleNamespace(tau=0.5, bank=SimpleNamespace(features="weak", draw=16, labeled=True))
     torch.manual_seed(0)
     head = torch.nn.Linear(DIM, CLASSES)
     model = SimpleNamespace(head_bal=head)
@@ -105,7 +106,7 @@ def train(out: Path, overrides: list[str]) -> None:
     run = OfflineRun(compose(overrides))
     run.execute()
     state = run.learner.state_dict()
-    parts = {name: digest(state[name]) for name in ("model", "optimizer", "ema", "bank", "estimate", "step")}
+    parts = {name: digest(state[name]) for name in ("model", "optimizer", "ema", "algorithm", "step")}
     parts["first_batches"] = first_batches
     torch.save(parts, out / f"train-rank{distributed.rank()}.pt")
     distributed.shutdown()

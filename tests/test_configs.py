@@ -53,7 +53,7 @@ def test_reference_recipe_values_reach_the_config(tmp_path):
 
 
 @pytest.mark.parametrize("override,message", [
-    ("method=nope", "method=nope: unknown option; accepted: bmb, fixmatch, supervised"),
+    ("method=nope", "method=nope: unknown option; accepted: abc, bmb, cdmad, fixmatch, supervised"),
     ("model=vgg", "model=vgg: unknown option"),
     ("method.tau=1.5", "method.tau=1.5: must be in (0, 1]"),
     ("method.tau=0", "method.tau=0: must be in (0, 1]"),
@@ -85,12 +85,15 @@ def test_bad_values_name_the_key_and_what_is_accepted(override, message):
     assert message in str(err.value)
 
 
-def test_other_methods_keep_the_bmb_settings_of_experiments_checked():
-    cfg = compose(["method=fixmatch"])  # stream mode and the demo set method.bank.* and method.estimate.*
-    assert cfg.method.bank.labeled is True and cfg.method.estimate.kind == "ema"
-    with pytest.raises(ConfigError, match=re.escape("method.bank.labeled=3: must be true or false")):
-        validate(OmegaConf.merge(cfg, {"method": {"bank": {"labeled": 3}}}))  # as if an experiment file set it
-    # set on the command line, a key the chosen method does not read is refused
+def test_each_method_gets_its_own_settings_for_the_mode_and_the_experiment():
+    # stream mode and the demo experiment give BMB settings; FixMatch has none of them
+    assert compose([]).method.bank.labeled is True and compose([]).method.estimate.kind == "ema"
+    fixmatch = compose(["method=fixmatch"]).method
+    assert set(fixmatch) == {"name", "tau", "lambda_u", "warmup"}
+    imagenet = ["experiment=imagenet_lt_20", "stream.urls=s3://bucket/x", "mode=stream"]
+    assert compose(["method=fixmatch", *imagenet]).method.tau == 0.7  # BMB's recipe, where FixMatch has the key
+    assert compose(["method=cdmad", *imagenet]).method.tau == 0.0  # no CDMAD settings for it: CDMAD's defaults
+    # set on the command line, a key the chosen method does not have is refused
     for override, message in [("method.bank.capacity=8", "method.bank.capacity: not a key of this configuration"),
                                ("method.bank.capcity=3", "method.bank.capcity: no such configuration key (did you mean "
                                                          "method.bank.capacity?)")]:

@@ -210,7 +210,7 @@ def test_a_full_disk_while_checkpointing_keeps_the_last_checkpoint(fmnist_stream
     ("method.tau=nan", "method.tau=nan: must be in (0, 1]"),
     ("train.steps=100", "train.steps applies to offline mode"),
     ("train.eval_every=10", "train.eval_every applies to offline mode"),
-    ("method=bmm", "method=bmm: unknown option; accepted: bmb, fixmatch, supervised (did you mean bmb?)"),
+    ("method=bmm", "method=bmm: unknown option; accepted: abc, bmb, cdmad, fixmatch, supervised (did you mean bmb?)"),
     ("train.stpes=3", "train.stpes: no such configuration key (did you mean train.steps?)"),
     ("simualte", "did you mean 'bmb-stream simulate'?"),
     ("method=fixmatch method.bank.capacity=8", "method.bank.capacity: not a key of this configuration"),

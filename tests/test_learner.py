@@ -7,7 +7,7 @@ from bmb_stream.config import compose
 from bmb_stream.engine import checkpoint
 from bmb_stream.engine.ema import ModelEMA, ema_decay_at
 from bmb_stream.engine.learner import Learner, lr_factor
-from bmb_stream.method.steps import Batch
+from bmb_stream.algorithms import Batch
 
 
 def tiny_cfg(*extra):
@@ -29,7 +29,7 @@ def test_checkpoint_round_trip_resumes_exactly(tmp_path):
     a = Learner(tiny_cfg(), 10, LABELED, torch.device("cpu"))
     for s in range(6):
         a.train_step(batch(s))
-    assert a.bank.fill > 0 and a.estimate.value() is not None
+    assert a.algorithm.bank.fill > 0 and a.algorithm.estimate.value() is not None
     checkpoint.save_atomic({"learner": a.state_dict()}, tmp_path / "last.pt")
     state = checkpoint.load_checkpoint(tmp_path / "last.pt")  # weights_only=True inside
     torch.manual_seed(123)  # a different process state: the checkpoint must restore it
@@ -40,33 +40,33 @@ def test_checkpoint_round_trip_resumes_exactly(tmp_path):
         assert {k: float(v) for k, v in ta.items()} == {k: float(v) for k, v in tb.items()}
     for (n, pa), pb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
         assert torch.equal(pa, pb), n
-    assert torch.equal(a.bank.labels[: a.bank.fill], b.bank.labels[: b.bank.fill])
-    assert torch.equal(a.estimate.value(), b.estimate.value())
+    assert torch.equal(a.algorithm.bank.labels[: a.algorithm.bank.fill], b.algorithm.bank.labels[: b.algorithm.bank.fill])
+    assert torch.equal(a.algorithm.estimate.value(), b.algorithm.estimate.value())
     assert a.step == b.step == 9 and a.samples_seen == b.samples_seen == 36
 
 
 def test_weights_follow_the_estimate_and_reset_when_warmup_ends():
     torch.manual_seed(0)
     learner = Learner(tiny_cfg("method.warmup=3"), 10, LABELED, torch.device("cpu"))
-    wl, wu = learner.class_weights()
+    wl, wu = learner.algorithm.class_weights()
     assert torch.allclose(wl, (15 / torch.tensor(LABELED, dtype=torch.float)) ** 1.5)
     assert torch.equal(wu, torch.ones(10))  # no statistic yet
     for s in range(3):
         learner.train_step(batch(s))
-    assert learner.estimate.steps == 3
+    assert learner.algorithm.estimate.steps == 3
     learner.train_step(batch(3))  # step 3 is the first after warm-up: the estimate restarts
-    assert learner.estimate.steps == 1
+    assert learner.algorithm.estimate.steps == 1
 
 
 def test_weights_off_and_labeled_source_switches():
     learner = Learner(tiny_cfg("method.weights.enabled=false"), 10, LABELED, torch.device("cpu"))
-    assert learner.class_weights() == (None, None)
+    assert learner.algorithm.class_weights() == (None, None)
     learner = Learner(tiny_cfg("method.weights.unlabeled_source=labeled"), 10, LABELED, torch.device("cpu"))
-    wl, wu = learner.class_weights()
+    wl, wu = learner.algorithm.class_weights()
     assert torch.equal(wl, wu)
     learner.train_step(batch(0))
-    assert learner.estimate.steps == 1  # Nhat is still estimated: the bank's draw follows it
-    assert Learner(tiny_cfg("method.bank.enabled=false"), 10, LABELED, torch.device("cpu")).bank is None
+    assert learner.algorithm.estimate.steps == 1  # Nhat is still estimated: the bank's draw follows it
+    assert Learner(tiny_cfg("method.bank.enabled=false"), 10, LABELED, torch.device("cpu")).algorithm.bank is None
 
 
 def test_reference_weight_decay_shrinks_the_online_weights():

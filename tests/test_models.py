@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from bmb_stream.models import build_model
-from bmb_stream.models.heads import HeadPredictor
+from bmb_stream.models.heads import Predictor
 
 
 def n_params(module):
@@ -35,12 +35,12 @@ def test_heads_are_xavier_with_zero_bias_and_independent():
     assert not torch.equal(model.head_bal.weight, model.head_std.weight)
 
 
-def test_head_predictor_picks_the_head():
+def test_predictor_gives_the_algorithms_logits_of_prepared_input():
     model = build_model("small_cnn", 3).eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        assert torch.allclose(HeadPredictor(model, "bal")(x), model.head_bal(model(x)))
-        assert torch.allclose(HeadPredictor(model, "std")(x), model.head_std(model(x)))
+        predictor = Predictor(model, lambda m, inputs: m.head_bal(m(inputs)), prepare=lambda t: 2 * t)
+        assert torch.allclose(predictor(x), model.head_bal(model(2 * x)))
 
 
 def test_unknown_model_lists_the_registry():

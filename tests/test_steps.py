@@ -5,14 +5,13 @@ import torch
 from omegaconf import OmegaConf
 
 from bmb_stream.method.bank import MemoryBank
-from bmb_stream.method.steps import Batch, StepContext, bmb_step, fixmatch_step, supervised_step
+from bmb_stream.algorithms.base import Batch
+from bmb_stream.algorithms.bmb import BankConfig, BMBConfig, StepContext, bmb_step
+from bmb_stream.algorithms.fixmatch import fixmatch_step
+from bmb_stream.algorithms.supervised import supervised_step
 from bmb_stream.models import build_model
 
-METHOD = OmegaConf.create({
-    "name": "bmb", "tau": 0.0, "lambda_u": 1.0, "lambda_mb": 1.0, "warmup": 0, "bank_warmup": None,
-    "bank": {"features": "strong", "draw": 16},
-    "estimate": {"threshold": True},
-})
+METHOD = OmegaConf.structured(BMBConfig(tau=0.0, bank=BankConfig(features="strong", draw=16)))
 
 
 def make_batch(seed=0, b=4, u=4):
@@ -63,7 +62,7 @@ def test_bmb_total_is_the_sum_of_its_terms():
     expected = t["loss_l"] + t["loss_l_bal"] + 0.5 * (t["loss_u"] + t["loss_u_bal"]) + 0.25 * t["loss_mb"]
     assert out.loss.item() == pytest.approx(expected, rel=1e-5)
     # with tau 0 every weak prediction is confident: the counts cover the whole unlabeled batch
-    assert int(out.confident_counts.sum()) == 4
+    assert int(out.extras["confident_counts"].sum()) == 4
 
 
 def test_warmup_switches_the_unlabeled_and_bank_terms_off():
@@ -128,8 +127,8 @@ def test_fixmatch_and_supervised_touch_the_standard_head_only():
     torch.manual_seed(0)
     model = build_model("small_cnn", 3, width=4)
     cfg = OmegaConf.create({"tau": 0.0, "lambda_u": 1.0, "warmup": 0})
-    for step_fn in (fixmatch_step, supervised_step):
+    for step_fn in (lambda m, b: fixmatch_step(m, b, cfg, 0), supervised_step):
         model.zero_grad()
-        step_fn(model, make_batch(), StepContext(0, cfg)).loss.backward()
+        step_fn(model, make_batch()).loss.backward()
         assert model.head_bal.weight.grad is None or torch.all(model.head_bal.weight.grad == 0)
         assert model.head_std.weight.grad.abs().sum() > 0

@@ -41,13 +41,13 @@ def test_state_carries_over_between_experiences(reference_run):
     records = [json.loads(line) for line in (reference_run / "eval.jsonl").read_text().splitlines()]
     start_of_4 = torch.load(reference_run / "checkpoints" / "experience-000004.pt", weights_only=True)
     assert start_of_4["position"] == {"experience": 4, "batches": 0}
-    bank = start_of_4["learner"]["bank"]
+    bank = start_of_4["learner"]["algorithm"]["bank"]
     counts = np.bincount(bank["labels"].numpy(), minlength=10).tolist()
     assert counts == records[3]["bank_class_counts"] and sum(counts) > 0
-    nhat = start_of_4["learner"]["estimate"]["total"].float()
+    nhat = start_of_4["learner"]["algorithm"]["estimate"]["total"].float()
     weights = (nhat.clamp_min(1e-3).min() / nhat.clamp_min(1e-3)) ** 1.5
     assert np.allclose(weights.tolist(), records[3]["class_weights"], atol=1e-6)
-    assert start_of_4["learner"]["estimate"]["steps"] == records[3]["step"]
+    assert start_of_4["learner"]["algorithm"]["estimate"]["steps"] == records[3]["step"]
 
 
 def run_cli(args, **kw):
@@ -65,7 +65,7 @@ def wait_for(path: Path, proc, timeout=300):
 
 def final_bank(run_dir):
     state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
-    return state["learner"]["bank"]
+    return state["learner"]["algorithm"]["bank"]
 
 
 def test_sigkill_then_resume_equals_an_uninterrupted_run(fmnist_stream, reference_run, tmp_path):

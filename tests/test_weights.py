@@ -111,7 +111,7 @@ def test_count_rule_defaults_and_the_learner_uses_it():
     assert not labeled("mode=offline", "experiment=fmnist_lt_r100")  # the published protocols: the reference's bank
     cfg = compose(["mode=offline", "model.width=4", "method.bank.capacity=16", "method.weights.count_rule=present"])
     learner = Learner(cfg, 3, [100, 10, 1], torch.device("cpu"))
-    assert learner.bank.count_rule == "reference"
-    learner.estimate.update(torch.tensor([8, 2, 0]))
-    _, wu = learner.class_weights()
+    assert learner.algorithm.bank.count_rule == "reference"
+    learner.algorithm.estimate.update(torch.tensor([8, 2, 0]))
+    _, wu = learner.algorithm.class_weights()
     assert torch.allclose(wu, torch.tensor([(2 / 8) ** 1.5, 1.0, 1.0]))

@@ -1,5 +1,6 @@
-"""The learner: model, EMA model, optimizer and schedule, memory bank, pseudo-label estimate and
-step counter, with one `train_step` for every algorithm and one `state_dict` for all of it."""
+"""The learner: what every algorithm shares (model, EMA model, optimizer and schedule, precision,
+data parallelism, random state, step counter) and the algorithm (bmb_stream/algorithms/), with one
+`train_step` and one `state_dict` for all of it."""
 
 from __future__ import annotations
 
@@ -14,11 +15,9 @@ from bmb_stream.config_schema import OPTIMIZERS, SCHEDULES
 from bmb_stream.data.transforms import DeviceNormalize
 from bmb_stream.engine import distributed
 from bmb_stream.engine.ema import ModelEMA
-from bmb_stream.method.bank import MemoryBank
-from bmb_stream.method.steps import STEP_FUNCTIONS, Batch, StepContext
-from bmb_stream.method.weights import PseudoLabelEstimate, class_weights
+from bmb_stream.algorithms import Batch, Setup, build_algorithm
 from bmb_stream.models import build_model
-from bmb_stream.models.heads import HeadPredictor
+from bmb_stream.models.heads import Predictor
 
 
 class TrainingDiverged(RuntimeError):
@@ -64,7 +63,6 @@ class Learner:
         """`total_steps`: the horizon of the learning-rate schedule (offline: train.steps; stream: the
         stream's length in steps)."""
         self.cfg = cfg
-        self.method = cfg.method
         self.device = device
         self.num_classes = num_classes
         model_options = {k: v for k, v in OmegaConf.to_container(cfg.model).items() if k != "name"}
@@ -83,18 +81,9 @@ class Learner:
         total = cfg.train.steps if total_steps is None else total_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda t: lr_factor(t, total, cfg.optim.schedule))
-        self.labeled_counts = torch.tensor(labeled_per_class, dtype=torch.float32)
-        is_bmb = self.method.name == "bmb"
-        self.estimate = PseudoLabelEstimate(num_classes, self.method.estimate.kind,
-                                            self.method.estimate.momentum) if is_bmb else None
-        self.bank = None
-        if is_bmb and self.method.bank.enabled:
-            b = self.method.bank
-            self.bank = MemoryBank(b.capacity, self.model.feature_dim, num_classes, beta_put=b.beta_put,
-                                   beta_get=b.beta_get, count_floor=b.count_floor,
-                                   count_rule=b.get("count_rule") or "reference",  # configs older than the key: reference
-                                   seed=cfg.seed, device=device)
-        self.step_fn = STEP_FUNCTIONS[self.method.name]
+        self.algorithm = build_algorithm(cfg.method, Setup(
+            num_classes, torch.tensor(labeled_per_class, dtype=torch.float32), self.model.feature_dim,
+            cfg.dataset.image_size, device, seed=cfg.seed, total_steps=total))
         self.step = 0
         self.samples_seen = 0  # unlabeled images consumed (labeled ones for the supervised baseline)
         self.last_extras: dict = {}
@@ -105,32 +94,7 @@ class Learner:
 
     @property
     def needs_unlabeled(self) -> bool:
-        return self.method.name != "supervised"
-
-    @property
-    def eval_head(self) -> str:
-        return self.method.eval_head
-
-    def pseudo_label_stat(self) -> torch.Tensor | None:
-        """Nhat, or the labeled counts where the config says the unlabeled set is assumed alike."""
-        if self.estimate is None:
-            return None
-        if self.method.weights.unlabeled_source == "labeled":
-            return self.labeled_counts
-        return self.estimate.value()
-
-    def class_weights(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        if self.estimate is None or not self.method.weights.enabled:
-            return None, None
-        alpha, rule = self.method.weights.alpha, self.method.weights.get("count_rule") or "reference"
-        return (class_weights(self.labeled_counts, alpha, self.num_classes, rule=rule),
-                class_weights(self.pseudo_label_stat(), alpha, self.num_classes, rule=rule))
-
-    def _on_warmup_end(self) -> None:
-        if self.estimate is not None:
-            self.estimate.reset()
-        if self.bank is not None and self.method.bank.reset_after_warmup:
-            self.bank.reset()
+        return self.algorithm.needs_unlabeled
 
     def on_device(self, batch: Batch) -> Batch:
         """The batch as a step takes it: images normalised on the device, labels there too."""
@@ -143,17 +107,10 @@ class Learner:
         returns the loss terms as detached tensors on the device (formatting or float() reads them: do
         it every train.log_every steps, not at every step) and the lr."""
         batch = self.on_device(batch)
-        if self.step == (self.method.get("warmup") or 0) and self.step > 0:
-            self._on_warmup_end()
-        labeled_w, unlabeled_w = self.class_weights()
-        # the bank's draw always follows Nhat, whatever the unlabeled weights use
-        nhat = self.estimate.value() if self.estimate is not None else None
-        ctx = StepContext(self.step, self.method, labeled_w, unlabeled_w, self.bank, nhat, distributed.gather_together,
-                          distributed.rows_before(len(batch.u_weak)) if self.bank is not None else 0)
         # bfloat16 autocast on the GPU, and on CPUs (fast where they have bf16 instructions: bench/gpu_step.py)
         amp = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.cfg.train.amp else nullcontext()
         with amp:
-            out = self.step_fn(self.parallel_model, batch, ctx)
+            out = self.algorithm.step(self.parallel_model, batch, self.step)
         self.nonfinite_loss |= ~torch.isfinite(out.loss.detach())
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
@@ -167,9 +124,7 @@ class Learner:
             with torch.no_grad():
                 for p in self.model.parameters():
                     p.mul_(1.0 - self.cfg.optim.wd_shrink * lr)
-        if self.estimate is not None and out.confident_counts is not None:
-            # step t+1 sees statistics up to step t, of every rank's batch
-            self.estimate.update(distributed.sum_all(out.confident_counts))
+        self.algorithm.after_step(out)
         self.step += 1
         images = len(batch.u_weak) if batch.u_weak is not None else len(batch.x_labeled)
         self.samples_seen += distributed.world_size() * images  # every rank's
@@ -203,12 +158,13 @@ class Learner:
                 f"start a new run.dir")
         self.checked_step = self.step
 
-    def evaluated_model(self) -> HeadPredictor:
-        """The model evaluation reports: the EMA model when there is one, through the method's head."""
-        return HeadPredictor(self.ema.module if self.ema is not None else self.model, self.eval_head, self.input)
+    def evaluated_model(self) -> Predictor:
+        """The model evaluation reports: the EMA model when there is one, with the algorithm's test-time
+        rule (and without it, where it has one)."""
+        return Predictor(self.ema.module if self.ema is not None else self.model, self.algorithm.test_logits, self.input)
 
-    def online_model(self) -> HeadPredictor:
-        return HeadPredictor(self.model, self.eval_head, self.input)
+    def online_model(self) -> Predictor:
+        return Predictor(self.model, self.algorithm.test_logits, self.input)
 
     # --- persistence -------------------------------------------------------------------------
     def _own_random_state(self, state: dict) -> dict | None:
@@ -232,10 +188,7 @@ class Learner:
             state["rank_rng"] = distributed.gather_objects(state["rng"])
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
-        if self.bank is not None:
-            state["bank"] = self.bank.state_dict()
-        if self.estimate is not None:
-            state["estimate"] = self.estimate.state_dict()
+        state["algorithm"] = self.algorithm.state_dict()
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -250,8 +203,9 @@ class Learner:
         else:  # resumed at another world size: this rank's augmentation continues from a fresh seed
             torch.manual_seed(distributed.rank_seed(self.cfg.seed + self.step))
             random.seed(distributed.rank_seed(self.cfg.seed + self.step))
-        for name in ("ema", "bank", "estimate"):
-            if getattr(self, name) is not None:
-                if name not in state:
-                    raise ValueError(f"checkpoint has no {name} state but the configuration uses one")
-                getattr(self, name).load_state_dict(state[name])
+        if self.ema is not None:
+            if "ema" not in state:
+                raise ValueError("checkpoint has no ema state but the configuration uses one")
+            self.ema.load_state_dict(state["ema"])
+        # checkpoints written before algorithms were classes keep the algorithm's state beside the learner's
+        self.algorithm.load_state_dict(state.get("algorithm", state))

@@ -12,7 +12,7 @@ from bmb_stream.engine.run import Run
 from bmb_stream.engine.runtime import WORKER_DEATH, StopFlag, endless_batches
 from bmb_stream.evaluation.evaluator import Evaluator
 from bmb_stream.evaluation.monitor import StreamMonitor
-from bmb_stream.method.steps import Batch
+from bmb_stream.algorithms import Batch
 
 
 class OfflineRun(Run):
@@ -25,7 +25,7 @@ class OfflineRun(Run):
                                    many_threshold=cfg.dataset.many_threshold,
                                    few_threshold=cfg.dataset.few_threshold, log=distributed.is_main())
         # the protocols' unlabeled images have known classes: pseudo-label precision and bank purity
-        bank = self.learner.bank
+        bank = self.learner.algorithm.bank
         self.monitor = StreamMonitor(split.num_classes, bank.capacity if bank is not None else 0)
 
     def total_steps(self) -> int:
@@ -57,7 +57,7 @@ class OfflineRun(Run):
                 shown = {k: f"{terms[k]:.3g}" for k in ("loss", "loss_u", "loss_mb", "mask") if k in terms}
                 self.bar.set_postfix(shown | {"img/s": f"{self.images_per_s():.0f}"})
             if learner.step % train.eval_every == 0 or learner.step == steps:
-                record = self.evaluate(after=self.monitor.report(learner.bank))
+                record = self.evaluate(after=self.monitor.report(learner.algorithm.bank))
                 self.monitor.reset_counts()  # precision and recall over each evaluation period
                 if record is not None:  # rank 0
                     self.bar.write(f"step {learner.step}: balanced acc {record['balanced_acc']:.4f} "

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import abc
 import time
+from typing import Callable
 
 import torch
 from tqdm import tqdm
@@ -46,6 +47,8 @@ class Run(abc.ABC):
         self.train_time, self.train_images = 0.0, 0
         self.start_wall = time.time()
         self.bar: tqdm | None = None
+        # called with the run after every training step (monitoring, benchmarks); a hook never changes training
+        self.step_hooks: list[Callable[[Run], None]] = []
 
     # --- what a mode fills in ---------------------------------------------------------------------
     @abc.abstractmethod
@@ -159,6 +162,8 @@ class Run(abc.ABC):
         self.bar.update(1)
         if self.learner.step % self.cfg.train.log_every == 0:
             self.learner.check_finite()
+        for hook in self.step_hooks:
+            hook(self)
 
     def images_per_s(self) -> float:
         return self.train_images / max(self.train_time, 1e-9)
@@ -174,7 +179,7 @@ class Run(abc.ABC):
         results = self.evaluator.evaluate(learner.evaluated_model(), online, step=learner.step, **kw)
         learner.model.train(was_training)
         record = {**(before or {}), "step": learner.step, "samples_seen": learner.samples_seen, **results,
-                  **method_state(learner), **(after or {}), "wall_s": time.time() - self.start_wall}
+                  **learner.algorithm.record(), **(after or {}), "wall_s": time.time() - self.start_wall}
         self.history.append(record)
         self.run_dir.append_eval(record)
         return record if distributed.is_main() else None
@@ -190,7 +195,8 @@ class Run(abc.ABC):
             "train_images_per_s": self.images_per_s(), "device": str(learner.device), **stats,
             "headline": {"statistic": statistic, "balanced_acc": stats[statistic]["balanced_acc"]},
             "bank_class_counts": history[-1].get("bank_class_counts"),
-            "bank_capacity": learner.bank.capacity if learner.bank is not None else None,
+            "test_rule": learner.algorithm.test_rule,  # behind balanced_acc; plain_balanced_acc is without it
+            "bank_capacity": learner.algorithm.bank.capacity if learner.algorithm.bank is not None else None,
             "bank_purity": history[-1].get("bank_purity"),  # where the unlabeled images' true classes are known
             "bank_labeled": history[-1].get("bank_labeled"),
             "data": self.summary_data(),
@@ -214,13 +220,3 @@ def open_run_dir(cfg) -> RunDir:
     resume_from = distributed.from_main(str(run_dir.resume_from) if run_dir and run_dir.resume_from else None)
     return run_dir if run_dir is not None else RunDir.follower(cfg.run.dir, resume_from)
 
-
-def method_state(learner: Learner) -> dict:
-    """The bank's composition and the unlabeled class weights, for each evaluation record."""
-    out = {}
-    if learner.bank is not None:
-        out["bank_class_counts"] = learner.bank.class_counts().tolist()
-    if learner.estimate is not None:
-        _, unlabeled_w = learner.class_weights()
-        out["class_weights"] = None if unlabeled_w is None else unlabeled_w.tolist()
-    return out

@@ -93,12 +93,18 @@ def _resumable(key: str) -> bool:
     return any(key == allowed or (allowed.endswith(".") and key.startswith(allowed)) for allowed in RESUMABLE_CHANGES)
 
 
+def _carried_unread(key: str, new: dict) -> bool:
+    """A method key that this configuration's algorithm does not have: earlier versions kept BMB's
+    settings under method=fixmatch and method=supervised, never read (a change of method.name is a change)."""
+    return key.startswith("method.") and key not in new
+
+
 def experiment_changes(stored: dict, cfg) -> list[str]:
     """Keys whose values differ between a stored config and this one and change the experiment."""
     old, new = _flat(stored), _flat(OmegaConf.to_container(redacted(cfg), resolve=True))
     # a key the stored config lacks was added since the run began (KEYS_ADDED_LATER); its default keeps the
     # old behaviour
-    changed = [k for k in sorted(old.keys()) if old[k] != new.get(k, "<absent>")]
+    changed = [k for k in sorted(old.keys()) if old[k] != new.get(k, "<absent>") and not _carried_unread(k, new)]
     return [f"{k}: {old.get(k, '<absent>')} -> {new.get(k, '<absent>')}" for k in changed if not _resumable(k)]
 
 

@@ -38,7 +38,7 @@ from bmb_stream.engine.run import Run
 from bmb_stream.engine.runtime import WORKER_DEATH, StopFlag, endless_batches, ignore_interrupts
 from bmb_stream.evaluation.evaluator import Evaluator
 from bmb_stream.evaluation.monitor import StreamMonitor
-from bmb_stream.method.steps import Batch
+from bmb_stream.algorithms import Batch
 from bmb_stream.redaction import redact_text
 
 
@@ -192,9 +192,13 @@ class StreamRun(Run):
             raise ConfigError(f"optim.schedule={cfg.optim.schedule} needs the stream's length in steps, and no manifest "
                               f"beside the shards gives every shard's sample count: use optim.schedule=constant")
         self.learner = Learner(cfg, num_classes, self.labeled_per_class, self.device, total_steps=self.steps or 1)
+        if self.steps is None and self.learner.algorithm.needs_horizon:
+            raise ConfigError(f"method={cfg.method.name} schedules by the fraction of the run done, and no manifest "
+                              f"beside the shards gives every shard's sample count, so the stream's length is unknown: "
+                              f"give the shards a manifest (bmb-stream simulate and bmb-stream shards write one), or another method")
         self.pool = LabeledPool(cfg.stream.labeled_pool, num_classes, self.seed)
         self.on_shard_error = handler_for(cfg.stream.on_shard_error)  # in the readers, and for short shards
-        self.monitor = StreamMonitor(num_classes, self.learner.bank.capacity if self.learner.bank is not None else 0)
+        self.monitor = StreamMonitor(num_classes, self.learner.algorithm.bank.capacity if self.learner.algorithm.bank is not None else 0)
         self.views = build_views(cfg.dataset.image_size, cfg.dataset.mean, resize=True,
                                  randaugment=cfg.dataset.randaugment)
         test_set = EncodedImages(source.test[0], source.test[1], self.views["test"])  # the evaluator reads it once
@@ -383,7 +387,7 @@ class StreamRun(Run):
             trained = [i for i, start in enumerate(source.segment_start) if start <= k] if source.segments else None
             record = self.evaluate(
                 before={"experience": k},
-                after={**self.monitor.report(self.learner.bank), "labeled_pool": len(self.pool.labels),
+                after={**self.monitor.report(self.learner.algorithm.bank), "labeled_pool": len(self.pool.labels),
                        "skipped_shards": len(self.skipped.entries), "untrained_batches": self.untrained,
                        "rss_mb": psutil.Process().memory_info().rss / 2**20},
                 trained_segments=trained)

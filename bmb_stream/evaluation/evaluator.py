@@ -39,8 +39,9 @@ with warnings.catch_warnings():
 
 CACHE_BYTES = 2 * 2**30  # a larger test set (ImageNet-size images) is read again at every evaluation
 CSV_COLUMNS = ("step", "top1_acc", "balanced_acc", "raw_top1_acc", "raw_balanced_acc", "test_loss",
-               "many_acc", "medium_acc", "few_acc", "forgetting")
-TENSORBOARD_SCALARS = ("top1_acc", "balanced_acc", "raw_top1_acc", "raw_balanced_acc", "test_loss")
+               "many_acc", "medium_acc", "few_acc", "forgetting", "plain_balanced_acc")
+TENSORBOARD_SCALARS = ("top1_acc", "balanced_acc", "raw_top1_acc", "raw_balanced_acc", "test_loss",
+                       "plain_balanced_acc")
 
 
 def shot_groups(labeled_per_class, many_threshold: int = 100, few_threshold: int = 20) -> dict[str, list[int]]:
@@ -181,12 +182,17 @@ class Evaluator:
 
     def evaluate_models(self, models: dict[str, nn.Module]) -> dict[str, dict]:
         """Each model's balanced_acc, top1_acc, per_class_acc, test_loss (and segment_acc with segments),
-        from one pass over the test set; nothing is logged."""
-        tallies = {name: Tally(self.num_classes, self.device) for name in models}
+        from one pass over the test set; nothing is logged. A model may give several named logits from
+        one forward pass (a dict: `rule`, the algorithm's prediction, and `plain`, the same without its
+        test-time rule); the second is reported as `<name>_plain`."""
+        tallies: dict[str, Tally] = {}
         with torch.inference_mode(), eval_mode(models.values()):
             for x, y in self.batches():
                 for name, model in models.items():
-                    tallies[name].update(model(x), y)
+                    out = model(x)
+                    for kind, logits in (out.items() if isinstance(out, dict) else [("rule", out)]):
+                        key = name if kind == "rule" else f"{name}_{kind}"
+                        tallies.setdefault(key, Tally(self.num_classes, self.device)).update(logits, y)
         return {name: tally.result(self.segments) for name, tally in tallies.items()}
 
     def _forgetting(self, accs: list[float], trained_segments: list[int]) -> dict:
@@ -203,8 +209,10 @@ class Evaluator:
     def evaluate(self, model, online_model=None, trained_segments: list[int] | None = None,
                  step: int | None = None) -> dict:
         """Evaluate `model` (the EMA model where there is one) and `online_model` (the online weights;
-        None: the same model). `trained_segments` (stream mode): the class segments trained so far.
-        `step`: the training step the logs file it under (None: the evaluation's index)."""
+        None: the same model); where `model` also gives its logits without the algorithm's test-time
+        rule, they are reported as plain_balanced_acc and plain_top1_acc. `trained_segments` (stream
+        mode): the class segments trained so far. `step`: the training step the logs file it under
+        (None: the evaluation's index)."""
         if self.log:
             self._open_logs()
         models = {"model": model} if online_model is None else {"model": model, "online": online_model}
@@ -224,6 +232,9 @@ class Evaluator:
             "few_acc": group_accuracy(per_class, self.groups["few"]),
             "test_loss": main["test_loss"],
         }
+        if "model_plain" in results:
+            plain = results["model_plain"]
+            record |= {"plain_balanced_acc": plain["balanced_acc"], "plain_top1_acc": plain["top1_acc"]}
         self._write(record, self.evaluations if step is None else step)
         return record
 
@@ -237,7 +248,7 @@ class Evaluator:
             f.write(f"step {n}: {shown}\n")
         with open(self.csv_path, "a", encoding="utf-8", newline="") as f:
             csv.writer(f).writerow([n, *values])
-        self.log_scalars({k: record[k] for k in TENSORBOARD_SCALARS}, n)
+        self.log_scalars({k: record.get(k) for k in TENSORBOARD_SCALARS}, n)
         self.evaluations += 1
 
     def log_scalars(self, values: dict, step: int) -> None:

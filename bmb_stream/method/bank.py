@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from bmb_stream.config_schema import COUNT_RULES
-from bmb_stream.method.weights import relative_rarity
+from bmb_stream.method.weights import COUNT_RULES, relative_rarity
 
 
 def put_probabilities(class_counts: torch.Tensor, beta_put: float, floor: float = 1e-3,

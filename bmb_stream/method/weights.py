@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from bmb_stream.config_schema import COUNT_RULES, ESTIMATE_KINDS
+COUNT_RULES = ("reference", "present")  # what a class the statistic has not seen does to the others (relative_rarity)
+ESTIMATE_KINDS = ("cumulative", "ema")
 
 
 def relative_rarity(stat: torch.Tensor, power: float, floor: float = 1e-3, rule: str = "reference") -> torch.Tensor:

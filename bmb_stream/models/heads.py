@@ -14,8 +14,8 @@ def linear_head(feature_dim: int, num_classes: int) -> nn.Linear:
 
 
 class TwoHeadClassifier(nn.Module):
-    """`forward` returns features; `head_std` (FixMatch's head) and `head_bal` (BMB's balanced head)
-    map them to logits. Which head predicts is the method's choice, not the model's."""
+    """`forward` returns features; `head_std` (FixMatch's head) and `head_bal` (the balanced head: BMB's,
+    ABC's auxiliary one) map them to logits. Which head predicts is the algorithm's choice, not the model's."""
 
     def __init__(self, backbone: nn.Module, feature_dim: int, num_classes: int):
         super().__init__()
@@ -32,17 +32,18 @@ class TwoHeadClassifier(nn.Module):
         return {"std": self.head_std, "bal": self.head_bal}[name]
 
 
-class HeadPredictor(nn.Module):
-    """Wraps a classifier so that calling it gives one head's logits (what evaluation consumes);
-    `prepare` turns its input into the classifier's (the uint8 images into normalised floats)."""
+class Predictor(nn.Module):
+    """Wraps a classifier so that calling it gives the logits evaluation consumes: `logits(classifier, x)`
+    (an algorithm's test-time rule); `prepare` turns its input into the classifier's (the uint8 images
+    into normalised floats)."""
 
-    def __init__(self, classifier: TwoHeadClassifier, head: str, prepare=None):
+    def __init__(self, classifier: TwoHeadClassifier, logits, prepare=None):
         super().__init__()
         self.classifier = classifier
-        self.head_name = head
+        self.logits = logits
         self.prepare = prepare
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.prepare is not None:
             x = self.prepare(x)
-        return self.classifier.head(self.head_name)(self.classifier(x))
+        return self.logits(self.classifier, x)
