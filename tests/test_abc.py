@@ -21,7 +21,7 @@ def make_batch(seed=0, b=6, u=6, classes=3):
 
 def abc(labeled_counts, total_steps=100, **cfg):
     model = build_model("small_cnn", len(labeled_counts), width=4)
-    setup = Setup(len(labeled_counts), torch.tensor(labeled_counts, dtype=torch.float32), model.feature_dim, 16,
+    setup = Setup(len(labeled_counts), torch.tensor(labeled_counts, dtype=torch.float32), model.feature_dim,
                   torch.device("cpu"), total_steps=total_steps)
     return build_algorithm({"name": "abc", **cfg}, setup), model
 

@@ -18,7 +18,7 @@ def make_batch(seed=0, b=4, u=6):
 def cdmad(total_steps=100, **cfg):
     torch.manual_seed(0)
     model = build_model("small_cnn", 3, width=4)
-    setup = Setup(3, torch.tensor([100.0, 30.0, 10.0]), model.feature_dim, 32, torch.device("cpu"),
+    setup = Setup(3, torch.tensor([100.0, 30.0, 10.0]), model.feature_dim, torch.device("cpu"),
                   total_steps=total_steps)
     return build_algorithm({"name": "cdmad", **cfg}, setup), model
 
@@ -119,3 +119,20 @@ def test_soft_and_hard_targets_with_a_threshold(soft):
     out = algorithm.step(model, make_batch(), 0)
     assert float(out.terms["mask"]) < 1.0  # an untrained model is rarely 95% sure
     assert out.loss.item() == pytest.approx(float(out.terms["loss_l"] + out.terms["loss_u"]), rel=1e-5)
+
+
+def test_the_bias_in_eval_mode_uses_and_keeps_the_running_statistics():
+    algorithm, model = cdmad(total_steps=100, bias_batch_norm="running")
+    batch = make_batch()
+    reference = build_model("small_cnn", 3, width=4)
+    reference.load_state_dict(model.state_dict())
+    out = algorithm.step(model, batch, 50)
+    with torch.no_grad():
+        bias = reference.eval().head_std(reference(torch.ones(1, 3, 32, 32)))[0]
+        reference.train()
+        weak = reference.head_std(reference(torch.cat([batch.x_labeled, batch.u_weak, batch.u_strong1,
+                                                       batch.u_strong2]))[4:10])
+    assert torch.equal(out.extras["pseudo_labels"], (weak - bias).argmax(1))
+    assert model.training
+    for name, buffer in model.state_dict().items():  # the batch's pass alone moved the running statistics
+        assert torch.allclose(buffer.float(), reference.state_dict()[name].float()), name

@@ -35,7 +35,6 @@ class Setup:
     num_classes: int
     labeled_counts: torch.Tensor  # the labeled set's images per class
     feature_dim: int
-    image_size: int
     device: torch.device
     seed: int = 0
     total_steps: int | None = None  # the run's length in steps (None: unknown, a stream without a manifest)

@@ -29,8 +29,11 @@ import torch
 
 from bmb_stream.algorithms.base import Batch, StepOutput, active, forward_all, unwrapped
 from bmb_stream.algorithms.fixmatch import FixMatch, FixMatchConfig
-from bmb_stream.config_checks import FRACTION, key, number
+from bmb_stream.config_checks import choice, key, number
 from bmb_stream.method.losses import hard_pseudo_label_loss, labeled_loss, pseudo_labels, soft_pseudo_label_loss
+
+
+BIAS_BATCH_NORM = ("batch", "running")
 
 
 @dataclass
@@ -39,6 +42,9 @@ class CDMADConfig(FixMatchConfig):
     tau: float = key(number(0, 1), 0.0)  # 0: every pseudo-label counts (the authors' variant)
     soft_targets: bool = True  # the refined distribution as the target (false: its argmax)
     debias_start: float = key(number(0, 1), 0.2)  # the fraction of the run after which pseudo-labels are refined
+    # batch: the bias image's forward pass in train mode, batch norm with its own statistics, updating the
+    # running ones (the authors') | running: in eval mode, with the running statistics, which it leaves alone
+    bias_batch_norm: str = key(choice(*BIAS_BATCH_NORM), "batch")
 
 
 def bias_image(like: torch.Tensor) -> torch.Tensor:
@@ -52,10 +58,19 @@ def refined_pseudo_labels(weak_logits: torch.Tensor, bias: torch.Tensor | None, 
     return pseudo_labels(z - bias if bias is not None else z, tau)
 
 
+@torch.no_grad()
+def training_bias(classifier, like: torch.Tensor, batch_norm: str) -> torch.Tensor:
+    """b with the online weights: in train mode, a batch of one whose batch-norm statistics count (and
+    update the running ones), or in eval mode with the running statistics."""
+    classifier.train(batch_norm == "batch")
+    try:
+        return classifier.head_std(classifier(bias_image(like)))[0].float()
+    finally:
+        classifier.train(True)
+
+
 def cdmad_step(model, batch: Batch, cfg: CDMADConfig, step: int, debias: bool) -> StepOutput:
-    classifier = unwrapped(model)
-    with torch.no_grad():  # b with the online weights in train mode, a batch of one: its batch-norm statistics count
-        bias = classifier.head_std(classifier(bias_image(batch.u_weak)))[0].float()
+    bias = training_bias(unwrapped(model), batch.u_weak, cfg.bias_batch_norm)
     f_l, f_w, f_s = forward_all(model, batch)
     loss_l = labeled_loss(model.head_std(f_l), batch.y_labeled)
     probs, labels, mask = refined_pseudo_labels(model.head_std(f_w), bias if debias else None, cfg.tau)

@@ -82,8 +82,8 @@ class Learner:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda t: lr_factor(t, total, cfg.optim.schedule))
         self.algorithm = build_algorithm(cfg.method, Setup(
-            num_classes, torch.tensor(labeled_per_class, dtype=torch.float32), self.model.feature_dim,
-            cfg.dataset.image_size, device, seed=cfg.seed, total_steps=total))
+            num_classes, torch.tensor(labeled_per_class, dtype=torch.float32), self.model.feature_dim, device,
+            seed=cfg.seed, total_steps=total))
         self.step = 0
         self.samples_seen = 0  # unlabeled images consumed (labeled ones for the supervised baseline)
         self.last_extras: dict = {}
