@@ -10,13 +10,12 @@ values of string choices are the tuples below, imported by the code that acts on
 are bmb_stream/config_checks.py."""
 
 import dataclasses
-import math
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from bmb_stream.algorithms import ALGORITHMS
 from bmb_stream.config_checks import (COUNT, FRACTION, NON_NEGATIVE, POSITIVE, SECONDS, Check, anything,  # noqa: F401
