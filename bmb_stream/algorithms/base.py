@@ -12,6 +12,7 @@ all four chunks; pseudo-labels come from the detached weak view; unlabeled means
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -58,7 +59,7 @@ class StepOutput:
     extras: dict = field(default_factory=dict)
 
 
-class Algorithm:
+class Algorithm(abc.ABC):
     """The base every algorithm extends. `test_logits` is what evaluation reports; an algorithm with a
     test-time rule of its own (a head, a correction) names it in `test_rule` and gives the same
     weights' logits without it too, reported beside them."""
@@ -85,10 +86,10 @@ class Algorithm:
         done = min(step, total) / total
         return float(int(done * periods)) / periods if periods else done
 
+    @abc.abstractmethod
     def step(self, model, batch: Batch, step: int) -> StepOutput:
         """The loss of one training step on a batch already on the device (`model`: the classifier, or
         its data-parallel wrapper, in train mode)."""
-        raise NotImplementedError
 
     def after_step(self, out: StepOutput) -> None:
         """Update the algorithm's state after the optimizer step."""
