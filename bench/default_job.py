@@ -37,6 +37,9 @@ VARIANTS = {
     "fixmatch": ["method=fixmatch"],
     "abc": ["method=abc"],
     "cdmad": ["method=cdmad"],
+    "cdmad, running bn": ["method=cdmad", "method.bias_batch_norm=running"],
+    "cdmad, mean colour": ["method=cdmad", "method.bias_value=0.0"],
+    "cdmad, threshold": ["method=cdmad", "method.tau=0.95", "method.soft_targets=false"],
     "bf16": ["train.amp=true"],  # bfloat16 autocast, at equal accuracy or not
 }
 

@@ -5,7 +5,7 @@ import torch
 
 from bmb_stream.algorithms import Setup, build_algorithm
 from bmb_stream.algorithms.base import Batch
-from bmb_stream.algorithms.cdmad import bias_image, cdmad_step, refined_pseudo_labels
+from bmb_stream.algorithms.cdmad import bias_image, cdmad_step, refined_pseudo_labels, training_bias
 from bmb_stream.models import build_model
 
 
@@ -136,3 +136,17 @@ def test_the_bias_in_eval_mode_uses_and_keeps_the_running_statistics():
     assert model.training
     for name, buffer in model.state_dict().items():  # the batch's pass alone moved the running statistics
         assert torch.allclose(buffer.float(), reference.state_dict()[name].float()), name
+
+
+def test_the_bias_value_sets_every_entry_of_the_image_in_training_and_at_test():
+    x = torch.randn(5, 3, 32, 32)
+    assert torch.equal(bias_image(x, 0.0), torch.zeros(1, 3, 32, 32))
+    algorithm, model = cdmad(bias_value=0.0)
+    model.eval()
+    with torch.no_grad():
+        logits = algorithm.test_logits(model, x)
+        bias = model.head_std(model(torch.zeros(1, 3, 32, 32)))[0]
+        ones = model.head_std(model(torch.ones(1, 3, 32, 32)))[0]
+    assert torch.allclose(logits["rule"], logits["plain"] - bias, atol=1e-5)
+    assert not torch.allclose(bias, ones, atol=1e-3)  # the value reaches the network
+    assert torch.allclose(training_bias(model, x, "running", 0.0), bias, atol=1e-5)

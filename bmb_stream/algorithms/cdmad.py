@@ -45,11 +45,14 @@ class CDMADConfig(FixMatchConfig):
     # batch: the bias image's forward pass in train mode, batch norm with its own statistics, updating the
     # running ones (the authors') | running: in eval mode, with the running statistics, which it leaves alone
     bias_batch_norm: str = key(choice(*BIAS_BATCH_NORM), "batch")
+    # every entry of the bias image in the normalised input space: 1.0 is the authors' light grey; the
+    # paper asks only for "an image without any patterns" (0.0: the data's mean colour)
+    bias_value: float = key(number(), 1.0)
 
 
-def bias_image(like: torch.Tensor) -> torch.Tensor:
-    """One image of the input's shape whose every entry is 1.0 after normalisation (not passed through it)."""
-    return torch.ones_like(like[:1])
+def bias_image(like: torch.Tensor, value: float = 1.0) -> torch.Tensor:
+    """One image of the input's shape whose every entry is `value` after normalisation (not passed through it)."""
+    return torch.full_like(like[:1], value)
 
 
 def refined_pseudo_labels(weak_logits: torch.Tensor, bias: torch.Tensor | None, tau: float):
@@ -59,18 +62,18 @@ def refined_pseudo_labels(weak_logits: torch.Tensor, bias: torch.Tensor | None, 
 
 
 @torch.no_grad()
-def training_bias(classifier, like: torch.Tensor, batch_norm: str) -> torch.Tensor:
+def training_bias(classifier, like: torch.Tensor, batch_norm: str, value: float = 1.0) -> torch.Tensor:
     """b with the online weights: in train mode, a batch of one whose batch-norm statistics count (and
     update the running ones), or in eval mode with the running statistics."""
     classifier.train(batch_norm == "batch")
     try:
-        return classifier.head_std(classifier(bias_image(like)))[0].float()
+        return classifier.head_std(classifier(bias_image(like, value)))[0].float()
     finally:
         classifier.train(True)
 
 
 def cdmad_step(model, batch: Batch, cfg: CDMADConfig, step: int, debias: bool) -> StepOutput:
-    bias = training_bias(unwrapped(model), batch.u_weak, cfg.bias_batch_norm)
+    bias = training_bias(unwrapped(model), batch.u_weak, cfg.bias_batch_norm, cfg.bias_value)
     f_l, f_w, f_s = forward_all(model, batch)
     loss_l = labeled_loss(model.head_std(f_l), batch.y_labeled)
     probs, labels, mask = refined_pseudo_labels(model.head_std(f_w), bias if debias else None, cfg.tau)
@@ -100,5 +103,5 @@ class CDMAD(FixMatch):
 
     def test_logits(self, classifier, x: torch.Tensor) -> dict[str, torch.Tensor]:
         # in eval mode an image's logits do not depend on its batch: the bias image rides along
-        logits = classifier.head_std(classifier(torch.cat([x, bias_image(x)])))
+        logits = classifier.head_std(classifier(torch.cat([x, bias_image(x, self.cfg.bias_value)])))
         return {"rule": logits[:-1] - logits[-1], "plain": logits[:-1]}
