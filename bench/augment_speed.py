@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from bmb_stream.data.transforms import Cutout, build_views, mean_fill
+from bmb_stream.datasets.transforms import Cutout, build_views, mean_fill
 
 
 def rate(fn, inputs) -> float:

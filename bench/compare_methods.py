@@ -8,11 +8,11 @@
 --per-class adds, per variant, each class's accuracy (EMA model, the same statistic) and, for BMB, the
 evaluation at which each seed's bank was first at its largest and which classes never entered it.
 
-The statistic: per run, the mean of the last `--last` evaluations (the EMA model and the online
+The statistic: per run, the mean of the last `--last` evaluations (the EMA model and the raw
 weights, balanced accuracy, %), then the mean and standard deviation of that over the seeds. One
-evaluation is not a result here: online accuracy moves by 15 points between neighbouring evaluations.
-Runs already finished under --out are reused (their eval.jsonl), so an interrupted benchmark continues
-where it stopped. Variants (each a list of config overrides on top of `experiment=fmnist_lt_r100`):
+evaluation is not a result here: raw-weight accuracy moves by 15 points between neighbouring evaluations.
+Runs under --out are reused when finished (their eval.jsonl) and resumed when started (bench/common.py),
+so an interrupted benchmark continues where it stopped. Variants (each a list of config overrides on top of `experiment=fmnist_lt_r100`):
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ import numpy as np
 
 warnings.filterwarnings("ignore", message="no QP solver found")
 
-from bmb_stream.config import compose  # noqa: E402
-from bmb_stream.data.datasets import FMNIST_CLASSES  # noqa: E402
+from bmb_stream.datasets.build import FMNIST_CLASSES  # noqa: E402
 from bmb_stream.engine.offline import run_offline  # noqa: E402
+from common import finished, train_unless_finished  # noqa: E402
 
 VARIANTS = {
     "supervised": ["method=supervised"],
@@ -49,7 +49,7 @@ VARIANTS = {
 __doc__ += "".join(f"\n    {name}: {' '.join(o)}" for name, o in VARIANTS.items()) + "\n"
 # plain: the EMA model without the algorithm's test-time rule (BMB's and ABC's standard head, CDMAD's
 # unrefined logits; "-" for an algorithm without one)
-COLUMNS = (("balanced_acc", "EMA balanced"), ("raw_balanced_acc", "online balanced"),
+COLUMNS = (("balanced_acc", "EMA balanced"), ("raw_balanced_acc", "raw balanced"),
            ("plain_balanced_acc", "EMA without rule"), ("few_acc", "EMA few-shot"), ("many_acc", "EMA many-shot"))
 
 
@@ -66,14 +66,11 @@ def run_variant(name: str, seed: int, args) -> list[dict] | None:
     """The variant's evaluations at this seed (training it first unless a finished run is there, or
     None with --finished-only)."""
     run_dir = Path(args.out) / f"{name.replace(', ', '-').replace(' ', '_')}-seed{seed}"
-    if not (run_dir / "summary.json").exists():
-        if args.finished_only:
-            return None
-        cfg = compose(["mode=offline", "experiment=fmnist_lt_r100", "model=small_cnn", *VARIANTS[name], f"seed={seed}",
-                       f"train.steps={args.steps}", f"train.eval_every={args.eval_every}", "train.ema_warmup=true",
-                       "progress=false", f"run.dir={run_dir}", f"resume={str((run_dir / 'config.yaml').exists()).lower()}"])
-        if "stopped" in run_offline(cfg):
-            raise SystemExit(f"stopped: {run_dir} resumes where it stopped on the next call")
+    if args.finished_only and not finished(run_dir):
+        return None
+    train_unless_finished(run_dir, ["mode=offline", "experiment=fmnist_lt_r100", "model=small_cnn", *VARIANTS[name],
+                                    f"seed={seed}", f"train.steps={args.steps}", f"train.eval_every={args.eval_every}",
+                                    "train.ema_warmup=true", "progress=false"], run_offline)
     return [json.loads(line) for line in (run_dir / "eval.jsonl").read_text().splitlines()]
 
 

@@ -34,7 +34,7 @@ def worker(out: Path, overrides: list[str]) -> None:
     import torch
 
     from bmb_stream.config import compose
-    from bmb_stream.engine import distributed
+    from bmb_stream import distributed
     from bmb_stream.engine.offline import OfflineRun
 
     import torch.distributed as dist

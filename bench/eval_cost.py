@@ -1,6 +1,6 @@
 """What one evaluation costs against the bare forward passes it needs, side by side in one run.
 
-An evaluation (`Evaluator.evaluate(ema_model, online_model)`: both models over the test set, per-class
+An evaluation (`Evaluator.evaluate(ema_model, raw_model)`: both models over the test set, per-class
 counts, loss, logs) against the same two models' forward passes over the same decoded test tensors
 (uint8, which each model normalises first) and nothing else. Two test sets: Fashion-MNIST's 10,000 test images (the default job's, small CNN)
 and an ImageNet-size one (JPEGs of 500x375 made here, resized to 256 and centre-cropped to 224,
@@ -25,12 +25,12 @@ from PIL import Image
 warnings.filterwarnings("ignore", message="no QP solver found")
 
 from bmb_stream.config import compose  # noqa: E402
-from bmb_stream.data import build_split  # noqa: E402
-from bmb_stream.data.stream import EncodedImages  # noqa: E402
-from bmb_stream.data.transforms import DeviceNormalize, build_views  # noqa: E402
+from bmb_stream.datasets import build_split  # noqa: E402
+from bmb_stream.datasets.transforms import DeviceNormalize, build_views  # noqa: E402
 from bmb_stream.evaluation.evaluator import Evaluator  # noqa: E402
 from bmb_stream.models import build_model  # noqa: E402
 from bmb_stream.models.heads import Predictor  # noqa: E402
+from bmb_stream.shards.reading import EncodedImages  # noqa: E402
 
 
 def jpeg_test_set(n: int, classes: int = 10) -> EncodedImages:

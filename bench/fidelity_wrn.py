@@ -4,7 +4,7 @@ split (file order, no shuffle = the reference's seed 0), their CIFAR-10 gamma-10
 batch 64 + 64, no warm-up, the bank fed the weak view's feature as their script does, their RandAugment
 via dataset.randaugment=reference), 1050 steps, an evaluation every 105 steps.
 
-At each evaluation: balanced accuracy of both heads (balanced and standard), EMA model and online
+At each evaluation: balanced accuracy of both heads (balanced and standard), EMA model and raw
 weights; the bank's entries, the draw size (min(draw, entries)), its purity over the unlabeled
 images' true classes, and Nhat's largest : smallest class; then the steps at which the bank first
 held every class and first gave a full draw of 128. Printed next to the authors' run on this machine
@@ -21,15 +21,15 @@ held every class and first gave a full draw, and each column at the last step (m
 and the seeds' range) and averaged over the last three curve points, beside the authors' run (one
 seed, one evaluation).
 
-A finished run folder (<out>/<method>-seed<N>) is read, not rerun (delete it to rerun). Each record's
-extra keys are in its fidelity.jsonl.
+A finished run folder (<out>/<method>-seed<N>) is read, not rerun (delete it to rerun); a started one
+is resumed, its curve going on from the checkpoint (bench/common.py). Each record's extra keys are in
+its fidelity.jsonl.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import warnings
 from pathlib import Path
 
@@ -37,8 +37,8 @@ import torch
 
 warnings.filterwarnings("ignore", message="no QP solver found")
 
-from bmb_stream.config import compose  # noqa: E402
 from bmb_stream.engine.offline import OfflineRun  # noqa: E402
+from common import train_unless_finished  # noqa: E402
 
 # The authors' code on this machine, BMB: the curve's landmarks and the evaluation at step 1,050
 # (balanced accuracy, %). FixMatch: its EMA model at step 1,050.
@@ -51,7 +51,7 @@ REFERENCE = {
 
 class FidelityRun(OfflineRun):
     """The offline run (its own evaluation at the last step only), plus a curve: every `every` steps
-    both heads of the EMA model and of the online weights (one backbone pass per model over the test
+    both heads of the EMA model and of the raw weights (one backbone pass per model over the test
     set, decoded once), the bank's entries, draw, purity and Nhat; at every step, when the bank first
     holds every class and first fills a draw. The curve's last point and the run's own evaluation
     score the same models on the same images: `print_curve` checks that they agree."""
@@ -83,6 +83,22 @@ class FidelityRun(OfflineRun):
             self.first["all_classes"] = step
         if self.first["full_draw"] is None and bank.fill >= self.cfg.method.bank.draw:
             self.first["full_draw"] = step
+
+    def resume(self) -> None:
+        """A resumed run's curve goes on from its checkpoint: the points written past it before the stop
+        are dropped (all of them where there is no checkpoint), and its landmarks come back with it."""
+        super().resume()
+        curve = self.run_dir.path / "fidelity.jsonl"
+        if curve.exists():
+            kept = [line for line in curve.read_text().splitlines() if json.loads(line)["step"] <= self.learner.step]
+            curve.write_text("".join(line + "\n" for line in kept))
+
+    def checkpoint_state(self) -> dict:
+        return {**super().checkpoint_state(), "fidelity_first": dict(self.first)}
+
+    def load_state(self, state: dict) -> None:
+        super().load_state(state)
+        self.first.update(state.get("fidelity_first", {}))
 
     @torch.no_grad()
     def head_accuracies(self, model) -> dict[str, float]:
@@ -159,7 +175,7 @@ def print_curve(method: str, seed: int, run_dir: Path) -> None:
     print(f"ours: {landmarks(last)}; wall {final['wall_s'] / 60:.0f} min")
     head = "bal" if method == "bmb" else "std"  # the head the run's own evaluation reports
     print(f"check: the run's own evaluation at step {final['step']}: EMA {percent(final['balanced_acc'])}, "
-          f"online {percent(final['raw_balanced_acc'])} (the curve's {head} head: {percent(last['ema_' + head])}, "
+          f"raw {percent(final['raw_balanced_acc'])} (the curve's {head} head: {percent(last['ema_' + head])}, "
           f"{percent(last['raw_' + head])})")
 
 
@@ -192,14 +208,11 @@ def print_summary(method: str, runs: dict[int, Path], window: int = 3) -> None:
 
 
 def run(method: str, seed: int, run_dir: Path, args) -> None:
-    if (run_dir / "summary.json").exists():
-        return
-    shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished run starts over: its curve is one run's
-    cfg = compose(["mode=offline", "experiment=fmnist_lt_r100", f"method={method}", f"seed={seed}",
-                   "dataset.split_shuffle=false", "dataset.randaugment=reference",
-                   f"train.steps={args.steps}", f"train.eval_every={args.steps}", "train.ema_warmup=false",
-                   "progress=false", f"run.dir={run_dir}", *args.set])
-    FidelityRun(cfg, args.every).execute()
+    train_unless_finished(run_dir, ["mode=offline", "experiment=fmnist_lt_r100", f"method={method}", f"seed={seed}",
+                                    "dataset.split_shuffle=false", "dataset.randaugment=reference",
+                                    f"train.steps={args.steps}", f"train.eval_every={args.steps}",
+                                    "train.ema_warmup=false", "progress=false", *args.set],
+                          lambda cfg: FidelityRun(cfg, args.every).execute())
 
 
 def main() -> None:

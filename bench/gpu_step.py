@@ -36,9 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from machine import print_header  # noqa: E402
 
+from bmb_stream.algorithms import Batch  # noqa: E402
 from bmb_stream.config import compose  # noqa: E402
 from bmb_stream.engine.learner import Learner  # noqa: E402
-from bmb_stream.algorithms import Batch  # noqa: E402
 
 SETTINGS = {"resnet50": ("imagenet_lt", 224, 1000), "wrn28_2": ("cifar10_lt", 32, 10)}
 VARIANTS = ("fp32", "bf16", "bf16 + channels_last", "bf16 + channels_last + compile")
@@ -99,9 +99,9 @@ def pipeline_images_per_s(size: int, n: int, workers: int, view: str, shorter_si
     """JPEGs of 500x375 (or stored at `shorter_side`, as `shards shorter_side=256` writes them) decoded and
     turned into uint8 views in DataLoader workers: `unlabeled` (the weak and two strong views of one
     resize) or `weak` (a labeled image)."""
-    from bmb_stream.data.shards import downscaled
-    from bmb_stream.data.stream import EncodedImages
-    from bmb_stream.data.transforms import build_views
+    from bmb_stream.datasets.transforms import build_views
+    from bmb_stream.shards.reading import EncodedImages
+    from bmb_stream.shards.writing import downscaled
 
     rng = np.random.default_rng(0)
     encoded = []

@@ -35,12 +35,12 @@ from PIL import Image
 
 warnings.filterwarnings("ignore", message="no QP solver found")
 
-from bmb_stream.config import compose  # noqa: E402
-from bmb_stream.data import build_split  # noqa: E402
-from bmb_stream.data.stream import decode_image, make_unlabeled_batches, shard_samples  # noqa: E402
-from bmb_stream.data.transforms import build_views  # noqa: E402
-from bmb_stream.engine.learner import Learner  # noqa: E402
 from bmb_stream.algorithms import Batch  # noqa: E402
+from bmb_stream.config import compose  # noqa: E402
+from bmb_stream.datasets import build_split  # noqa: E402
+from bmb_stream.datasets.transforms import build_views  # noqa: E402
+from bmb_stream.engine.learner import Learner  # noqa: E402
+from bmb_stream.shards.reading import decode_image, make_unlabeled_batches, shard_samples  # noqa: E402
 
 
 def write_shard(path: Path, images: list[bytes], ext: str) -> None:

@@ -28,11 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import webdataset as wds  # noqa: E402
 
 from bmb_stream.config import compose  # noqa: E402
-from bmb_stream.data.export import export_split  # noqa: E402
-from bmb_stream.data.object_store import S3Settings, read_bytes, use_storage  # noqa: E402
-from bmb_stream.data.simulate import load_recipe, simulate  # noqa: E402
-from bmb_stream.data.stream import make_unlabeled_batches, shard_samples  # noqa: E402
-from bmb_stream.data.transforms import MultiView, build_views  # noqa: E402
+from bmb_stream.datasets.transforms import MultiView, build_views  # noqa: E402
+from bmb_stream.shards.export import export_split  # noqa: E402
+from bmb_stream.shards.reading import make_unlabeled_batches, shard_samples  # noqa: E402
+from bmb_stream.simulation.recipes import load_recipe  # noqa: E402
+from bmb_stream.simulation.simulate import simulate  # noqa: E402
+from bmb_stream.storage.object_store import S3Settings, read_bytes, use_storage  # noqa: E402
 from tests.s3_server import S3Server  # noqa: E402
 
 

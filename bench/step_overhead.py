@@ -29,11 +29,11 @@ from machine import print_header
 
 warnings.filterwarnings("ignore", message="no QP solver found")
 
-from bmb_stream.config import compose  # noqa: E402
-from bmb_stream.data import build_split  # noqa: E402
-from bmb_stream.engine.learner import Learner  # noqa: E402
-from bmb_stream.engine.runtime import endless_batches  # noqa: E402
 from bmb_stream.algorithms import Batch  # noqa: E402
+from bmb_stream.config import compose  # noqa: E402
+from bmb_stream.datasets import build_split  # noqa: E402
+from bmb_stream.engine.batches import endless_batches  # noqa: E402
+from bmb_stream.engine.learner import Learner  # noqa: E402
 
 
 def bare_step(learner: Learner, batch: Batch) -> None:

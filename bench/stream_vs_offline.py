@@ -6,6 +6,8 @@ per experience. Offline: the gamma-100 split (the labeled images plus M1 = 3000 
 steps as the stream took. Both evaluate on the whole 10,000-image test set.
 
     python bench/stream_vs_offline.py [--passes 2] [--seed 0] [--out bench/results/stream_vs_offline]
+
+Runs under --out are reused when finished and resumed when started (bench/common.py).
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ from pathlib import Path
 
 warnings.filterwarnings("ignore", message="no QP solver found")
 
-from bmb_stream.config import compose  # noqa: E402
 from bmb_stream.engine.offline import run_offline  # noqa: E402
 from bmb_stream.engine.stream_loop import run_stream  # noqa: E402
+from common import train_unless_finished  # noqa: E402
 
 
 def main() -> None:
@@ -31,18 +33,16 @@ def main() -> None:
     out = Path(args.out)
     common = [f"seed={args.seed}", "progress=false", "experiment=demo"]
     stream_dir = out / "stream"
-    if not (stream_dir / "summary.json").exists():
-        run_stream(compose(["mode=stream", *common, "stream.recipe=fmnist_lt_stationary", f"stream.passes={args.passes}",
-                            "stream.eval_every=5", f"run.dir={stream_dir}"]))
+    train_unless_finished(stream_dir, ["mode=stream", *common, "stream.recipe=fmnist_lt_stationary",
+                                       f"stream.passes={args.passes}", "stream.eval_every=5"], run_stream)
     stream = json.loads((stream_dir / "summary.json").read_text())
     steps = stream["steps"]
     offline_dir = out / "offline"
-    if not (offline_dir / "summary.json").exists():
-        run_offline(compose(["mode=offline", *common, f"train.steps={steps}", f"train.eval_every={steps // 4}",
-                             f"run.dir={offline_dir}"]))
+    train_unless_finished(offline_dir, ["mode=offline", *common, f"train.steps={steps}",
+                                        f"train.eval_every={steps // 4}"], run_offline)
     offline = json.loads((offline_dir / "summary.json").read_text())
     print(f"BMB, small CNN, Fashion-MNIST-LT gamma 100, seed {args.seed}: final evaluation (EMA model), %")
-    print(f"{'mode':<9}{'unlabeled seen':>16}{'steps':>7}{'balanced':>10}{'online':>8}{'many':>7}{'medium':>8}{'few':>6}{'wall s':>8}")
+    print(f"{'mode':<9}{'unlabeled seen':>16}{'steps':>7}{'balanced':>10}{'raw':>8}{'many':>7}{'medium':>8}{'few':>6}{'wall s':>8}")
     for name, s in (("stream", stream), ("offline", offline)):
         f = s["final"]
         cells = [100 * f[k] for k in ("balanced_acc", "raw_balanced_acc", "many_acc", "medium_acc", "few_acc")]

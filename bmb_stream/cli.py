@@ -12,8 +12,11 @@ import warnings
 from pathlib import Path
 
 from bmb_stream import redaction
-from bmb_stream.config import (GROUPS, ConfigError, check_simulated_stream, compose, group_options, is_credential,
-                               no_such_key, parsed_override, redact_text)
+from bmb_stream.config import check_simulated_stream, compose
+from bmb_stream.config_messages import no_such_key, parsed_override
+from bmb_stream.config_schema import GROUPS, group_options
+from bmb_stream.errors import BmbError, ConfigError, StorageUnavailable
+from bmb_stream.redaction import is_credential, redact_message
 
 EXAMPLES = """examples:
   bmb-stream                                           the default job (a stream of Fashion-MNIST-LT with drift)
@@ -42,7 +45,7 @@ def usage() -> str:
     except ConfigError as e:
         lines.append(f"  ({e})")
     try:
-        from bmb_stream.data.simulate import recipe_dir
+        from bmb_stream.simulation.recipes import recipe_dir
 
         recipes = ", ".join(sorted(p.stem for p in recipe_dir().glob("*.yaml")))
     except Exception:  # the recipes folder is optional for training
@@ -135,7 +138,7 @@ def print_headline(summary: dict, run_dir: str) -> None:
           f"{s['train_images_per_s']:.0f} train images/s")
     # with a test-time rule (BMB's and ABC's balanced head, CDMAD's refined logits), also the number without it
     plain = [("plain_balanced_acc", "no rule")] if s.get("test_rule") else []
-    columns = [("balanced_acc", "balanced"), ("raw_balanced_acc", "online"), *plain, ("many_acc", "many"),
+    columns = [("balanced_acc", "balanced"), ("raw_balanced_acc", "raw"), *plain, ("many_acc", "many"),
                ("medium_acc", "medium"), ("few_acc", "few")]
     print(f"{'statistic':<16}" + "".join(f"{title:>10}" for _, title in columns))
     for stat in ("final", "best", "mean_last_20", "median_last_20"):
@@ -184,14 +187,15 @@ def _positive(options: dict, key: str) -> int | None:
 
 def _use_storage(cfg_or_overrides) -> None:
     """Object storage settings for out=s3://... from the config (or `storage.*` overrides of it)."""
-    from bmb_stream.data.object_store import S3Settings, use_storage
+    from bmb_stream.storage.object_store import S3Settings, use_storage
 
     cfg = compose([for_hydra(a) for a in cfg_or_overrides]) if isinstance(cfg_or_overrides, list) else cfg_or_overrides
     use_storage(S3Settings.from_config(cfg.storage))
 
 
 def simulate_command(args: list[str]) -> int:
-    from bmb_stream.data.simulate import load_recipe, simulate
+    from bmb_stream.simulation.recipes import load_recipe
+    from bmb_stream.simulation.simulate import simulate
 
     if not args or "=" in args[0]:
         raise ConfigError("simulate needs a recipe: bmb-stream simulate RECIPE [out=DIR] [KEY=VALUE ...]")
@@ -213,7 +217,7 @@ def simulate_command(args: list[str]) -> int:
 
 
 def shards_command(args: list[str]) -> int:
-    from bmb_stream.data.export import export_split
+    from bmb_stream.shards.export import export_split
 
     options, rest = _split_options(args, {"out": "", "overwrite": "false", "max_samples": "10000", "max_bytes": "",
                                           "workers": "0", "hide_labels": "false", "progress": "true",
@@ -254,7 +258,7 @@ def redact_log_records(argv: list[str]) -> None:
         record = factory(*args, **kwargs)
         if record.name.startswith("bmb_stream"):
             try:
-                record.msg, record.args = redact_text(record.getMessage(), _LOGGED_ARGV), ()
+                record.msg, record.args = redact_message(record.getMessage(), _LOGGED_ARGV), ()
             except Exception:  # a message that does not format: logging reports it as it would have
                 pass
         return record
@@ -278,16 +282,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def subcommand(argv: list[str]) -> int:
-    from bmb_stream.atomic import WriteFailed
-    from bmb_stream.data.errors import DataError
-    from bmb_stream.data.simulate import StreamError
-    from bmb_stream.data.sources import DataNotFound
-
     try:
         return SUBCOMMANDS[argv[0]](argv[1:])
-    except (ConfigError, StreamError, DataNotFound, DataError, WriteFailed) as e:
-        print(f"bmb-stream {argv[0]}: error: {redact_text(str(e), argv)}", file=sys.stderr)
-        return 2
+    except BmbError as e:
+        print(f"bmb-stream {argv[0]}: error: {redact_message(str(e), argv)}", file=sys.stderr)
+        return e.exit_code
 
 
 def run_command(argv: list[str]) -> int:
@@ -296,32 +295,22 @@ def run_command(argv: list[str]) -> int:
         cfg = compose(overrides)
         check_run(cfg, overrides)
     except ConfigError as e:
-        print(f"bmb-stream: error: {redact_text(str(e), argv)}", file=sys.stderr)
-        return 2
+        print(f"bmb-stream: error: {redact_message(str(e), argv)}", file=sys.stderr)
+        return e.exit_code
     warnings.filterwarnings("ignore", message="no QP solver found")
-    from bmb_stream.data.simulate import StreamError
-    from bmb_stream.data.sources import DataNotFound
-    from bmb_stream.data.errors import DataError, StorageUnavailable
-    from bmb_stream.engine.checkpoint import CheckpointError
-    from bmb_stream.engine.learner import TrainingDiverged
-    from bmb_stream.atomic import WriteFailed
-
     if cfg.mode == "stream":
         from bmb_stream.engine.stream_loop import run_stream as run
     else:
         from bmb_stream.engine.offline import run_offline as run
-    from bmb_stream.engine import distributed
+    from bmb_stream import distributed
     try:
         summary = run(cfg)
-    except StorageUnavailable as e:  # a checkpoint was written: try again later (EX_TEMPFAIL)
-        if distributed.is_main():
-            print(f"bmb-stream: error: {redact_text(str(e), argv)}\n{resume_hint(argv, cfg.run.dir)}", file=sys.stderr)
-        return 75
-    except (ConfigError, DataNotFound, CheckpointError, DataError, StreamError, WriteFailed, TrainingDiverged) as e:
-        if distributed.is_main() or not isinstance(e, (ConfigError, TrainingDiverged)):  # a data fault may be one rank's alone
+    except BmbError as e:
+        if distributed.is_main() or not e.same_on_every_rank:  # a data fault may be one rank's alone
             where = f" (rank {distributed.rank()})" if distributed.world_size() > 1 else ""
-            print(f"bmb-stream: error{where}: {redact_text(str(e), argv)}", file=sys.stderr)
-        return 2
+            hint = f"\n{resume_hint(argv, cfg.run.dir)}" if isinstance(e, StorageUnavailable) else ""
+            print(f"bmb-stream: error{where}: {redact_message(str(e), argv)}{hint}", file=sys.stderr)
+        return e.exit_code
     finally:
         distributed.shutdown()
     if "rank" in summary:  # ranks other than 0 of a data-parallel run: rank 0 reports
@@ -353,7 +342,7 @@ def resume_command(argv: list[str], run_dir: str, resume: bool = True) -> str:
     blanked), this run.dir, resume=true (shell-quoted)."""
     kept = [redaction.redact_text(a) for a in argv
             if not a.startswith(("run.dir=", "resume=")) and not is_credential(a)]
-    from bmb_stream.engine.distributed import launched_ranks
+    from bmb_stream.distributed import launched_ranks
 
     ranks, per_node = launched_ranks(), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     launcher = ["bmb-stream"]

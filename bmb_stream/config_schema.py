@@ -4,23 +4,43 @@ checks. The YAML files under configs/ hold the values: each one names its schema
 defaults list (`/schema/<group>/<option>@_here_`, the root config `schema`), so Hydra converts and
 type-checks every value as it composes.
 
-Fields default to ??? (MISSING): a YAML file gives the value, and a key that no file gives is reported
-as required; an algorithm's schema (bmb_stream/algorithms/) carries its defaults instead. Accepted
+The root config's fields carry their defaults here (configs/config.yaml only chooses the groups); a
+group option's fields default to ??? (MISSING) where each option's YAML file gives the value (a key
+that no file gives is reported as required), and an algorithm's schema (bmb_stream/algorithms/)
+carries its own defaults. Accepted
 values of string choices are the tuples below, imported by the code that acts on them; the checks
 are bmb_stream/config_checks.py."""
 
 import dataclasses
+import os
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig
 
 from bmb_stream.algorithms import ALGORITHMS
-from bmb_stream.config_checks import (COUNT, FRACTION, NON_NEGATIVE, POSITIVE, SECONDS, Check, anything,  # noqa: F401
-                                      boolean, choice, device, integer, key, number, pixel_fractions, shard_urls, text)
-from bmb_stream.evaluation.summary import STATISTICS
+from bmb_stream.config_checks import (  # noqa: F401
+    COUNT,
+    FRACTION,
+    NON_NEGATIVE,
+    POSITIVE,
+    SECONDS,
+    Check,
+    anything,
+    boolean,
+    choice,
+    device,
+    integer,
+    key,
+    number,
+    pixel_fractions,
+    shard_urls,
+    text,
+)
+from bmb_stream.errors import ConfigError
 
 MODES = ("offline", "stream")
 OPTIMIZERS = ("adam", "sgd")
@@ -28,77 +48,82 @@ SCHEDULES = ("constant", "cosine", "fixmatch_cosine")
 SHARD_ERRORS = ("fail", "skip")
 RATIO_ROUNDINGS = ("ceil", "round")
 RANDAUGMENT_KINDS = ("reference", "torchvision")
+STATISTICS = ("final", "best", "mean_last_20", "median_last_20")  # what a run reports over its evaluations
 
 
 # --- the root config: everything but the groups method, model and dataset ---------------------------
 @dataclass
 class Run:
-    dir: str | None = MISSING  # null: runs/<experiment>-<method>-<time>
-    allow_nonempty: bool = MISSING  # a new run may write into a folder that holds other files
+    dir: str | None = None  # null: runs/<experiment>-<method>-<time>
+    allow_nonempty: bool = False  # true: a new run may write into a folder that holds other files
 
 
 @dataclass
 class Train:
-    steps: int = key(POSITIVE)
-    eval_every: int = key(POSITIVE)
-    batch_labeled: int = key(POSITIVE)
-    batch_unlabeled: int = key(POSITIVE)
-    ema_decay: float = key(number(0, 1, open_high=True))
-    ema_warmup: bool = MISSING
-    num_workers: int = key(COUNT)
-    amp: bool = MISSING
-    channels_last: bool = MISSING
-    compile: bool = MISSING
-    log_every: int = key(POSITIVE)
+    steps: int = key(POSITIVE, 1000)  # offline mode; a stream run lasts as long as its stream
+    eval_every: int = key(POSITIVE, 100)  # offline mode: evaluate every this many steps (and after the last)
+    batch_labeled: int = key(POSITIVE, 64)  # per rank
+    batch_unlabeled: int = key(POSITIVE, 64)  # per rank
+    ema_decay: float = key(number(0, 1, open_high=True), 0.999)  # 0 turns the EMA model off (the raw weights are evaluated)
+    ema_warmup: bool = False  # decay min(ema_decay, (1 + t) / (10 + t))
+    num_workers: int = key(COUNT, 2)  # DataLoader workers of the labeled set (offline: of both sets)
+    amp: bool = False  # bfloat16 autocast (GPU or CPU)
+    channels_last: bool = False  # NHWC memory format for the model and its inputs
+    compile: bool = False  # torch.compile the backbone (the first steps compile it: minutes for ResNet-50)
+    log_every: int = key(POSITIVE, 10)  # steps between progress-bar updates
 
 
 @dataclass
 class Optim:
-    name: str = key(choice(*OPTIMIZERS))
-    lr: float = key(number(0, open_low=True))
-    momentum: float = key(number(0, 1))
-    nesterov: bool = MISSING
-    weight_decay: float = key(NON_NEGATIVE)
-    wd_shrink: float = key(NON_NEGATIVE)
-    schedule: str = key(choice(*SCHEDULES))
+    name: str = key(choice(*OPTIMIZERS), "adam")
+    lr: float = key(number(0, open_low=True), 0.002)
+    momentum: float = key(number(0, 1), 0.9)  # sgd only
+    nesterov: bool = True  # sgd only
+    weight_decay: float = key(NON_NEGATIVE, 0.0)  # coupled L2 in the optimizer
+    wd_shrink: float = key(NON_NEGATIVE, 0.02)  # the reference's decay: weights *= 1 - wd_shrink * lr after each step
+    schedule: str = key(choice(*SCHEDULES), "constant")  # cosine: to 0; fixmatch_cosine: cos(7 pi t / 16 T)
 
 
 @dataclass
 class Stream:
-    urls: Any = key(shard_urls())  # a brace pattern, a list or a folder
-    labeled_urls: Any = key(shard_urls())
-    test_urls: Any = key(shard_urls())
-    recipe: str | None = MISSING
-    cache_dir: str = MISSING
-    shards_per_experience: int = key(POSITIVE)
-    max_experiences: int | None = key(integer(1, nullable=True))
-    shuffle_shards: bool = MISSING
-    resampled: bool = MISSING
-    num_workers: int = key(COUNT)
-    passes: int = key(POSITIVE)
-    eval_every: int = key(POSITIVE)
-    labeled_pool: int = key(COUNT)
-    keep_checkpoints: int = key(COUNT)
-    on_shard_error: str = key(choice(*SHARD_ERRORS))
+    # shard URLs: a brace pattern, a list, or a folder; local, file://, http(s)://, s3://
+    urls: Any = key(shard_urls(), None)
+    labeled_urls: Any = key(shard_urls(), None)  # the seed set's shards (null: the one the stream's manifest names)
+    test_urls: Any = key(shard_urls(), None)  # the test set's shards (null: the one the stream's manifest names)
+    recipe: str | None = None  # with no urls: simulate this recipe of streams/ once, cached in cache_dir
+    cache_dir: str = "~/.cache/bmb-stream/streams"
+    shards_per_experience: int = key(POSITIVE, 2)
+    max_experiences: int | None = key(integer(1, nullable=True), None)  # required for a resampled (endless) stream
+    shuffle_shards: bool = False  # shuffle the shard order once, with the seed
+    resampled: bool = False  # draw shards with replacement, endlessly
+    num_workers: int = key(COUNT, 2)  # DataLoader workers reading the stream (0: in the main process)
+    passes: int = key(POSITIVE, 1)  # reads of each experience's shards before the next experience
+    eval_every: int = key(POSITIVE, 1)  # evaluate after every this many experiences (and after the last)
+    labeled_pool: int = key(COUNT, 1000)  # capacity of the class-balanced pool of labeled samples met in the stream
+    keep_checkpoints: int = key(COUNT, 3)  # experience-boundary checkpoints kept besides checkpoints/last.pt
+    on_shard_error: str = key(choice(*SHARD_ERRORS), "fail")  # fail: a bad shard ends the run | skip: skip it, count it
 
 
 @dataclass
 class S3:
-    endpoint_url: str | None = MISSING
-    region: str | None = MISSING
-    access_key_id: str | None = MISSING
-    secret_access_key: str | None = MISSING
-    session_token: str | None = MISSING
-    path_style: bool = MISSING
-    connect_timeout_s: float = key(SECONDS)
-    read_timeout_s: float = key(SECONDS)
+    """s3:// shards. Null values fall back to boto3's own chain (the AWS_* variables, ~/.aws profiles,
+    instance roles)."""
+    endpoint_url: str | None = None  # $AWS_ENDPOINT_URL (e.g. http://127.0.0.1:9000 for a local server)
+    region: str | None = None  # $AWS_DEFAULT_REGION
+    access_key_id: str | None = None  # $AWS_ACCESS_KEY_ID (prefer the variables: config values end up in shell history)
+    secret_access_key: str | None = None  # $AWS_SECRET_ACCESS_KEY; never written to config.yaml, checkpoints or logs
+    session_token: str | None = None  # $AWS_SESSION_TOKEN (temporary credentials)
+    path_style: bool = True  # bucket in the path (most S3-compatible servers); false: virtual-hosted style
+    connect_timeout_s: float = key(SECONDS, 10.0)
+    read_timeout_s: float = key(SECONDS, 30.0)  # a read that stalls, or trickles under 1 KB/s, this long is retried
 
 
 @dataclass
 class Retry:
-    budget_s: float = key(number(0, infinite=True))  # inf: retry as long as it takes
-    backoff_s: float = key(SECONDS)
-    max_backoff_s: float = key(SECONDS)
+    """Transient faults (resets, timeouts, 5xx, throttling) are retried with exponential backoff."""
+    budget_s: float = key(number(0, infinite=True), 120.0)  # per fault; then the run stops, resumable (exit 75); inf: no limit
+    backoff_s: float = key(SECONDS, 0.5)  # the first wait, doubled after each try
+    max_backoff_s: float = key(SECONDS, 15.0)
 
 
 @dataclass
@@ -109,17 +134,17 @@ class Storage:
 
 @dataclass
 class Eval:
-    batch_size: int = key(POSITIVE)
-    headline: str = key(choice(*STATISTICS))
+    batch_size: int = key(POSITIVE, 256)
+    headline: str = key(choice(*STATISTICS), "mean_last_20")  # the statistic the run's closing table leads with
 
 
 @dataclass
 class Config:
-    seed: int = key(integer(0, bits=63))  # what torch's generators take, with room for seed + step
-    device: str = key(device())
-    resume: bool = MISSING
-    progress: bool = MISSING
-    experiment_name: str | None = MISSING
+    seed: int = key(integer(0, bits=63), 0)  # what torch's generators take, with room for seed + step
+    device: str = key(device(), "auto")  # auto | cpu | cuda
+    resume: bool = False  # continue the run in run.dir
+    progress: bool = True  # the progress bar
+    experiment_name: str | None = None  # set by each experiment file
     run: Run = field(default_factory=Run)
     train: Train = field(default_factory=Train)
     optim: Optim = field(default_factory=Optim)
@@ -140,12 +165,12 @@ class Model:
 
 @dataclass
 class SmallCNN(Model):
-    width: int = key(POSITIVE)
+    width: int = key(POSITIVE, 16)  # channels of the first convolution (doubled at each stage)
 
 
 @dataclass
 class ResNet50(Model):
-    small_stem: bool = MISSING
+    small_stem: bool = False  # true: a 3x3 stem without max-pooling, for 32- and 64-pixel images
 
 
 # --- dataset -----------------------------------------------------------------------------------------
@@ -156,13 +181,15 @@ class Dataset:
     root: str | None = MISSING  # null: a stream run reads its images from the shards
     num_classes: int = key(integer(2))
     image_size: int = key(POSITIVE)
-    labeled_ratio: float | None = key(number(0, 1, open_low=True, nullable=True))
-    split_shuffle: bool = MISSING
+    labeled_ratio: float | None = key(number(0, 1, open_low=True, nullable=True), None)  # null: counts n1, gamma_l
+    ratio_rounding: str = key(choice(*RATIO_ROUNDINGS), "ceil")  # of a class's labeled_ratio share
+    split_shuffle: bool = True  # false: the first images of each class in file order (a protocol's split)
     mean: list[float] = key(pixel_fractions())  # of pixel values scaled to [0, 1]: within [0, 1]
     std: list[float] = key(pixel_fractions(open_low=True))  # images are divided by it; at most 0.5 for [0, 1] values
-    randaugment: str = key(choice(*RANDAUGMENT_KINDS))
-    many_threshold: int = key(COUNT)
-    few_threshold: int = key(COUNT)
+    # the strong view's RandAugment: reference (the BMB code's, before the crop) | torchvision
+    randaugment: str = key(choice(*RANDAUGMENT_KINDS), "torchvision")
+    many_threshold: int = key(COUNT, 100)  # classes with more labeled images are many-shot
+    few_threshold: int = key(COUNT, 20)  # classes with fewer are few-shot (medium between)
 
 
 @dataclass
@@ -176,19 +203,18 @@ class CountsDataset(Dataset):
 
 @dataclass
 class CifarDataset(CountsDataset):
-    download: bool = MISSING
+    download: bool = False  # true: torchvision fetches CIFAR into root
 
 
 @dataclass
 class RatioDataset(Dataset):
     """A labeled fraction of each class of a given (long-tailed) training set."""
     labeled_ratio: float = key(FRACTION)
-    ratio_rounding: str = key(choice(*RATIO_ROUNDINGS))
 
 
 @dataclass
 class ImageNetLTDataset(RatioDataset):
-    list_dir: str | None = MISSING  # null: root
+    list_dir: str | None = None  # the folder of the list files (null: root)
     train_list: str = MISSING
     test_list: str = MISSING
 
@@ -278,3 +304,21 @@ def known_keys() -> list[str]:
     walk(Config, "")
     return keys
 
+
+# The config groups and their options: the accepted values of `mode=`, `method=`, `model=`, `dataset=`, `experiment=`.
+
+GROUPS = ("mode", "method", "model", "dataset", "experiment")
+
+
+def config_dir() -> Path:
+    """configs/ beside the package (source checkout or editable install), or BMB_STREAM_CONFIGS."""
+    env = os.environ.get("BMB_STREAM_CONFIGS")
+    path = Path(env) if env else Path(__file__).resolve().parent.parent / "configs"
+    if not (path / "config.yaml").exists():
+        raise ConfigError(f"config folder {path} not found: install with 'pip install -e .' from the source "
+                          f"checkout, or set BMB_STREAM_CONFIGS to its configs/ folder")
+    return path
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (config_dir() / group).glob("*.yaml"))

@@ -19,7 +19,8 @@ def fmnist_root():
 @pytest.fixture(scope="session")
 def fmnist_stream(tmp_path_factory, fmnist_root):
     """The small real Fashion-MNIST stream of stream_helpers.SMALL_STREAM, in a local folder."""
-    from bmb_stream.data.simulate import load_recipe, simulate
+    from bmb_stream.simulation.recipes import load_recipe
+    from bmb_stream.simulation.simulate import simulate
     from tests.stream_helpers import SMALL_STREAM
 
     out = tmp_path_factory.mktemp("stream")
@@ -55,7 +56,7 @@ def s3_server(tmp_path_factory):
 @pytest.fixture
 def s3_env(s3_server, monkeypatch):
     """The standard AWS variables pointing at the test server (the server is started if a test stopped it)."""
-    from bmb_stream.data.object_store import S3Settings, use_storage
+    from bmb_stream.storage.object_store import S3Settings, use_storage
 
     if s3_server.process is None:
         s3_server.start()

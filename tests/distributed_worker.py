@@ -20,7 +20,7 @@ from types import SimpleNamespace
 
 import torch
 
-from bmb_stream.engine import distributed
+from bmb_stream import distributed
 
 STEPS, PER_STEP, DIM, CLASSES = 6, 64, 8, 5
 
@@ -85,11 +85,10 @@ def digest(value) -> str:
 
 def train(out: Path, overrides: list[str]) -> None:
     from bmb_stream.config import compose
-    from bmb_stream.engine import runtime
+    from bmb_stream.engine.batches import endless_batches as endless
     from bmb_stream.engine.offline import OfflineRun
 
     first_batches = []
-    endless = runtime.endless_batches
 
     def recording(*args, **kw):  # this rank's first batch of each stream of batches
         batches = endless(*args, **kw)

@@ -4,7 +4,8 @@ import errno
 
 import pytest
 
-from bmb_stream.atomic import WriteFailed, atomic_write, write_text
+from bmb_stream.errors import WriteFailed
+from bmb_stream.storage.atomic import atomic_write, write_text
 
 
 def test_a_finished_write_replaces_the_file(tmp_path):

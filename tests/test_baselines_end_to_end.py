@@ -8,9 +8,10 @@ import time
 import pytest
 
 from bmb_stream.cli import main
+from tests.helpers import wait_for
 from tests.stream_helpers import metrics
 from tests.test_faults_shards import TINY, stream_folder
-from tests.test_stream import run_cli, wait_for
+from tests.test_stream import run_cli
 
 BASELINES = ["abc", "cdmad"]
 OFFLINE = ["mode=offline", "experiment=demo", "train.steps=30", "train.eval_every=15", "train.batch_labeled=32",

@@ -19,7 +19,7 @@ def test_fidelity_benchmark_curve_scores_what_the_run_scores(fmnist_root, tmp_pa
          "--every", "1", "--out", str(tmp_path), "--set", "model=small_cnn", f"dataset.root={fmnist_root}"],
         cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    checks = re.findall(r"EMA ([\d.]+), online ([\d.]+) \(the curve's bal head: ([\d.]+), ([\d.]+)\)", done.stdout)
+    checks = re.findall(r"EMA ([\d.]+), raw ([\d.]+) \(the curve's bal head: ([\d.]+), ([\d.]+)\)", done.stdout)
     assert len(checks) == 2, done.stdout
     for ema, online, curve_ema, curve_online in checks:
         assert (ema, online) == (curve_ema, curve_online)

@@ -73,7 +73,7 @@ def test_before_the_debias_start_targets_are_fixmatchs_soft_ones_and_tau_zero_ke
     assert float(late.terms["mask"]) == 1.0
 
 
-def test_after_the_start_the_bias_of_the_online_weights_in_train_mode_is_subtracted():
+def test_after_the_start_the_bias_of_the_raw_weights_in_train_mode_is_subtracted():
     algorithm, model = cdmad(total_steps=100)
     batch = make_batch()
     reference = build_model("small_cnn", 3, width=4)

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from tests.distributed_worker import bank_steps
+from tests.helpers import wait_for
 from tests.stream_helpers import FAST, metrics, stream_args
 
 pytestmark = pytest.mark.distributed
@@ -77,7 +78,7 @@ def test_twenty_real_steps_leave_one_learner_state_on_every_rank(tmp_path):
 def evaluate_alone(overrides: list[str], checkpoint: Path, tmp_path: Path) -> dict:
     """A checkpoint's models evaluated by one process over the whole test set."""
     from bmb_stream.config import compose
-    from bmb_stream.data import build_split
+    from bmb_stream.datasets import build_split
     from bmb_stream.engine.learner import Learner
     from bmb_stream.evaluation.evaluator import Evaluator
 
@@ -87,15 +88,7 @@ def evaluate_alone(overrides: list[str], checkpoint: Path, tmp_path: Path) -> di
     learner.load_state_dict(torch.load(checkpoint, weights_only=True)["learner"])
     evaluator = Evaluator(split.test, split.num_classes, split.labeled_per_class, tmp_path, torch.device("cpu"),
                           batch_size=cfg.eval.batch_size, log=False)
-    return evaluator.evaluate(learner.evaluated_model(), learner.online_model())
-
-
-def wait_for(path: Path, text: str, proc: subprocess.Popen, timeout: float = 300) -> None:
-    deadline = time.time() + timeout
-    while text not in (path.read_text() if path.exists() else ""):
-        assert proc.poll() is None, path.read_text()[-3000:]
-        assert time.time() < deadline, f"{text!r} not seen in {timeout} s"
-        time.sleep(0.5)
+    return evaluator.evaluate(learner.evaluated_model(), learner.raw_model())
 
 
 def launch_logged(log: Path, *args: str, cwd: Path) -> subprocess.Popen:
@@ -109,7 +102,7 @@ def launch_logged(log: Path, *args: str, cwd: Path) -> subprocess.Popen:
 def test_sigterm_to_the_launcher_stops_every_rank_at_one_step_with_a_checkpoint_that_resumes(tmp_path):
     log = tmp_path / "log.txt"
     proc = launch_logged(log, "-m", "bmb_stream", *SMALL, "train.steps=400", "train.eval_every=10", cwd=tmp_path)
-    wait_for(log, "step 10:", proc)
+    wait_for(log, proc, text="step 10:")
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=120)
     out = log.read_text()
@@ -197,7 +190,7 @@ def test_sigterm_mid_experience_resumes_a_two_rank_stream_exactly(tmp_path, fmni
     log, run_dir = tmp_path / "log.txt", tmp_path / "run"
     args = stream_args(fmnist_stream, run_dir, "stream.shards_per_experience=2", "train.log_every=1")
     proc = launch_logged(log, "-m", "bmb_stream", "--mode", "stream", *args, cwd=ROOT)
-    wait_for(log, "experience 0:", proc)
+    wait_for(log, proc, text="experience 0:")
     time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=120)
@@ -215,7 +208,7 @@ def test_a_killed_rank_ends_the_launch_and_the_run_resumes_as_if_never_stopped(t
     log, run_dir = tmp_path / "log.txt", tmp_path / "run"
     args = stream_args(fmnist_stream, run_dir, "stream.shards_per_experience=2")
     proc = launch_logged(log, "-m", "bmb_stream", "--mode", "stream", *args, cwd=ROOT)
-    wait_for(log, "experience 0:", proc)
+    wait_for(log, proc, text="experience 0:")
     time.sleep(0.5)
     ranks = [p for p in psutil.Process(proc.pid).children() if "bmb_stream" in " ".join(p.cmdline())]
     assert len(ranks) == 2

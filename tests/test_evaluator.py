@@ -67,14 +67,14 @@ def test_per_class_balanced_and_groups_on_known_predictions(tmp_path):
     assert "forgetting" not in r
 
 
-def test_online_model_gives_the_raw_values(tmp_path):
+def test_the_raw_model_gives_the_raw_values(tmp_path):
     ev = make(tmp_path)
     r = ev.evaluate(Table(PREDICTED), Table(TARGETS))
-    both = ev.evaluate_models({"ema": Table(PREDICTED), "online": Table(TARGETS)})
+    both = ev.evaluate_models({"ema": Table(PREDICTED), "raw": Table(TARGETS)})
     ev.close()
     assert r["raw_top1_acc"] == 1.0 and r["raw_balanced_acc"] == 1.0
     assert r["top1_acc"] == pytest.approx(5 / 9)
-    assert both["online"]["top1_acc"] == 1.0 and both["ema"]["balanced_acc"] == r["balanced_acc"]
+    assert both["raw"]["top1_acc"] == 1.0 and both["ema"]["balanced_acc"] == r["balanced_acc"]
     assert both["ema"]["per_class_acc"][:3] == r["per_class_acc"][:3]
 
 

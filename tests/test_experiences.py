@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bmb_stream.data.errors import ShardError
-from bmb_stream.data.stream import experience_shards
+from bmb_stream.errors import ShardError
+from bmb_stream.shards.urls import experience_shards
 
 URLS = [f"s/stream-{i:06d}.tar" for i in range(10)]
 

@@ -13,9 +13,11 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from bmb_stream.cli import main
-from bmb_stream.data.datasets import build_split
-from bmb_stream.data.errors import DataError
-from bmb_stream.data import sources
+from bmb_stream.config_schema import CountsDataset
+from bmb_stream.datasets import sources
+from bmb_stream.datasets.build import build_split
+from bmb_stream.errors import DataError
+from tests.helpers import WARNING, cli_error
 from tests.test_sources import write_idx
 
 COLORS = [(200, 10, 10), (10, 200, 10), (10, 10, 200), (200, 200, 10)]
@@ -40,16 +42,6 @@ def folder_args(root, tmp_path, *overrides, classes=3):
             *(f"{k}={v}" for k, v in split.items()), *TINY_RUN, f"run.dir={tmp_path / 'run'}"]
 
 
-def cli_error(capsys, args) -> str:
-    """Run the CLI, expect exit code 2 and one error line (warnings aside) without a traceback."""
-    assert main([str(a) for a in args]) == 2
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out + err
-    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("bmb-stream: warning:")]
-    assert len(lines) == 1 and lines[0].startswith("bmb-stream") and "error:" in lines[0], err
-    return lines[0]
-
-
 @pytest.fixture
 def folder(tmp_path):
     return image_folder(tmp_path / "data", {"a": 6, "b": 4, "c": 3}, {"a": 2, "b": 2, "c": 2})
@@ -58,7 +50,8 @@ def folder(tmp_path):
 # --- 1. the split and the readers ----------------------------------------------------------------
 
 def test_a_class_too_small_for_the_split_is_named_with_the_keys_to_lower(folder, tmp_path, capsys):
-    line = cli_error(capsys, folder_args(folder, tmp_path, "dataset.n1=100", "dataset.m1=200"))  # the defaults
+    line = cli_error(folder_args(folder, tmp_path, "dataset.n1=100", "dataset.m1=200"), capsys,  # the defaults
+                     ignore=(WARNING,))
     assert "class 0 has 6 images (a)" in line and "100 labeled + 200 unlabeled = 300" in line
     assert all(key in line for key in ("dataset.n1", "dataset.m1", "dataset.gamma_l"))
 
@@ -83,7 +76,8 @@ def test_image_folder_layout_errors(folder, tmp_path, capsys, case, expected):
             (folder / "train" / name).rmdir()
     else:
         classes = 5
-    assert expected.format(root=folder) in cli_error(capsys, folder_args(folder, tmp_path, classes=classes))
+    line = cli_error(folder_args(folder, tmp_path, classes=classes), capsys, ignore=(WARNING,))
+    assert expected.format(root=folder) in line
 
 
 def imagenet_lists(root, train_lines, test_lines="val/0.png 0\n"):
@@ -105,7 +99,8 @@ def imagenet_lists(root, train_lines, test_lines="val/0.png 0\n"):
 def test_imagenet_list_errors_name_the_line_or_file(tmp_path, capsys, lines, expected):
     root = tmp_path / "inet"
     args = imagenet_lists(root, lines)
-    assert expected.format(root=root) in cli_error(capsys, [*args, f"run.dir={tmp_path / 'run'}"])
+    line = cli_error([*args, f"run.dir={tmp_path / 'run'}"], capsys, ignore=(WARNING,))
+    assert expected.format(root=root) in line
 
 
 def fmnist_files(root, n=20):
@@ -129,7 +124,7 @@ def test_a_damaged_idx_file_is_named(tmp_path, capsys, damage, expected):
     damage(root / "train-images-idx3-ubyte.gz")
     args = ["--mode", "offline", "dataset=fashion_mnist_lt", f"dataset.root={root}", *TINY_RUN,
             f"run.dir={tmp_path / 'run'}"]
-    line = cli_error(capsys, args)
+    line = cli_error(args, capsys, ignore=(WARNING,))
     assert "train-images-idx3-ubyte.gz" in line and expected in line
 
 
@@ -155,7 +150,7 @@ def cifar10_folder(root, first_batch: bytes | None = None):
 def test_a_file_that_is_no_cifar_batch_is_named(tmp_path, capsys):
     root = cifar10_folder(tmp_path / "cifar", b"<html>not found</html>")
     args = ["--mode", "offline", "dataset=cifar10_lt", f"dataset.root={root}", *TINY_RUN, f"run.dir={tmp_path / 'r'}"]
-    line = cli_error(capsys, args)
+    line = cli_error(args, capsys, ignore=(WARNING,))
     assert "data_batch_1: not a CIFAR-10 python batch" in line and "original CIFAR-10 python archive" in line
 
 
@@ -193,7 +188,7 @@ def test_a_bad_image_stops_the_run_before_training(folder, tmp_path, capsys, whe
         Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(path)
         content = path.read_bytes()[:1500]
     path.write_bytes(content)
-    line = cli_error(capsys, folder_args(folder, tmp_path))
+    line = cli_error(folder_args(folder, tmp_path), capsys, ignore=(WARNING,))
     assert f"image {path}: {expected}" in line
     assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()  # stopped before any training step
 
@@ -207,7 +202,7 @@ def test_a_jpeg_cut_short_is_found_up_front(tmp_path):
 
 
 def test_an_image_that_goes_bad_after_the_check_is_named_in_training(folder):
-    cfg = OmegaConf.create({"source": "imagefolder", "root": str(folder), "num_classes": 3, "image_size": 32,
+    cfg = OmegaConf.merge(OmegaConf.structured(CountsDataset), {"source": "imagefolder", "root": str(folder), "num_classes": 3, "image_size": 32,
                             "n1": 4, "m1": 2, "gamma_l": 2, "gamma_u": 2, "labeled_ratio": None,
                             "mean": [0.5] * 3, "std": [0.25] * 3})
     split = build_split(cfg)
@@ -233,12 +228,12 @@ def shards_args(root, out, *extra):  # mode=offline: only the dataset matters, n
 def test_shards_refuse_an_undecodable_file_before_writing(folder, tmp_path, capsys):
     out = tmp_path / "shards"
     (folder / "train" / "a" / "5.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
-    line = cli_error(capsys, shards_args(folder, out))
+    line = cli_error(shards_args(folder, out), capsys, ignore=(WARNING,))
     assert f"image {folder / 'train' / 'a' / '5.png'}: not" in line and line.startswith("bmb-stream shards: error:")
     assert not out.exists()
     out.mkdir()
     (out / "labeled-000000.tar").write_bytes(b"an earlier split")  # overwrite=true: still nothing touched
-    cli_error(capsys, shards_args(folder, out, "overwrite=true"))
+    cli_error(shards_args(folder, out, "overwrite=true"), capsys, ignore=(WARNING,))
     assert (out / "labeled-000000.tar").read_bytes() == b"an earlier split"
 
 
@@ -248,11 +243,12 @@ def test_simulate_refuses_an_undecodable_file(folder, tmp_path, capsys):
                       "seed: 0\nshards: 2\nsamples_per_shard: 3\nlabeled_fraction: 0.5\non_exhausted: stop\n"
                       "test_per_class: null\nprior: {schedule: uniform}\n")
     (folder / "train" / "b" / "3.png").write_text("no image")
-    line = cli_error(capsys, ["simulate", recipe, f"out={tmp_path / 's'}", f"root={folder}", "progress=false"])
+    line = cli_error(["simulate", recipe, f"out={tmp_path / 's'}", f"root={folder}", "progress=false"], capsys,
+                     ignore=(WARNING,))
     assert f"image {folder / 'train' / 'b' / '3.png'}: not an image" in line
     assert not (tmp_path / "s").exists()
     assert "shards=0: must be an integer >= 1" in cli_error(
-        capsys, ["simulate", recipe, f"out={tmp_path / 's'}", f"root={folder}", "shards=0"])
+        ["simulate", recipe, f"out={tmp_path / 's'}", f"root={folder}", "shards=0"], capsys, ignore=(WARNING,))
 
 
 # --- 4. overwrite=true deletes only what an earlier run of ours wrote --------------------------------

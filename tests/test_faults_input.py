@@ -24,23 +24,34 @@ import torch
 from PIL import Image
 
 from bmb_stream.cli import main
-from bmb_stream.data.simulate import load_recipe
-from bmb_stream.data.stream_source import cache_entry
-from tests.test_faults_shards import (TINY, good_manifest, png, ranged_headers, samples, sets_of, stream_folder,
-                                      write_tar)
+from bmb_stream.engine.stream_source import cache_entry
+from bmb_stream.simulation.recipes import load_recipe
+from tests.helpers import error_line
+from tests.test_faults_shards import (
+    TINY,
+    good_manifest,
+    png,
+    ranged_headers,
+    samples,
+    sets_of,
+    stream_folder,
+    write_tar,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_MANIFEST = "bmb-stream: warning: no manifest.json beside the stream shards"
 
 
 def run(args, capsys, code: int) -> tuple[str, str]:
-    """Run the CLI in this process: (the first line on stderr besides the no-manifest warning, its only
-    one for exit code 2 (75 adds how to resume), stdout)."""
+    """Run the CLI in this process with TINY, expecting exit `code`: (its error line
+    (tests.helpers.error_line), or "" for exit 0, which prints nothing on stderr; stdout). The warning
+    that no manifest.json is beside the shards is left out."""
     assert main([*TINY, *args]) == code
-    out, err = capsys.readouterr()
-    lines = [line for line in err.splitlines() if line.strip() and not line.startswith(NO_MANIFEST)]
-    assert "Traceback" not in err and (len(lines) == 1 if code == 2 else bool(lines) == bool(code)), err
-    return (lines[0] if lines else ""), out
+    out, err = captured = capsys.readouterr()
+    if code:
+        return error_line(captured, code, ignore=(NO_MANIFEST,)), out
+    assert not [line for line in err.splitlines() if line.strip() and not line.startswith(NO_MANIFEST)], err
+    return "", out
 
 
 def summary_of(run_dir) -> dict:
@@ -64,7 +75,7 @@ def test_a_stream_cache_being_built_by_another_run_is_refused_naming_its_pid(tmp
         "dataset_overrides: {}", f"dataset_overrides: {{root: {tmp_path}/none}}"))
     entry = cache_entry(tmp_path / "cache", *load_recipe(str(recipe)))
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom bmb_stream.locks import FolderLock\n"
+        [sys.executable, "-c", "import sys, time\nfrom bmb_stream.storage.locks import FolderLock\n"
          "lock = FolderLock(sys.argv[1]).acquire()\nprint('held', flush=True)\ntime.sleep(60)",
          str(entry.parent / ".building" / entry.name)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:

@@ -17,17 +17,10 @@ import torch
 
 from bmb_stream.cli import main
 from bmb_stream.config import compose
+from tests.helpers import error_line, wait_for
 from tests.stream_helpers import png, stream_args, write_tar
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def snapshot(folder: Path) -> dict:
@@ -117,16 +110,8 @@ def test_an_unwritable_run_dir_stops_before_any_data_is_read(capsys, tmp_path):
 
 # --- signals ----------------------------------------------------------------------------------------
 
-def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 240) -> None:
-    start = time.time()
-    while not path.exists():
-        assert proc.poll() is None, proc.communicate()[0]
-        assert time.time() - start < timeout, f"{path} did not appear"
-        time.sleep(0.1)
-
-
 def test_a_stop_takes_a_broken_worker_hand_over_as_the_stop_and_nothing_else():
-    from bmb_stream.engine.runtime import StopFlag
+    from bmb_stream.engine.stops import StopFlag
 
     flag = StopFlag()
     broken = (RuntimeError("DataLoader worker (pid 7) exited unexpectedly"), EOFError(), ConnectionResetError())

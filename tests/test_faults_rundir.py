@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from bmb_stream.cli import main
-from tests.test_faults_run import error_line, snapshot
+from tests.helpers import error_line
+from tests.test_faults_run import snapshot
 from tests.test_faults_shards import TINY, good_manifest, stream_folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,7 +72,7 @@ def only_last(finished: Path, to: Path) -> Path:
 
 HOLD = """
 import sys, time
-from bmb_stream.locks import FolderLock
+from bmb_stream.storage.locks import FolderLock
 lock = FolderLock(sys.argv[1]).acquire()
 print("held", flush=True)
 time.sleep(120)

@@ -19,7 +19,8 @@ import torch
 
 from bmb_stream.cli import main, parse_args, resume_hint
 from bmb_stream.config import compose
-from bmb_stream.data.object_store import S3Settings, use_storage
+from bmb_stream.storage.object_store import S3Settings, use_storage
+from tests.helpers import cli_error
 from tests.test_faults_shards import TINY, good_manifest, stream_folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,9 +42,8 @@ def cli(args, capsys) -> tuple[int, str, str]:
 
 
 def one_line(args, capsys) -> str:
-    code, out, err = cli(args, capsys)
-    assert code == 2 and len(err.splitlines()) == 1, err
-    return err.split(": error: ", 1)[1].rstrip("\n")
+    """The message of the CLI's one error line (tests.helpers.cli_error: exit code 2), after `error: `."""
+    return cli_error(args, capsys).split(": error: ", 1)[1]
 
 
 def files_without(folder: Path, *secrets: str) -> None:

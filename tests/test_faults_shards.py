@@ -18,15 +18,25 @@ from PIL import Image
 
 from bmb_stream.cli import main, parse_args
 from bmb_stream.config import compose
-from bmb_stream.data import manifest as manifest_module
-from bmb_stream.data import stream as stream_module
-from bmb_stream.data.errors import ShardError, StorageUnavailable
-from bmb_stream.data.object_store import S3Settings, read_bytes, use_storage
-from bmb_stream.data.storage_retry import RetryPolicy
-from bmb_stream.data.stream import (SKIPPED, expand_urls, fail_on_error, handler_for, make_unlabeled_batches,
-                                    read_shards, shard_samples, skip_and_count)
-from bmb_stream.data.stream_source import prepare_stream
-from bmb_stream.engine.stream_loop import SkippedShards
+from bmb_stream.engine.skipped_shards import SkippedShards
+from bmb_stream.engine.stream_source import prepare_stream
+from bmb_stream.errors import ShardError, StorageUnavailable
+from bmb_stream.shards import manifest as manifest_module
+from bmb_stream.shards import reading as reading_module
+from bmb_stream.shards import urls as urls_module
+from bmb_stream.shards.reading import (
+    SKIPPED,
+    fail_on_error,
+    handler_for,
+    make_unlabeled_batches,
+    read_shards,
+    shard_samples,
+    skip_and_count,
+)
+from bmb_stream.shards.urls import expand_urls
+from bmb_stream.storage.object_store import S3Settings, read_bytes, use_storage
+from bmb_stream.storage.retry import RetryPolicy
+from tests.helpers import error_line
 
 TINY = ["--mode", "stream", "model=small_cnn", "stream.num_workers=0", "progress=false", "train.batch_labeled=4",
         "train.batch_unlabeled=4", "method.bank.capacity=8", "method.bank.draw=4", "eval.batch_size=16",
@@ -81,14 +91,19 @@ def good_manifest(shards: int = 2) -> dict:
             "labeled_set": {"files": ["labeled-000000.tar"]}, "test_set": {"files": ["test-000000.tar"]}}
 
 
+NO_MANIFEST = "bmb-stream: warning: no manifest.json beside"
+
+
 def run(args, capsys, code: int) -> str:
-    """Run the CLI in this process (an escaping exception fails the test); the first line of stderr,
-    its only one for exit code 2 (75 adds how to resume)."""
+    """Run the CLI in this process (an escaping exception fails the test) with TINY, expecting exit
+    `code`: its error line (tests.helpers.error_line), or "" for exit 0, which prints nothing on stderr.
+    The warning that no manifest.json is beside the shards is left out."""
     assert main([*TINY, *args]) == code
-    err = "\n".join(line for line in capsys.readouterr().err.splitlines()
-                    if not line.startswith("bmb-stream: warning: no manifest.json beside")).strip()
-    assert "Traceback" not in err and (len(err.splitlines()) == 1 if code == 2 else code or not err), err
-    return err.splitlines()[0] if err else err
+    if code:
+        return error_line(capsys, code, ignore=(NO_MANIFEST,))
+    err = capsys.readouterr().err
+    assert not [line for line in err.splitlines() if line.strip() and not line.startswith(NO_MANIFEST)], err
+    return ""
 
 
 def sets_of(folder) -> list[str]:
@@ -112,7 +127,7 @@ def test_a_folder_means_its_stream_shards_never_its_seed_or_test_set(tmp_path, c
 def test_an_s3_folder_means_its_stream_shards_and_a_key_prefix_every_tar(monkeypatch):
     keys = ["x/labeled-000000.tar", "x/stream-000000.tar", "x/stream-000001.tar", "x/test-000000.tar", "x/sub/a.tar"]
     objects = [f"s3://b/{k}" for k in keys]
-    monkeypatch.setattr(stream_module, "list_objects",
+    monkeypatch.setattr(urls_module, "list_objects",
                         lambda prefix, suffix=".tar": [o for o in objects if o.startswith(prefix)])
     monkeypatch.setattr(manifest_module, "read_bytes", lambda url: None)  # no manifest in the bucket
     shards = ["s3://b/x/stream-000000.tar", "s3://b/x/stream-000001.tar"]
@@ -166,7 +181,7 @@ def test_a_decompression_bomb_names_its_shard_and_sample(tmp_path, capsys):
 
 
 def test_an_oversized_member_is_not_read(tmp_path, monkeypatch):
-    monkeypatch.setattr(stream_module, "MAX_MEMBER_BYTES", 10_000)
+    monkeypatch.setattr(reading_module, "MAX_MEMBER_BYTES", 10_000)
     write_tar(tmp_path / "a.tar", samples("a", 2, huge={"png": png(0, 200) + b"\0" * 20_000, "gt.cls": b"0"}))
     with pytest.raises(ShardError, match=rf"sample abad-huge in {tmp_path}/a.tar: its png member is 2\d,\d\d\d bytes, "
                                          r"over the limit of 0 MB per member \(MAX_MEMBER_BYTES\)"):
@@ -470,7 +485,7 @@ def test_classes_missing_from_the_seed_or_test_set_are_a_warning(tmp_path, capsy
 def test_every_rank_reads_the_whole_seed_and_test_sets(tmp_path, monkeypatch):
     """Under torchrun (RANK / WORLD_SIZE set) the stream's shards are split across ranks, but the
     labeled seed set and the test set are read whole by each rank."""
-    from bmb_stream.data.stream import read_labeled_shards
+    from bmb_stream.shards.reading import read_labeled_shards
 
     urls = []
     for n in range(2):

@@ -10,14 +10,14 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from bmb_stream.atomic import WriteFailed
 from bmb_stream.cli import main
+from bmb_stream.errors import WriteFailed
+from tests.helpers import error_line, wait_for
 from tests.test_sources import write_idx
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,14 +49,6 @@ def shards_args(root, out, *extra):
 
 
 COMMANDS = {"simulate": simulate_args, "shards": shards_args}
-
-
-def error_line(capsys) -> str:
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out + err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def snapshot(folder: Path) -> dict:
@@ -130,7 +122,7 @@ def test_a_failed_overwrite_keeps_the_earlier_output_whole(fmnist, tmp_path, cap
     assert main(COMMANDS[command](fmnist, out)) == 0
     (out / "notes.txt").write_text("mine")
     before = snapshot(tmp_path)
-    module = sys.modules["bmb_stream.data.simulate" if command == "simulate" else "bmb_stream.data.export"]
+    module = sys.modules["bmb_stream.simulation.simulate" if command == "simulate" else "bmb_stream.shards.export"]
     write_set = module.write_set
 
     def failing(folder, prefix, *args, **kwargs):  # the test set, the last shards written
@@ -143,7 +135,7 @@ def test_a_failed_overwrite_keeps_the_earlier_output_whole(fmnist, tmp_path, cap
     monkeypatch.setattr(module, "write_set", failing)
     capsys.readouterr()
     assert main(COMMANDS[command](fmnist, out, "seed=1", "overwrite=true")) == code
-    line = error_line(capsys)
+    line = error_line(capsys, code)
     if fault == "full disk":
         assert line == (f"bmb-stream {command}: error: could not write {out / 'test-000000.tar'}: no space left on "
                         f"the device ({out} is as it was): free some space or choose another out=, then run it again")
@@ -200,7 +192,7 @@ def test_an_output_left_incomplete_in_a_folder_is_replaced_by_the_retry(fmnist, 
 
 
 def test_an_upload_cut_before_its_manifest_is_replaced_by_the_retry(fmnist, s3_env, monkeypatch, capsys):
-    from bmb_stream.data.upload import Uploader
+    from bmb_stream.storage.upload import Uploader
 
     put_now = Uploader.put_now
 
@@ -228,11 +220,10 @@ def long_stream(root, out):
     return simulate_args(root, out, "shards=400", "samples_per_shard=200", "on_exhausted=reuse")
 
 
-def wait_for_the_first_shard(folder: Path, running) -> None:
-    deadline = time.monotonic() + 120
-    while not list(folder.rglob("stream-000000.tar")):
-        assert running() and time.monotonic() < deadline
-        time.sleep(0.02)
+def first_shard_in(folder: Path):
+    def first_shard_written() -> bool:
+        return bool(list(folder.rglob("stream-000000.tar")))
+    return first_shard_written
 
 
 def test_ctrl_c_while_writing_leaves_nothing_behind(fmnist, tmp_path, capsys):
@@ -240,7 +231,7 @@ def test_ctrl_c_while_writing_leaves_nothing_behind(fmnist, tmp_path, capsys):
     done = threading.Event()
 
     def interrupt():
-        wait_for_the_first_shard(tmp_path, lambda: not done.is_set())
+        wait_for(first_shard_in(tmp_path), lambda: not done.is_set())
         os.kill(os.getpid(), signal.SIGINT)
 
     thread = threading.Thread(target=interrupt, daemon=True)
@@ -250,7 +241,7 @@ def test_ctrl_c_while_writing_leaves_nothing_behind(fmnist, tmp_path, capsys):
     finally:
         done.set()
         thread.join()
-    assert error_line(capsys) == "bmb-stream: interrupted"
+    assert error_line(capsys, 130) == "bmb-stream: interrupted"
     assert list(tmp_path.iterdir()) == []
 
 
@@ -258,7 +249,7 @@ def test_a_killed_simulate_leaves_nothing_in_the_way_of_the_retry(fmnist, tmp_pa
     out = tmp_path / "stream"
     proc = subprocess.Popen([sys.executable, "-m", "bmb_stream", *long_stream(fmnist, out)], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_for_the_first_shard(tmp_path, lambda: proc.poll() is None)
+    wait_for(first_shard_in(tmp_path), proc)
     proc.kill()
     proc.wait(timeout=60)
     assert [p.name for p in tmp_path.iterdir()] == [f".stream.partial-{platform.node()}-{proc.pid}"]

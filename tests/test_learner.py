@@ -69,7 +69,7 @@ def test_weights_off_and_labeled_source_switches():
     assert Learner(tiny_cfg("method.bank.enabled=false"), 10, LABELED, torch.device("cpu")).algorithm.bank is None
 
 
-def test_reference_weight_decay_shrinks_the_online_weights():
+def test_reference_weight_decay_shrinks_the_raw_weights():
     torch.manual_seed(0)
     learner = Learner(tiny_cfg("optim.lr=1e-12", "optim.wd_shrink=1000"), 10, LABELED, torch.device("cpu"))
     before = learner.model.head_std.weight.detach().clone()

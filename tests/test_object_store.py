@@ -14,10 +14,11 @@ import torch
 from botocore.exceptions import ClientError
 
 from bmb_stream.cli import main
-from bmb_stream.data.errors import ShardError, StorageUnavailable
-from bmb_stream.data.object_store import S3Reader, S3Settings, use_storage
-from bmb_stream.data.storage_retry import RetryPolicy
-from bmb_stream.data.stream import expand_urls, shard_samples
+from bmb_stream.errors import ShardError, StorageUnavailable
+from bmb_stream.shards.reading import shard_samples
+from bmb_stream.shards.urls import expand_urls
+from bmb_stream.storage.object_store import S3Reader, S3Settings, use_storage
+from bmb_stream.storage.retry import RetryPolicy
 from tests.stream_helpers import SMALL_STREAM, metrics, stream_args
 from tests.test_sources import write_idx
 

@@ -10,9 +10,11 @@ import pytest
 from PIL import Image
 
 from bmb_stream.cli import main
-from bmb_stream.data.priors import long_tail, shard_priors
-from bmb_stream.data.simulate import StreamError, load_recipe, simulate
-from bmb_stream.data.splits import long_tailed_counts
+from bmb_stream.datasets.splits import long_tailed_counts
+from bmb_stream.errors import ConfigError
+from bmb_stream.simulation.priors import long_tail, shard_priors
+from bmb_stream.simulation.recipes import load_recipe
+from bmb_stream.simulation.simulate import simulate
 from tests.test_sources import write_idx
 
 PER_CLASS_TRAIN, PER_CLASS_TEST = 300, 20
@@ -135,14 +137,14 @@ def test_exhausted_source_stops_or_reuses_as_told(tiny_fmnist, tmp_path):
 
 
 def test_bad_recipes_are_one_line_errors(tiny_fmnist, tmp_path):
-    with pytest.raises(StreamError, match="unknown prior schedule 'zigzag'"):
+    with pytest.raises(ConfigError, match="unknown prior schedule 'zigzag'"):
         simulate(*recipe("fmnist_lt_stationary", tiny_fmnist, "prior.schedule=zigzag"), tmp_path / "x", progress=False)
-    with pytest.raises(StreamError, match="positive sum"):
+    with pytest.raises(ConfigError, match="positive sum"):
         simulate(*recipe("fmnist_lt_stationary", tiny_fmnist, "prior.schedule=custom", "prior.weights=[0,0,0,0,0,0,0,0,0,0]"),
                  tmp_path / "x", progress=False)
-    with pytest.raises(StreamError, match="not found; shipped recipes"):
+    with pytest.raises(ConfigError, match="not found; shipped recipes"):
         load_recipe("no_such_recipe")
-    with pytest.raises(StreamError, match="nonexistent_key"):
+    with pytest.raises(ConfigError, match="nonexistent_key"):
         load_recipe("fmnist_lt_stationary", ["nonexistent_key=1"])
 
 
@@ -150,7 +152,7 @@ def test_a_different_stream_is_never_overwritten_silently(tiny_fmnist, tmp_path)
     out = tmp_path / "s"
     simulate(*recipe("fmnist_lt_stationary", tiny_fmnist), out, progress=False)
     before = digests(out)
-    with pytest.raises(StreamError, match="already holds a different stream"):
+    with pytest.raises(ConfigError, match="already holds a different stream"):
         simulate(*recipe("fmnist_lt_drift", tiny_fmnist), out, progress=False)
     assert digests(out) == before
     again = simulate(*recipe("fmnist_lt_stationary", tiny_fmnist), out, progress=False)  # the same: kept
@@ -159,7 +161,7 @@ def test_a_different_stream_is_never_overwritten_silently(tiny_fmnist, tmp_path)
     assert json.loads((out / "manifest.json").read_text())["recipe_name"] == "fmnist_lt_drift"
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
-    with pytest.raises(StreamError, match="not empty"):
+    with pytest.raises(ConfigError, match="not empty"):
         simulate(*recipe("fmnist_lt_drift", tiny_fmnist), tmp_path / "other", progress=False)
 
 
@@ -206,8 +208,8 @@ def test_shards_command_deals_equal_shards_in_a_multiple_of_shard_multiple(tiny_
 def test_shorter_side_stores_large_images_downscaled_and_keeps_small_ones(tmp_path):
     import torch
 
-    from bmb_stream.data.shards import encode_image
-    from bmb_stream.data.sources import ImagePool
+    from bmb_stream.datasets.sources import ImagePool
+    from bmb_stream.shards.writing import encode_image
 
     rng = np.random.default_rng(0)
     files = []

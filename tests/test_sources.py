@@ -7,11 +7,12 @@ import struct
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 
-from bmb_stream.data import sources
-from bmb_stream.data.datasets import build_split
-from omegaconf import OmegaConf
+from bmb_stream.config_schema import CifarDataset, CountsDataset
+from bmb_stream.datasets import sources
+from bmb_stream.datasets.build import build_split
 
 
 def write_idx(path, array):
@@ -61,7 +62,7 @@ def test_cifar10_folder_layout_and_split(tmp_path):
     write_cifar10(tmp_path)
     train, test = sources.load_cifar(str(tmp_path), 10)
     assert train.images.shape == (600, 3, 32, 32) and len(test) == 50
-    cfg = OmegaConf.create({"source": "cifar10", "root": str(tmp_path), "num_classes": 10, "image_size": 32,
+    cfg = OmegaConf.merge(OmegaConf.structured(CifarDataset), {"source": "cifar10", "root": str(tmp_path), "num_classes": 10, "image_size": 32,
                             "n1": 20, "m1": 30, "gamma_l": 10, "gamma_u": 10, "labeled_ratio": None,
                             "split_shuffle": True, "mean": [0.5] * 3, "std": [0.25] * 3})
     split = build_split(cfg, seed=0)
@@ -89,7 +90,7 @@ def test_image_folder_source(tmp_path):
         write_images(tmp_path / split / "cat", n, (200, 10, 10))
         write_images(tmp_path / split / "dog", n // 3, (10, 10, 200))
     (tmp_path / "train" / "cat" / "notes.txt").write_text("not an image")
-    cfg = OmegaConf.create({"source": "imagefolder", "root": str(tmp_path), "num_classes": 2, "image_size": 32,
+    cfg = OmegaConf.merge(OmegaConf.structured(CountsDataset), {"source": "imagefolder", "root": str(tmp_path), "num_classes": 2, "image_size": 32,
                             "n1": 4, "m1": 4, "gamma_l": 2, "gamma_u": 2, "labeled_ratio": None,
                             "split_shuffle": True, "mean": [0.5] * 3, "std": [0.25] * 3})
     split = build_split(cfg)
@@ -105,7 +106,7 @@ def test_corrupt_image_names_the_file(tmp_path):
     write_images(tmp_path / "train" / "b", 4, (0, 0, 0))
     write_images(tmp_path / "test" / "b", 1, (0, 0, 0))
     (tmp_path / "test" / "a" / "0.png").write_bytes(b"\x89PNG broken")
-    cfg = OmegaConf.create({"source": "imagefolder", "root": str(tmp_path), "num_classes": 2, "image_size": 32,
+    cfg = OmegaConf.merge(OmegaConf.structured(CountsDataset), {"source": "imagefolder", "root": str(tmp_path), "num_classes": 2, "image_size": 32,
                             "n1": 2, "m1": 1, "gamma_l": 1, "gamma_u": 1, "labeled_ratio": None,
                             "mean": [0.5] * 3, "std": [0.25] * 3})
     with pytest.raises(ValueError, match="0.png"):  # found when the split is built

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from bmb_stream.data.splits import long_tailed_counts, split_by_counts, split_by_ratio
+from bmb_stream.datasets.splits import long_tailed_counts, split_by_counts, split_by_ratio
 
 
 def test_cifar10_gamma100_counts():

@@ -12,7 +12,9 @@ import numpy as np
 import torch
 
 from bmb_stream.cli import main
-from bmb_stream.data.simulate import load_recipe, simulate
+from bmb_stream.simulation.recipes import load_recipe
+from bmb_stream.simulation.simulate import simulate
+from tests.helpers import wait_for
 from tests.stream_helpers import FAST, metrics, png, stream_args, write_tar
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,14 +55,6 @@ def test_state_carries_over_between_experiences(reference_run):
 def run_cli(args, **kw):
     return subprocess.Popen([sys.executable, "-m", "bmb_stream", *args], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, **kw)
-
-
-def wait_for(path: Path, proc, timeout=300):
-    start = time.time()
-    while not path.exists():
-        assert proc.poll() is None, proc.stdout.read()
-        assert time.time() - start < timeout
-        time.sleep(0.05)
 
 
 def final_bank(run_dir):
@@ -211,8 +205,8 @@ def test_http_urls_read_the_same_samples_and_manifest_as_local_files(fmnist_stre
 
     from bmb_stream.cli import parse_args
     from bmb_stream.config import compose
-    from bmb_stream.data.stream import shard_samples
-    from bmb_stream.data.stream_source import prepare_stream
+    from bmb_stream.engine.stream_source import prepare_stream
+    from bmb_stream.shards.reading import shard_samples
 
     class QuietHandler(SimpleHTTPRequestHandler):
         def log_message(self, *args):

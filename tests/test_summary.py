@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bmb_stream.evaluation.summary import SCALARS, STATISTICS, summarize
+from bmb_stream.config_schema import STATISTICS
+from bmb_stream.evaluation.summary import SCALARS, summarize
 
 
 def record(step, balanced, per_class, raw=None, top1=None, many=None, medium=None, few=None, **extra) -> dict:

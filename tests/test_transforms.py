@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from bmb_stream.data import randaugment as ra
-from bmb_stream.data.randaugment import OPS_BY_NAME, REFERENCE_OPS, ReferenceRandAugment, cutout_at
-from bmb_stream.data.transforms import Cutout, DeviceNormalize, build_views
+from bmb_stream.datasets import randaugment as ra
+from bmb_stream.datasets.randaugment import OPS_BY_NAME, REFERENCE_OPS, ReferenceRandAugment, cutout_at
+from bmb_stream.datasets.transforms import Cutout, DeviceNormalize, build_views
 
 M = 4
 MEAN, STD = [0.4914, 0.4822, 0.4465], [0.2471, 0.2435, 0.2616]

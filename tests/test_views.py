@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bmb_stream.data.transforms import Cutout, DeviceNormalize, MultiView, build_views, mean_fill
+from bmb_stream.datasets.transforms import Cutout, DeviceNormalize, MultiView, build_views, mean_fill
 
 MEAN, STD = [0.4914, 0.4822, 0.4465], [0.2471, 0.2435, 0.2616]
 COLOUR = (200, 30, 90)

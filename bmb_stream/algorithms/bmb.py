@@ -12,10 +12,10 @@ from typing import Callable
 
 import torch
 
+from bmb_stream import distributed
 from bmb_stream.algorithms.base import Batch, StepOutput, active, forward_all, on_host
 from bmb_stream.algorithms.fixmatch import FixMatch, FixMatchConfig, fixmatch_losses
 from bmb_stream.config_checks import NON_NEGATIVE, POSITIVE, choice, integer, key, number
-from bmb_stream.engine import distributed
 from bmb_stream.method.bank import MemoryBank
 from bmb_stream.method.losses import labeled_loss, pseudo_labels, soft_pseudo_label_loss
 from bmb_stream.method.weights import COUNT_RULES, ESTIMATE_KINDS, PseudoLabelEstimate, class_weights

@@ -5,7 +5,7 @@ logits on an image without any pattern, b = g(I) (I: every entry 1.0 in the norm
 a light grey), and subtracted from the logits
 
 - in training, from the weak view's logits before the pseudo-labels are made (after `debias_start`
-  of the run; b is measured at every step, online weights, train mode, a forward pass of its own):
+  of the run; b is measured at every step, raw weights, train mode, a forward pass of its own):
 
       q_b = softmax(g(weak u_b) - b);  L_u = 1/(2 mu B) sum_b sum_{k=1,2} [max q_b >= tau] H(q_b, g(strong_k u_b))
 
@@ -63,7 +63,7 @@ def refined_pseudo_labels(weak_logits: torch.Tensor, bias: torch.Tensor | None, 
 
 @torch.no_grad()
 def training_bias(classifier, like: torch.Tensor, batch_norm: str, value: float = 1.0) -> torch.Tensor:
-    """b with the online weights: in train mode, a batch of one whose batch-norm statistics count (and
+    """b with the raw weights: in train mode, a batch of one whose batch-norm statistics count (and
     update the running ones), or in eval mode with the running statistics."""
     classifier.train(batch_norm == "batch")
     try:

@@ -8,15 +8,12 @@ from pathlib import Path
 
 import torch
 
-from bmb_stream.atomic import WriteFailed, atomic_write
+from bmb_stream.errors import CheckpointError, WriteFailed
+from bmb_stream.storage.atomic import atomic_write
 
 # the layout of a run's checkpoint: {"format", "learner", "history", "config", what the mode adds}; a
 # checkpoint without "format" is of layout 1 (the key came after it)
 CHECKPOINT_FORMAT = 1
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint (or another file of the run directory) cannot be written or read; the message names it."""
 
 
 def save_atomic(state: dict, path: str | Path) -> None:

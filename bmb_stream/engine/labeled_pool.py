@@ -44,7 +44,7 @@ class LabeledPool:
         return np.bincount(np.asarray(self.labels, dtype=np.int64), minlength=self.num_classes).tolist()
 
     # the checkpoint's "labeled_pool" entry: plain lists and the generator's state, no class reference,
-    # so checkpoints written before the pool left data/stream.py load unchanged
+    # so checkpoints written before the pool left the shard reader load unchanged
     def state_dict(self) -> dict:
         return {"images": list(self.images), "labels": list(self.labels), "generator": self.generator.get_state()}
 

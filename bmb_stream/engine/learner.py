@@ -11,17 +11,14 @@ from contextlib import nullcontext
 import torch
 from omegaconf import OmegaConf
 
-from bmb_stream.config_schema import OPTIMIZERS, SCHEDULES
-from bmb_stream.data.transforms import DeviceNormalize
-from bmb_stream.engine import distributed
-from bmb_stream.engine.ema import ModelEMA
+from bmb_stream import distributed
 from bmb_stream.algorithms import Batch, Setup, build_algorithm
+from bmb_stream.config_schema import OPTIMIZERS, SCHEDULES
+from bmb_stream.datasets.transforms import DeviceNormalize
+from bmb_stream.engine.ema import ModelEMA
+from bmb_stream.errors import TrainingDiverged
 from bmb_stream.models import build_model
 from bmb_stream.models.heads import Predictor
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss or the weights became NaN or infinite; the message says when and what to change."""
 
 
 def lr_factor(step: int, total_steps: int, schedule: str) -> float:
@@ -66,7 +63,7 @@ class Learner:
         self.device = device
         self.num_classes = num_classes
         model_options = {k: v for k, v in OmegaConf.to_container(cfg.model).items() if k != "name"}
-        channels_last = cfg.train.get("channels_last", False)  # configs older than the keys: off
+        channels_last = cfg.train.channels_last
         self.model = build_model(cfg.model.name, num_classes, **model_options).to(device)
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -75,7 +72,7 @@ class Learner:
         # what a step trains through; in a data-parallel run it starts every rank from rank 0's weights
         self.parallel_model = distributed.data_parallel(self.model, device)
         self.ema = ModelEMA(self.model, cfg.train.ema_decay, cfg.train.ema_warmup) if cfg.train.ema_decay > 0 else None
-        if cfg.train.get("compile", False):  # after the EMA copy, which stays eager; parameter names are unchanged
+        if cfg.train.compile:  # after the EMA copy, which stays eager; parameter names are unchanged
             self.model.backbone.compile()
         self.optimizer = build_optimizer(cfg.optim, self.model.parameters())
         total = cfg.train.steps if total_steps is None else total_steps
@@ -163,7 +160,7 @@ class Learner:
         rule (and without it, where it has one)."""
         return Predictor(self.ema.module if self.ema is not None else self.model, self.algorithm.test_logits, self.input)
 
-    def online_model(self) -> Predictor:
+    def raw_model(self) -> Predictor:
         return Predictor(self.model, self.algorithm.test_logits, self.input)
 
     # --- persistence -------------------------------------------------------------------------

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import time
 
-from bmb_stream.data import build_split
-from bmb_stream.engine import distributed
+from bmb_stream import distributed
+from bmb_stream.algorithms import Batch
+from bmb_stream.datasets import build_split
+from bmb_stream.engine.batches import endless_batches
 from bmb_stream.engine.learner import Learner
 from bmb_stream.engine.run import Run
-from bmb_stream.engine.runtime import WORKER_DEATH, StopFlag, endless_batches
+from bmb_stream.engine.stops import WORKER_DEATH, StopFlag
 from bmb_stream.evaluation.evaluator import Evaluator
 from bmb_stream.evaluation.monitor import StreamMonitor
-from bmb_stream.algorithms import Batch
 
 
 class OfflineRun(Run):
@@ -61,7 +62,7 @@ class OfflineRun(Run):
                 self.monitor.reset_counts()  # precision and recall over each evaluation period
                 if record is not None:  # rank 0
                     self.bar.write(f"step {learner.step}: balanced acc {record['balanced_acc']:.4f} "
-                                   f"(online weights {record['raw_balanced_acc']:.4f})")
+                                   f"(raw weights {record['raw_balanced_acc']:.4f})")
                 self.save_checkpoint()
         if stop.should_stop():  # a signal (on any rank) during the last step, or a loader ended by one
             self.save_checkpoint()

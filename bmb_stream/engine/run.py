@@ -16,19 +16,20 @@ import time
 from typing import Callable
 
 import torch
+from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from omegaconf import OmegaConf
-
-from bmb_stream.config import ConfigError, redacted
-from bmb_stream.engine import distributed
-from bmb_stream.engine.checkpoint import CHECKPOINT_FORMAT, CheckpointError, check_layout, load_checkpoint, save_atomic
+from bmb_stream import distributed
+from bmb_stream.distributed import resolve_device
+from bmb_stream.engine.checkpoint import CHECKPOINT_FORMAT, check_layout, load_checkpoint, save_atomic
 from bmb_stream.engine.learner import Learner
 from bmb_stream.engine.run_dir import RunDir
-from bmb_stream.engine.runtime import StopFlag, resolve_device
+from bmb_stream.engine.stops import StopFlag
+from bmb_stream.errors import CheckpointError, ConfigError
 from bmb_stream.evaluation.evaluator import Evaluator
 from bmb_stream.evaluation.plots import write_plots
 from bmb_stream.evaluation.summary import summarize
+from bmb_stream.redaction import redacted
 
 
 class Run(abc.ABC):
@@ -169,14 +170,14 @@ class Run(abc.ABC):
         return self.train_images / max(self.train_time, 1e-9)
 
     def evaluate(self, before: dict | None = None, after: dict | None = None, **kw) -> dict | None:
-        """Evaluate the EMA model and the online weights; append the record to the history and eval.jsonl.
+        """Evaluate the EMA model and the raw weights; append the record to the history and eval.jsonl.
         In a data-parallel run each rank evaluates its part of the test set and gets the whole set's
         numbers; rank 0 writes them and gets the record to report, the others get None."""
         learner = self.learner
         learner.check_finite(weights=True)
         was_training = learner.model.training
-        online = learner.online_model() if learner.ema is not None else None
-        results = self.evaluator.evaluate(learner.evaluated_model(), online, step=learner.step, **kw)
+        raw = learner.raw_model() if learner.ema is not None else None
+        results = self.evaluator.evaluate(learner.evaluated_model(), raw, step=learner.step, **kw)
         learner.model.train(was_training)
         record = {**(before or {}), "step": learner.step, "samples_seen": learner.samples_seen, **results,
                   **learner.algorithm.record(), **(after or {}), "wall_s": time.time() - self.start_wall}
@@ -190,7 +191,7 @@ class Run(abc.ABC):
         statistic = cfg.eval.headline
         summary = {
             "mode": cfg.mode, "method": cfg.method.name, "dataset": cfg.dataset.name, "model": cfg.model.name,
-            "experiment": cfg.get("experiment_name"), "seed": self.seed, "steps": learner.step,
+            "experiment": cfg.experiment_name, "seed": self.seed, "steps": learner.step,
             "samples_seen": learner.samples_seen, "wall_s": time.time() - self.start_wall,
             "train_images_per_s": self.images_per_s(), "device": str(learner.device), **stats,
             "headline": {"statistic": statistic, "balanced_acc": stats[statistic]["balanced_acc"]},

@@ -11,10 +11,11 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from bmb_stream.atomic import WriteFailed, write_failure, write_text
-from bmb_stream.config import ConfigError, redacted
-from bmb_stream.engine.checkpoint import CheckpointError, check_layout, load_checkpoint
-from bmb_stream.locks import FolderBusy, FolderLock
+from bmb_stream.engine.checkpoint import check_layout, load_checkpoint
+from bmb_stream.errors import CheckpointError, ConfigError, FolderBusy, WriteFailed, first_line
+from bmb_stream.redaction import redacted
+from bmb_stream.storage.atomic import write_failure, write_text
+from bmb_stream.storage.locks import FolderLock
 
 # What may change when a run is resumed: how it runs, how long, what is logged; never what it learns from
 # or how. Prefixes end with a dot.
@@ -79,7 +80,7 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 # keys added to the schema after runs began to be written: a stored configuration may lack them (a key
 # added to the schema goes here, so that runs begun before it resume)
 KEYS_ADDED_LATER = ("run.allow_nonempty", "train.channels_last", "train.compile", "train.amp", "method.bank.count_rule",
-                    "method.weights.count_rule", "method.bank.labeled", "optim.wd_shrink")
+                    "method.weights.count_rule", "method.bank.labeled", "optim.wd_shrink", "dataset.ratio_rounding")
 
 
 def missing_keys(stored: dict, cfg) -> list[str]:
@@ -219,7 +220,7 @@ class RunDir:
         try:
             stored = OmegaConf.to_container(OmegaConf.load(self.path / "config.yaml"))
         except Exception as e:  # noqa: BLE001 - a hand-edited or truncated file
-            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            reason = first_line(e)
             raise ConfigError(f"resume=true: {self.path / 'config.yaml'} cannot be read ({reason}); restore it, or "
                               f"start another run.dir") from None
         if self.resume_state is None:  # no checkpoint: the run starts from the beginning, whatever was stored

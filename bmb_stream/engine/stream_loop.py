@@ -13,161 +13,43 @@ a server that stalls may block for as long as the storage's timeouts and retries
 
 from __future__ import annotations
 
-import math
-import signal
-import threading
 import time
 from collections import Counter
-from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import numpy as np
 import psutil
 import torch
-import webdataset as wds
 
-from bmb_stream.config import ConfigError
-from bmb_stream.data.errors import ShardError, StorageUnavailable
-from bmb_stream.data.stream import (EncodedImages, ShardErrorHandler, fail_on_error, handler_for,
-                                    make_unlabeled_batches)
-from bmb_stream.data.stream_source import StreamSource, prepare_stream
-from bmb_stream.data.transforms import build_views
-from bmb_stream.engine import distributed
+from bmb_stream import distributed
+from bmb_stream.algorithms import Batch
+from bmb_stream.datasets.transforms import build_views
+from bmb_stream.distributed import rank_share
+from bmb_stream.engine.batches import derived_seed, endless_batches, experience_batches, stream_steps
 from bmb_stream.engine.labeled_pool import LabeledPool
 from bmb_stream.engine.learner import Learner
 from bmb_stream.engine.run import Run
-from bmb_stream.engine.runtime import WORKER_DEATH, StopFlag, endless_batches, ignore_interrupts
+from bmb_stream.engine.skipped_shards import SkippedShards
+from bmb_stream.engine.stops import WORKER_DEATH, ReadInterrupted, StopFlag
+from bmb_stream.engine.stream_source import prepare_stream
+from bmb_stream.errors import ConfigError, ShardError, StorageUnavailable
 from bmb_stream.evaluation.evaluator import Evaluator
 from bmb_stream.evaluation.monitor import StreamMonitor
-from bmb_stream.algorithms import Batch
 from bmb_stream.redaction import redact_text
+from bmb_stream.shards.reading import EncodedImages, handler_for
 
 
-class ReadInterrupted(BaseException):
-    """A stop signal came while the loop waited for a batch. A BaseException, as KeyboardInterrupt is:
-    no `except Exception` on the way (the storage's retries, the shard error policy) may swallow it."""
+@dataclass
+class ExperienceProgress:
+    """What one rank read of an experience, handed from training it to what comes after it."""
 
-
-@contextmanager
-def interruptible_wait():
-    """SIGINT and SIGTERM, while the loop waits for data, run the handler in place (the run's StopFlag
-    notes the stop) and then raise ReadInterrupted, which ends a read blocked on the storage. Outside
-    the wait a stop takes effect after the step, as always. Only where a Python handler is in place
-    (a run's), and only in the main thread, where signals are handled."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    handlers = {sig: handler for sig, handler in handlers.items() if callable(handler)}
-    waiting = [True]  # False from the moment the wait ends: a signal then only notes the stop
-
-    def interrupt(signum, frame):
-        handlers[signum](signum, frame)
-        if waiting[0]:
-            raise ReadInterrupted
-
-    for sig in handlers:
-        signal.signal(sig, interrupt)
-    try:
-        yield
-    finally:
-        waiting[0] = False
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
-
-
-def derived_seed(seed: int, experience: int, purpose: int) -> int:
-    """A seed for one purpose in one experience, independent of everything that came before."""
-    return int(np.random.SeedSequence([seed, experience, purpose]).generate_state(1)[0])
-
-
-def experience_batches(shards: list[str], views, batch_size: int, workers: int, passes: int, seed: int, k: int,
-                       handler: ShardErrorHandler = fail_on_error, num_classes: int | None = None,
-                       pin_memory: bool = False, test_samples: dict | None = None):
-    """The unlabeled batches of experience k: `passes` reads of its shards, each with its own seeds;
-    each batch says its pass. A shard or sample that cannot be read goes to `handler`. A replay (a
-    mid-experience resume) reads every shard again, skipped ones included: see SkippedShards.
-    `pin_memory`: the images come in page-locked memory (for a non-blocking copy to a GPU)."""
-    for p in range(passes):
-        # the pipeline splits the shards across the ranks (every world-th) and then across the workers
-        batches = make_unlabeled_batches(shards, views, batch_size, handler, num_classes=num_classes,
-                                         test_samples=test_samples)
-        own = torch.Generator().manual_seed(distributed.rank_seed(derived_seed(seed, k, 2 + p)))
-        loader = wds.WebLoader(batches, batch_size=None, num_workers=min(workers, len(rank_share(shards))),
-                               worker_init_fn=ignore_interrupts, generator=own, pin_memory=pin_memory)
-        with interruptible_wait():
-            loaded = iter(loader)
-        while True:
-            with interruptible_wait():
-                batch = next(loaded, None)
-            if batch is None:
-                break
-            batch["pass"] = p
-            yield batch
-
-
-def rank_share(items: list, r: int | None = None) -> list:
-    """Rank r's share of an experience's shards: every world-th one, as WebDataset's split_by_node takes them."""
-    return items[distributed.rank() if r is None else r::distributed.world_size()]
-
-
-def stream_steps(source: StreamSource, batch_size: int, workers: int, passes: int) -> int | None:
-    """Training steps in the whole stream, from the manifest's sample counts (None where a shard's count
-    is unknown): each DataLoader worker reads every `workers`-th shard of its rank's share and batches
-    what it reads, ending on a partial batch; an experience lasts as many steps as its shortest share."""
-    total = 0
-    for shards in source.experiences:
-        sizes = [source.size_of(url) for url in shards]
-        if None in sizes:
-            return None
-        per_rank = []
-        for r in range(distributed.world_size()):
-            share = rank_share(sizes, r)
-            n = max(1, min(workers, len(share)))
-            per_rank.append(sum(math.ceil(sum(share[w::n]) / batch_size) for w in range(n)))
-        total += passes * min(per_rank)
-    return total
-
-
-class SkippedShards:
-    """The shards and samples left out under stream.on_shard_error=skip, each counted once per experience:
-    eval.jsonl gives their number, summary.json lists them (url, pass, cause), and so does the checkpoint.
-
-    A run resumed mid-experience reads every shard of its replayed batches again, skipped ones included:
-    a skipped shard often gave samples before its fault (a bad sample in the middle, a cut-off end), and
-    they were trained on, so passing over it would shift every batch after it. Reading it again meets
-    the same fault at the same place (a skip is a permanent fault of the shard; storage unreachable past
-    its budget is never skipped, it stops the run), so the replayed batches are those of the interrupted
-    run, skip markers included. Those skips are in the checkpoint already: `note` counts none of them,
-    nor the same shards met again after the replayed batches."""
-
-    def __init__(self, entries: list[dict] | None = None):
-        self.entries: list[dict] = list(entries or [])
-        self.in_experience: set[str] = set()  # shards met skipped in the experience under way, recorded or replayed
-
-    def start_experience(self) -> None:
-        self.in_experience = set()
-
-    def note(self, k: int, pass_: int | None, url: str, error: str, replayed: bool = False) -> bool:
-        """A skip reported in pass `pass_` of experience k (None: found short after the experience); True
-        where it is recorded now. A shard met again (another bad sample, a later pass) is not counted again,
-        nor is one in a replayed batch: the checkpoint holds it already."""
-        if url in self.in_experience:
-            return False
-        self.in_experience.add(url)
-        if not replayed:  # stored as printed: a URL's password or signature blanked
-            self.entries.append({"experience": k, "pass": pass_, "url": redact_text(url), "error": redact_text(error)})
-        return not replayed
-
-    def share(self) -> None:
-        """Every rank's entries on every rank, merged in rank order (a rank notes the shards it reads)."""
-        merged, seen = [], set()
-        for entries in distributed.gather_objects(self.entries):
-            for entry in entries:
-                key = (entry["experience"], entry["pass"], entry["url"])
-                if key not in seen:
-                    seen.add(key)
-                    merged.append(entry)
-        self.entries = merged
+    consumed: int = 0  # batches read, replayed ones included
+    position: int = 0  # batches to count as done in a checkpoint: the consumed ones, less one in hand
+    untrained: int = 0  # batches read after another rank's share ended the experience
+    read: Counter = field(default_factory=Counter)  # samples read per shard, checked against the manifest
+    # labeled stream samples met; they join the pool after the experience, so that the labeled set stays
+    # what it was at the experience's start (and a mid-experience resume sees the same)
+    joining: list = field(default_factory=list)
 
 
 class StreamRun(Run):
@@ -264,11 +146,11 @@ class StreamRun(Run):
     def train(self, stop: StopFlag) -> None:
         for k in range(self.position["experience"], len(self.source.experiences)):
             replay = self.position["batches"] if k == self.position["experience"] else 0
-            batches = self.train_experience(k, replay, stop)
+            progress = self.train_experience(k, replay, stop)
             if stop.should_stop():
-                self.checkpoint(k, batches)
+                self.checkpoint(k, progress.position)
                 return
-            self.after_experience(k, batches)
+            self.after_experience(k, progress)
 
     def before_experience(self, k: int, replay: int):
         """Seeds and the labeled set of experience k."""
@@ -281,39 +163,35 @@ class StreamRun(Run):
             self.monitor.reset_counts()
         return labeled_batches
 
-    def trainable_batches(self, k: int, replay: int, labeled_batches):
+    def trainable_batches(self, k: int, replay: int, labeled_batches, progress: ExperienceProgress):
         """This rank's batches of experience k to train on, each with its labeled batch: those after the
         first `replay` (read and augmented again, not trained on: a mid-experience resume), and none that
-        holds only skips. Counts the batches read in `self.consumed`; keeps shards read and labeled samples
-        met for after_experience."""
+        holds only skips. Counts what it reads in `progress`."""
         cfg = self.cfg
         for ub in experience_batches(self.source.experiences[k], self.views["unlabeled"], cfg.train.batch_unlabeled, cfg.stream.num_workers,
                                      cfg.stream.passes, self.seed, k, self.on_shard_error, self.num_classes,
                                      pin_memory=self.device.type == "cuda", test_samples=self.source.test_samples):
-            self.consumed += 1
-            replayed = self.consumed <= replay
+            progress.consumed += 1
+            replayed = progress.consumed <= replay
             self.note_skips(k, ub, replayed=replayed)
             if ub["u_weak"] is None:  # nothing but skips
                 continue
             x_l, y_l = next(labeled_batches)
             if ub["pass"] == 0:  # a labeled stream sample joins the pool once, not once per pass
-                self.joining += ub["labeled_images"]
-            self.read.update(ub["urls"])
+                progress.joining += ub["labeled_images"]
+            progress.read.update(ub["urls"])
             if not replayed:
                 yield ub, x_l, y_l
 
-    def train_experience(self, k: int, replay: int, stop: StopFlag) -> int:
-        """Train on experience k; returns the batches this rank consumed (its position in a checkpoint).
+    def train_experience(self, k: int, replay: int, stop: StopFlag) -> ExperienceProgress:
+        """Train on experience k; returns what this rank read, and its position for a checkpoint.
         The ranks agree before each step: the experience ends for all when one rank's share is done (the
         others read theirs to the end without training on it), and an outage or a stop on one rank stops all."""
         learner = self.learner
         labeled_batches = self.before_experience(k, replay)
-        self.read = Counter()  # samples read per shard, checked against the manifest at the end
-        self.joining = []  # labeled stream samples join the pool at the end of the experience, so that the
-        # labeled set stays what it was at the experience's start (and a mid-experience resume sees the same)
         self.skipped.start_experience()
-        self.consumed, self.untrained_here = 0, 0
-        trainable = self.trainable_batches(k, replay, labeled_batches)
+        progress = ExperienceProgress()
+        trainable = self.trainable_batches(k, replay, labeled_batches, progress)
         while True:
             got, outage, dying = None, None, False
             try:
@@ -327,15 +205,17 @@ class StreamRun(Run):
             except ReadInterrupted:  # a stop while a read was blocked: no batch in hand, none half counted
                 dying = True
             have, outages, dead = distributed.count_ranks(got is not None, outage is not None, dying)
-            trained = max(self.consumed - (got is not None), replay)  # a batch in hand is read, not trained on
+            trained = max(progress.consumed - (got is not None), replay)  # a batch in hand is read, not trained on
             if outages:
                 self.storage_stop(k, trained, outage)
             if dead:
                 stop.agreed = True
-                return trained
+                progress.position = trained
+                return progress
             if have < distributed.world_size():  # a rank's share is done, and so is the experience
-                self.untrained_here = (got is not None) + sum(1 for _ in trainable)
-                return self.consumed
+                progress.untrained = (got is not None) + sum(1 for _ in trainable)
+                progress.position = progress.consumed
+                return progress
             t = time.time()
             ub, x_l, y_l = got
             truth = distributed.gather_rows(torch.where(ub["cls"] >= 0, ub["cls"], ub["gt"]))  # -1: class unknown
@@ -347,7 +227,8 @@ class StreamRun(Run):
                 self.bar.set_postfix({"exp": f"{k + 1}/{len(self.source.experiences)}", "loss": f"{terms['loss']:.3g}",
                                       "img/s": f"{self.images_per_s():.0f}"})
             if stop.should_stop():
-                return self.consumed
+                progress.position = progress.consumed
+                return progress
 
     def storage_stop(self, k: int, trained: int, outage: StorageUnavailable | None) -> None:
         """Storage unreachable past its retry budget (on some rank): keep what was learned in a checkpoint
@@ -364,20 +245,20 @@ class StreamRun(Run):
             if self.skipped.note(k, ub["pass"], url, error, replayed):
                 self.bar.write(f"skipped: {redact_text(error)}")
 
-    def after_experience(self, k: int, batches: int) -> None:
+    def after_experience(self, k: int, progress: ExperienceProgress) -> None:
         """Every shard read in full (or skipped), labeled samples into the pool, evaluation, checkpoint."""
         cfg, source = self.cfg, self.source
         shards = source.experiences[k]
-        if not distributed.any_rank(batches > 0):
+        if not distributed.any_rank(progress.position > 0):
             raise ShardError(f"experience {k} ({', '.join(shards)}) yielded no samples")
-        for url, error in source.short_shards(rank_share(shards), self.read, cfg.stream.passes, self.skipped.in_experience):
+        for url, error in source.short_shards(rank_share(shards), progress.read, cfg.stream.passes, self.skipped.in_experience):
             marker = self.on_shard_error(ShardError(error), url)  # under fail, the error ends the run
             if self.skipped.note(k, None, url, marker["error"]):
                 self.bar.write(f"skipped: {redact_text(error)}")
-        for joined in distributed.gather_objects(self.joining):  # every rank's, in rank order
+        for joined in distributed.gather_objects(progress.joining):  # every rank's, in rank order
             for image, label in joined:
                 self.pool.add(image, label)
-        untrained = int(distributed.sum_all(torch.tensor(self.untrained_here)))
+        untrained = int(distributed.sum_all(torch.tensor(progress.untrained)))
         self.untrained += untrained
         if untrained and distributed.is_main():
             self.bar.write(f"experience {k}: {untrained} batch(es) read but not trained on (the ranks' shares of its "
@@ -400,7 +281,7 @@ class StreamRun(Run):
         self.evaluator.log_scalars({"forgetting": record.get("forgetting"), "bank_purity": record.get("bank_purity")},
                                    self.learner.step)
         purity = record.get("bank_purity")
-        self.bar.write(f"experience {k}: balanced acc {record['balanced_acc']:.4f} (online {record['raw_balanced_acc']:.4f})"
+        self.bar.write(f"experience {k}: balanced acc {record['balanced_acc']:.4f} (raw {record['raw_balanced_acc']:.4f})"
                        + (f", bank purity {purity:.2f}" if purity is not None else ""))
 
     def summary_data(self) -> dict:

@@ -31,7 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from torch.utils.tensorboard import SummaryWriter
 
-from bmb_stream.engine import distributed
+from bmb_stream import distributed
 
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="no QP solver found")
@@ -82,11 +82,8 @@ def read_once(dataset, batch_size: int) -> tuple[torch.Tensor, torch.Tensor] | N
 
 
 def rank_part(dataset):
-    """This rank's contiguous part of `dataset` (the whole of it with one process)."""
-    if distributed.world_size() == 1:
-        return dataset
-    part = np.array_split(np.arange(len(dataset)), distributed.world_size())[distributed.rank()]
-    return Subset(dataset, part.tolist())
+    """This rank's part of `dataset` (the whole of it with one process); the ranks' counts are summed."""
+    return dataset if distributed.world_size() == 1 else Subset(dataset, list(distributed.rank_share(range(len(dataset)))))
 
 
 @contextmanager
@@ -206,18 +203,18 @@ class Evaluator:
         return {"segment_acc": accs, "segment_forgetting": values,
                 "forgetting": float(np.mean(known)) if known else None}
 
-    def evaluate(self, model, online_model=None, trained_segments: list[int] | None = None,
+    def evaluate(self, model, raw_model=None, trained_segments: list[int] | None = None,
                  step: int | None = None) -> dict:
-        """Evaluate `model` (the EMA model where there is one) and `online_model` (the online weights;
+        """Evaluate `model` (the EMA model where there is one) and `raw_model` (the raw weights;
         None: the same model); where `model` also gives its logits without the algorithm's test-time
         rule, they are reported as plain_balanced_acc and plain_top1_acc. `trained_segments` (stream
         mode): the class segments trained so far. `step`: the training step the logs file it under
         (None: the evaluation's index)."""
         if self.log:
             self._open_logs()
-        models = {"model": model} if online_model is None else {"model": model, "online": online_model}
+        models = {"model": model} if raw_model is None else {"model": model, "raw": raw_model}
         results = self.evaluate_models(models)
-        main, raw = results["model"], results.get("online", results["model"])
+        main, raw = results["model"], results.get("raw", results["model"])
         forgetting = (self._forgetting(main["segment_acc"], trained_segments)
                       if self.segments and trained_segments is not None else {})
         per_class = main["per_class_acc"]

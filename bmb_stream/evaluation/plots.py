@@ -11,7 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from bmb_stream.atomic import WriteFailed, atomic_write, write_failure  # noqa: E402
+from bmb_stream.errors import WriteFailed  # noqa: E402
+from bmb_stream.storage.atomic import atomic_write, write_failure  # noqa: E402
 
 
 def save_figure(fig, path: str | Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 
 SCALARS = ("balanced_acc", "raw_balanced_acc", "plain_balanced_acc", "top1_acc", "many_acc", "medium_acc", "few_acc")
-STATISTICS = ("final", "best", "mean_last_20", "median_last_20")
 
 
 def _pick(record: dict) -> dict:

@@ -21,15 +21,16 @@ from pathlib import Path
 
 import numpy as np
 
-from bmb_stream.data.errors import DataError, ShardError, StorageUnavailable
-from bmb_stream.data.manifest import Manifest, read_manifest
-from bmb_stream.data.object_store import S3Settings, read_bytes, use_storage
-from bmb_stream.data.simulate import load_recipe, simulate
-from bmb_stream.data.upload import INCOMPLETE
-from bmb_stream.data.stream import (SampleError, expand_urls, experience_shards, few_of, image_digest,
-                                    labeled_samples, sample_index)
-from bmb_stream.locks import FolderBusy, FolderLock
+from bmb_stream.errors import DataError, FolderBusy, SampleError, ShardError, StorageUnavailable, few_of
 from bmb_stream.redaction import redact_text
+from bmb_stream.shards.manifest import Manifest, read_manifest
+from bmb_stream.shards.reading import image_digest, labeled_samples, sample_index
+from bmb_stream.shards.urls import expand_urls, experience_shards
+from bmb_stream.simulation.recipes import load_recipe
+from bmb_stream.simulation.simulate import simulate
+from bmb_stream.storage.locks import FolderLock
+from bmb_stream.storage.object_store import S3Settings, read_bytes, use_storage
+from bmb_stream.storage.upload import INCOMPLETE
 
 
 @dataclass
@@ -212,7 +213,7 @@ def warn_without_manifest(urls: list[str]) -> None:
 
 def prepare_stream(cfg) -> StreamSource:
     s = cfg.stream
-    use_storage(S3Settings.from_config(cfg.get("storage")))
+    use_storage(S3Settings.from_config(cfg.storage))
     num_classes = cfg.dataset.num_classes
     urls = _simulated(cfg) if s.urls is None else expand_urls(s.urls)  # null: the recipe; given: must name shards
     manifest = _manifest_of(urls, num_classes)

@@ -14,21 +14,13 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from bmb_stream.data.errors import one_line
+from bmb_stream.errors import UnusableImage, one_line
 
 MAX_IMAGE_PIXELS = 64 << 20  # 64 megapixels (8192 x 8192), decoded: about 200 MB of RGB bytes
 # the extensions (in any case) of the shard members read as images, and the formats PIL may decode
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "jpe", "jfif", "webp", "bmp", "gif", "tif", "tiff", "ppm", "pgm", "pbm",
                     "pnm")
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF", "PPM")
-
-
-class UnusableImage(Exception):
-    """`reason` completes "the image ...": "is not an image ...", "is 9000x8000 pixels, over ..."."""
-
-    def __init__(self, reason: str, too_big: bool = False):
-        super().__init__(reason)
-        self.reason, self.too_big = reason, too_big
 
 
 def why(e: BaseException) -> str:

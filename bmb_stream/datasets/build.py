@@ -9,13 +9,14 @@ from typing import Callable
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 from PIL import Image
+from torch.utils.data import Dataset
 
-from bmb_stream.data import sources
-from bmb_stream.data.sources import BadData, ImagePool
-from bmb_stream.data.splits import class_histogram, split_by_counts, split_by_ratio
-from bmb_stream.data.transforms import build_views
+from bmb_stream.datasets import sources
+from bmb_stream.datasets.sources import ImagePool
+from bmb_stream.datasets.splits import class_histogram, split_by_counts, split_by_ratio
+from bmb_stream.datasets.transforms import build_views
+from bmb_stream.errors import BadData
 
 FMNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                   "Ankle boot"]
@@ -93,7 +94,7 @@ def load_pools(cfg) -> tuple[ImagePool, ImagePool, list[str]]:
         names = FMNIST_CLASSES
     elif kind in ("cifar10", "cifar100"):
         train, test = sources.load_cifar(cfg.root, 10 if kind == "cifar10" else 100,  # the source, not the key
-                                         download=cfg.get("download", False))
+                                         download=cfg.download)
     elif kind == "imagefolder":
         train, test, names = sources.load_image_folder(cfg.root)
         if len(names) != cfg.num_classes:
@@ -101,7 +102,7 @@ def load_pools(cfg) -> tuple[ImagePool, ImagePool, list[str]]:
                           f"({', '.join(names[:10])}{', ...' if len(names) > 10 else ''}): "
                           f"set dataset.num_classes={len(names)}")
     elif kind == "imagenet_lt":
-        train, test = sources.load_imagenet_lt(cfg.root, cfg.get("list_dir"), cfg.train_list, cfg.test_list)
+        train, test = sources.load_imagenet_lt(cfg.root, cfg.list_dir, cfg.train_list, cfg.test_list)
     elif kind == "small_imagenet127":
         train, test = sources.load_small_imagenet127(cfg.root, cfg.image_size)
     else:
@@ -113,10 +114,9 @@ def split_indices(cfg, train_targets: np.ndarray, seed: int = 0,
                   class_names: list[str] = ()) -> tuple[np.ndarray, np.ndarray]:
     """Indices of the labeled and unlabeled sets in the train pool, by the config's protocol."""
     num_classes = cfg.num_classes
-    shuffle_seed = seed if cfg.get("split_shuffle", True) else None
-    if cfg.get("labeled_ratio") is not None:
-        return split_by_ratio(train_targets, num_classes, cfg.labeled_ratio,
-                              cfg.get("ratio_rounding", "ceil"), shuffle_seed)
+    shuffle_seed = seed if cfg.split_shuffle else None
+    if cfg.labeled_ratio is not None:
+        return split_by_ratio(train_targets, num_classes, cfg.labeled_ratio, cfg.ratio_rounding, shuffle_seed)
     return split_by_counts(train_targets, num_classes, cfg.n1, cfg.m1, cfg.gamma_l, cfg.gamma_u, shuffle_seed,
                            class_names)
 
@@ -168,7 +168,7 @@ def build_split(cfg, seed: int = 0, check_images: bool = True, progress: bool | 
         s.check_images(progress)
     num_classes = cfg.num_classes
     views = build_views(cfg.image_size, cfg.mean, resize=isinstance(s.train.images, list),
-                        randaugment=cfg.get("randaugment", "torchvision"))
+                        randaugment=cfg.randaugment)
     return SplitData(
         labeled=ImageSubset(s.train, s.labeled, views["weak"]),
         unlabeled=ImageSubset(s.train, s.unlabeled, views["unlabeled"]),

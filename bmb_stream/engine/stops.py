@@ -1,25 +1,13 @@
-"""What both training loops need from the machine: the device, endless shuffled batches, and a
-clean stop on SIGINT/SIGTERM."""
+"""How a run stops: SIGINT/SIGTERM finish the current step, then the loop checkpoints and exits
+cleanly; a wait for data ends at once; DataLoader workers leave Ctrl-C to the main process."""
 
 from __future__ import annotations
 
-import itertools
 import signal
-from collections.abc import Iterator
+import threading
+from contextlib import contextmanager
 
-import torch
-from torch.utils.data import DataLoader, RandomSampler, Sampler
-
-from bmb_stream.config import ConfigError
-from bmb_stream.engine import distributed
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device=cuda: no CUDA device is available here; use device=cpu or device=auto")
-    return torch.device(name)
+from bmb_stream import distributed
 
 
 def ignore_interrupts(worker_id: int = 0) -> None:
@@ -27,38 +15,6 @@ def ignore_interrupts(worker_id: int = 0) -> None:
     which finishes its step and checkpoints. SIGTERM keeps its default: the DataLoader stops its workers
     with it; a worker killed by a SIGTERM sent to the group is expected by the loops (`stopping`)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def endless_batches(dataset, batch_size: int, seed: int, num_workers: int, pin_memory: bool = False) -> Iterator:
-    """Shuffled batches forever: each pass is a new permutation from one seeded generator. In a
-    data-parallel run every rank draws the same permutations and takes every world-th index of them
-    (its own share, as DistributedSampler does, endlessly), and its workers' seeds take the rank.
-    `pin_memory`: batches in page-locked memory (for a non-blocking copy to a GPU)."""
-    world = distributed.world_size()
-    order = torch.Generator().manual_seed(seed)  # the same on every rank
-    sampler = RandomSampler(dataset, num_samples=max(len(dataset), world * batch_size), generator=order)
-    own = order  # one process: one generator for the order and the workers' seeds, as always
-    if world > 1:
-        sampler = RankShare(sampler, distributed.rank(), world)
-        own = torch.Generator().manual_seed(distributed.rank_seed(seed))
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True, num_workers=num_workers,
-                        persistent_workers=num_workers > 0, generator=own, worker_init_fn=ignore_interrupts,
-                        pin_memory=pin_memory)
-    while True:
-        yield from loader
-
-
-class RankShare(Sampler):
-    """Rank r's share of `sampler`'s indices: every world-th one, starting at r."""
-
-    def __init__(self, sampler: Sampler, rank: int, world: int):
-        self.sampler, self.rank, self.world = sampler, rank, world
-
-    def __iter__(self):
-        return itertools.islice(iter(self.sampler), self.rank, None, self.world)
-
-    def __len__(self) -> int:
-        return len(range(self.rank, len(self.sampler), self.world))
 
 
 def _ignore(signum, frame) -> None:
@@ -110,3 +66,36 @@ class StopFlag:
         for sig, handler in self._old.items():
             if sig != signal.SIGCHLD:  # after a stop, loaders still shutting down must not raise either
                 signal.signal(sig, handler)
+
+
+class ReadInterrupted(BaseException):
+    """A stop signal came while the loop waited for a batch. A BaseException, as KeyboardInterrupt is:
+    no `except Exception` on the way (the storage's retries, the shard error policy) may swallow it."""
+
+
+@contextmanager
+def interruptible_wait():
+    """SIGINT and SIGTERM, while the loop waits for data, run the handler in place (the run's StopFlag
+    notes the stop) and then raise ReadInterrupted, which ends a read blocked on the storage. Outside
+    the wait a stop takes effect after the step, as always. Only where a Python handler is in place
+    (a run's), and only in the main thread, where signals are handled."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    handlers = {sig: handler for sig, handler in handlers.items() if callable(handler)}
+    waiting = [True]  # False from the moment the wait ends: a signal then only notes the stop
+
+    def interrupt(signum, frame):
+        handlers[signum](signum, frame)
+        if waiting[0]:
+            raise ReadInterrupted
+
+    for sig in handlers:
+        signal.signal(sig, interrupt)
+    try:
+        yield
+    finally:
+        waiting[0] = False
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)

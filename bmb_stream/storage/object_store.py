@@ -26,8 +26,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bmb_stream.data.errors import ShardError
-from bmb_stream.data.storage_retry import NoSuchObject, RetryPolicy, Stalled, unreachable, with_retries
+from bmb_stream.errors import ShardError
+from bmb_stream.storage.retry import NoSuchObject, RetryPolicy, Stalled, unreachable, with_retries
 
 # the module, not the function of the same name that `webdataset.gopen` resolves to
 gopen_module = importlib.import_module("webdataset.gopen")

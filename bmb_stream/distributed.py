@@ -22,6 +22,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from bmb_stream.errors import ConfigError
+
 # how long a collective waits for a missing rank before the process group fails (torchrun ends the
 # others as soon as one rank exits; this bounds the wait where it cannot)
 TIMEOUT = datetime.timedelta(minutes=10)
@@ -201,3 +203,17 @@ def average_buffers(model: nn.Module) -> None:
     averaged = sum_all(torch.cat([b.flatten() for b in buffers])) / world_size()
     for b, avg in zip(buffers, averaged.split([b.numel() for b in buffers])):
         b.copy_(avg.view_as(b))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda: no CUDA device is available here; use device=cpu or device=auto")
+    return torch.device(name)
+
+
+def rank_share(items, r: int | None = None):
+    """Rank r's share (this rank's by default) of a sequence: every world-th item, starting at r, as
+    WebDataset's split_by_node takes shards and DistributedSampler takes indices."""
+    return items[rank() if r is None else r::world_size()]

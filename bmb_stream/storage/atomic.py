@@ -6,17 +6,14 @@ whose reason says in words why (a full disk first)."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator
 
-
-class WriteFailed(Exception):
-    def __init__(self, path: Path, reason: str):
-        super().__init__(f"could not write {path}: {reason}")
-        self.path, self.reason = path, reason
+from bmb_stream.errors import WriteFailed, first_line
 
 
 def write_failure(path: Path, error: BaseException) -> str:
@@ -24,7 +21,7 @@ def write_failure(path: Path, error: BaseException) -> str:
     free = shutil.disk_usage(path.parent).free if path.parent.exists() else None
     if isinstance(error, OSError) and error.errno == errno.ENOSPC or (free is not None and free < 2**16):
         return "no space left on the device"
-    return (error.strerror if isinstance(error, OSError) and error.strerror else (str(error).strip().splitlines() or [type(error).__name__])[0]) + \
+    return (error.strerror if isinstance(error, OSError) and error.strerror else first_line(error)) + \
         (f" ({free / 2**20:.1f} MiB free)" if free is not None else "")
 
 
@@ -54,3 +51,7 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
 def write_text(path: str | Path, text: str) -> None:
     with atomic_write(path, "w") as f:
         f.write(text)
+
+
+def write_json(path: Path, obj: dict) -> None:
+    write_text(path, json.dumps(obj, indent=1) + "\n")

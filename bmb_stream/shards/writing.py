@@ -23,8 +23,8 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from bmb_stream.atomic import atomic_write
-from bmb_stream.data.sources import ImagePool
+from bmb_stream.datasets.sources import ImagePool
+from bmb_stream.storage.atomic import atomic_write
 
 IMAGE_KEYS = ("png", "jpg", "jpeg", "webp")
 SUFFIX_TO_KEY = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".webp": "webp"}

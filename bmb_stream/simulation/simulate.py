@@ -8,95 +8,20 @@ import os
 from pathlib import Path
 
 import numpy as np
-from omegaconf import OmegaConf
 from tqdm import tqdm
 
 import bmb_stream
-from bmb_stream.atomic import WriteFailed, write_text
-from bmb_stream.data.datasets import load_split
-from bmb_stream.data.priors import shard_priors
-from bmb_stream.data.shards import ShardSample, write_set, write_shard, writer_pool
-from bmb_stream.data.sources import check_image_files
-from bmb_stream.data.upload import INCOMPLETE, ShardDestination
+from bmb_stream.datasets.build import load_split
+from bmb_stream.datasets.sources import check_image_files
+from bmb_stream.errors import ConfigError, WriteFailed
+from bmb_stream.shards.manifest import FORMAT, MANIFEST, PLOT, earlier_output, incomplete, read_our_manifest
+from bmb_stream.shards.writing import ShardSample, write_set, write_shard, writer_pool
+from bmb_stream.simulation.priors import shard_priors
+from bmb_stream.simulation.recipes import check_recipe, dataset_config
+from bmb_stream.storage.atomic import write_json
+from bmb_stream.storage.upload import ShardDestination
 
-MANIFEST = "manifest.json"
-PLOT = "plots/stream_prior.png"
-FORMAT = "bmb-stream-shards/1"
 STREAM_PREFIXES = ("stream-", "labeled-", "test-")
-MAX_SHARDS = 100_000  # the plan holds a prior per shard and class, and every image's index:
-MAX_STREAM_IMAGES = 100_000_000  # bounds that keep it in memory and far above any real stream
-
-
-class StreamError(ValueError):
-    """A recipe or an output folder is wrong; str() is the one-line message for the user."""
-
-
-def recipe_dir() -> Path:
-    return Path(__file__).resolve().parents[2] / "streams"
-
-
-def load_recipe(name_or_path: str, overrides: list[str] = ()) -> tuple[str, dict]:
-    """The recipe's name and its resolved content, with KEY=VALUE overrides applied."""
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = recipe_dir() / f"{name_or_path}.yaml"
-    if not path.exists():
-        known = ", ".join(sorted(p.stem for p in recipe_dir().glob("*.yaml")))
-        raise StreamError(f"recipe {name_or_path!r} not found; shipped recipes: {known}")
-    base = OmegaConf.load(path)
-    OmegaConf.set_struct(base, True)  # a misspelt key is an error, except where keys depend on the choice:
-    for open_key in ("dataset_overrides", "prior"):  # any dataset key, and each schedule's own parameters
-        if open_key in base:
-            OmegaConf.set_struct(base[open_key], False)
-    try:
-        merged = OmegaConf.merge(base, OmegaConf.from_dotlist(list(overrides)))
-        recipe = OmegaConf.to_container(merged, resolve=True, throw_on_missing=True)
-    except Exception as e:  # omegaconf's errors name the key
-        raise StreamError(f"recipe {path.stem}: {(str(e).strip().splitlines() or [type(e).__name__])[0]}") from None
-    return path.stem, recipe
-
-
-def check_recipe(recipe: dict) -> None:
-    """The recipe's own values; a wrong one is a one-line StreamError naming its key."""
-    def number(value, kind=int) -> bool:
-        return isinstance(value, kind) and not isinstance(value, bool)
-
-    if recipe.get("on_exhausted") not in ("stop", "reuse"):
-        raise StreamError(f"on_exhausted={recipe.get('on_exhausted')}: must be stop or reuse")
-    for key, low in (("seed", 0), ("shards", 1), ("samples_per_shard", 1), ("max_samples_per_set_shard", 1),
-                     ("test_per_class", 1), ("shorter_side", 1)):
-        value = recipe.get(key)
-        optional = key in ("max_samples_per_set_shard", "test_per_class", "shorter_side")
-        if not (optional and value is None) and not (number(value) and value >= low):
-            raise StreamError(f"{key}={value}: must be an integer >= {low}{' or null' if optional else ''}")
-    if recipe["shards"] > MAX_SHARDS:
-        raise StreamError(f"shards={recipe['shards']}: at most {MAX_SHARDS:,}; use fewer, larger shards")
-    if (total := recipe["shards"] * recipe["samples_per_shard"]) > MAX_STREAM_IMAGES:
-        raise StreamError(f"shards x samples_per_shard = {total:,} images: a stream holds at most "
-                          f"{MAX_STREAM_IMAGES:,}; lower shards= or samples_per_shard=")
-    fraction = recipe.get("labeled_fraction")
-    if not (number(fraction, (int, float)) and 0 <= fraction <= 1):
-        raise StreamError(f"labeled_fraction={fraction}: must be a number in [0, 1]")
-
-
-def dataset_config(recipe: dict):
-    """The recipe's dataset: its option of configs/dataset/ on the dataset schema, with dataset_overrides."""
-    from bmb_stream.config import group_options, option_config
-
-    name = recipe.get("dataset")
-    if name not in group_options("dataset"):
-        raise StreamError(f"dataset={name}: not a dataset config; accepted: {', '.join(group_options('dataset'))}")
-    try:
-        cfg = OmegaConf.merge(option_config("dataset", name), recipe.get("dataset_overrides") or {})
-    except Exception as e:  # a key the dataset has not, or a value of the wrong type
-        raise StreamError(f"dataset_overrides: {(str(e).strip().splitlines() or [type(e).__name__])[0]}") from None
-    try:
-        OmegaConf.to_container(cfg, throw_on_missing=True)
-    except Exception as e:
-        raise StreamError(f"dataset_overrides: {(str(e).strip().splitlines() or [type(e).__name__])[0]} (e.g. root=/path/to/data)") from None
-    return cfg
-
-
 def plan_stream(recipe: dict, targets: np.ndarray, available: np.ndarray, num_classes: int) -> dict:
     """Which pool indices go into which shard, and whether each is labeled: deterministic for the seed.
 
@@ -125,7 +50,7 @@ def plan_stream(recipe: dict, targets: np.ndarray, available: np.ndarray, num_cl
         short = [c for c in range(num_classes) if cursor[c] + counts[c] > len(by_class[c])]
         if short and not reuse and i == 0:
             c = short[0]
-            raise StreamError(f"samples_per_shard={per_shard}: the first shard draws {counts[c]} images of class {c}, "
+            raise ConfigError(f"samples_per_shard={per_shard}: the first shard draws {counts[c]} images of class {c}, "
                               f"which has {len(by_class[c])} for the stream; lower samples_per_shard= or set "
                               f"on_exhausted=reuse")
         if short and not reuse:
@@ -134,7 +59,7 @@ def plan_stream(recipe: dict, targets: np.ndarray, available: np.ndarray, num_cl
         picked = []
         for c in np.flatnonzero(counts):
             if len(by_class[c]) == 0:
-                raise StreamError(f"class {c} has no images left for the stream")
+                raise ConfigError(f"class {c} has no images left for the stream")
             for _ in range(counts[c]):
                 if cursor[c] == len(by_class[c]):  # reuse: the class starts over, in a new order
                     by_class[c] = rng.permutation(by_class[c])
@@ -149,43 +74,6 @@ def plan_stream(recipe: dict, targets: np.ndarray, available: np.ndarray, num_cl
     return {"shards": shards, "stopped_early": stopped, "reused_samples": reused}
 
 
-def manifest_files(manifest: dict) -> list[str]:
-    """The shards a manifest of ours lists: a stream's (`shards`) or a split's (`*_set`)."""
-    files = [entry["file"] for entry in manifest.get("shards", [])]
-    for key in ("labeled_set", "unlabeled_set", "test_set"):
-        files += list(manifest.get(key, {}).get("files", []))
-    return files
-
-
-def read_our_manifest(dest: ShardDestination, names) -> dict | None:
-    """The destination's manifest.json if it is a readable manifest of ours, else None."""
-    if MANIFEST not in names:
-        return None
-    try:
-        old = json.loads(dest.read(MANIFEST))
-        manifest_files(old)  # raises for file lists not of our making
-    except (ValueError, TypeError, AttributeError, KeyError):
-        return None
-    return old if str(old.get("format", "")).startswith("bmb-stream-") else None
-
-
-def earlier_output(dest: ShardDestination, prefixes: tuple[str, ...]) -> list[str]:
-    """What an earlier run of ours left in `dest`, the only files a new output replaces: the files its
-    manifest lists, the manifest and our plot, or, without a manifest of ours, the shards named with
-    our `prefixes`; and the marker of an output left incomplete. Every other file is the user's and stays."""
-    names = dest.names()
-    old = read_our_manifest(dest, names)
-    if old is None:
-        return [n for n in names if n.endswith(".tar") and n.startswith(prefixes) or n == INCOMPLETE]
-    ours = {MANIFEST, PLOT, INCOMPLETE, *manifest_files(old)}
-    return [n for n in names if n in ours]
-
-
-def incomplete(names) -> bool:
-    """The destination holds an output of ours left incomplete (its manifest never came): a retry replaces it."""
-    return INCOMPLETE in names and MANIFEST not in names
-
-
 def _check_out(dest: ShardDestination, manifest: dict, overwrite: bool) -> bool:
     """True when the destination already holds this very stream; raise when it holds something else."""
     names = set(dest.names())
@@ -196,10 +84,10 @@ def _check_out(dest: ShardDestination, manifest: dict, overwrite: bool) -> bool:
         if same:
             return True
         if not overwrite:
-            raise StreamError(f"{dest.out} already holds a different stream ({old.get('recipe_name')}, seed "
+            raise ConfigError(f"{dest.out} already holds a different stream ({old.get('recipe_name')}, seed "
                               f"{old.get('recipe', {}).get('seed')}); choose another out= or add overwrite=true")
     elif names and not overwrite and not incomplete(names):
-        raise StreamError(f"{dest.out} is not empty and holds no stream manifest; choose another out= or add overwrite=true")
+        raise ConfigError(f"{dest.out} is not empty and holds no stream manifest; choose another out= or add overwrite=true")
     return False
 
 
@@ -212,7 +100,7 @@ def simulate(recipe_name: str, recipe: dict, out: str | Path, overwrite: bool = 
     try:  # a bad schedule fails here, before any data is read or any file touched
         shard_priors(recipe["prior"], num_classes, int(recipe["shards"]))
     except (ValueError, TypeError) as e:
-        raise StreamError(f"prior: {e}") from None
+        raise ConfigError(f"prior: {e}") from None
     manifest = {"format": FORMAT, "version": bmb_stream.__version__, "recipe_name": recipe_name, "recipe": recipe}
     dest = ShardDestination(out)
     try:
@@ -234,7 +122,7 @@ def _write_stream(recipe_name: str, recipe: dict, ds_cfg, manifest: dict, dest: 
     train, test, names, seed_set = split.train, split.test, split.class_names, split.labeled
     available = np.setdiff1d(np.arange(len(train)), seed_set)  # the stream never repeats a seed-set image
     if int(recipe["samples_per_shard"]) > len(available):
-        raise StreamError(f"samples_per_shard={recipe['samples_per_shard']}: more than the {len(available)} images "
+        raise ConfigError(f"samples_per_shard={recipe['samples_per_shard']}: more than the {len(available)} images "
                           f"{recipe['dataset']} has for the stream (its training images less the seed set); "
                           f"lower it to at most {len(available)}")
     plan = plan_stream(recipe, train.targets, available, num_classes)
@@ -284,10 +172,6 @@ def _test_indices(recipe: dict, targets: np.ndarray, num_classes: int) -> np.nda
     order = np.random.default_rng(int(recipe["seed"])).permutation(len(targets))
     return np.sort(np.concatenate([order[targets[order] == c][: int(recipe["test_per_class"])]
                                    for c in range(num_classes)]))
-
-
-def write_json(path: Path, obj: dict) -> None:
-    write_text(path, json.dumps(obj, indent=1) + "\n")
 
 
 def plot_priors(manifest: dict, path: Path) -> None:

@@ -17,7 +17,7 @@ import urllib.error
 from dataclasses import dataclass
 from typing import Callable
 
-from bmb_stream.data.errors import ShardError, StorageUnavailable
+from bmb_stream.errors import ShardError, StorageUnavailable
 
 log = logging.getLogger("bmb_stream.storage")
 

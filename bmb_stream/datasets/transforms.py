@@ -10,7 +10,7 @@ resize 256, random crop 224, flip; strong adds RandAugment; test = resize 256, c
 Two strong views (`randaugment`, the config key `dataset.randaugment`):
 
 - `torchvision`: torchvision's v2.RandAugment after the crop (reflect padding) and the flip.
-- `reference`: the BMB reference's RandAugment (bmb_stream/data/randaugment.py) in the reference's order:
+- `reference`: the BMB reference's RandAugment (bmb_stream/datasets/randaugment.py) in the reference's order:
   [resize 256 (large) | fit (image folders)], RandAugment, random crop (zero padding of side/8 on small
   images; no padding on large ones), flip, to tensor, Cutout (small images).
 
@@ -25,7 +25,7 @@ from torch import nn
 from torchvision.transforms import v2
 
 from bmb_stream.config_schema import RANDAUGMENT_KINDS
-from bmb_stream.data.randaugment import ReferenceRandAugment
+from bmb_stream.datasets.randaugment import ReferenceRandAugment
 
 
 class Cutout(nn.Module):

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from bmb_stream.data.sources import BadData
+from bmb_stream.errors import BadData
 
 
 def long_tailed_counts(head: int, gamma: float, num_classes: int) -> list[int]:

@@ -11,10 +11,10 @@ import platform
 import shutil
 from pathlib import Path
 
-from bmb_stream.atomic import WriteFailed, write_failure
-from bmb_stream.data.errors import ShardError
-from bmb_stream.data.object_store import S3Settings, list_keys, read_bytes, s3_opener, split_s3_url
-from bmb_stream.data.storage_retry import with_retries
+from bmb_stream.errors import ShardError, WriteFailed
+from bmb_stream.storage.atomic import write_failure
+from bmb_stream.storage.object_store import S3Settings, list_keys, read_bytes, s3_opener, split_s3_url
+from bmb_stream.storage.retry import with_retries
 
 
 class Uploader:

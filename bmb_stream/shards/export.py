@@ -15,11 +15,12 @@ from omegaconf import OmegaConf
 from tqdm import tqdm
 
 import bmb_stream
-from bmb_stream.atomic import WriteFailed
-from bmb_stream.data.datasets import SplitIndices, load_split
-from bmb_stream.data.shards import write_set, writer_pool
-from bmb_stream.data.simulate import MANIFEST, StreamError, earlier_output, incomplete, write_json
-from bmb_stream.data.upload import ShardDestination
+from bmb_stream.datasets.build import SplitIndices, load_split
+from bmb_stream.errors import ConfigError, WriteFailed
+from bmb_stream.shards.manifest import MANIFEST, earlier_output, incomplete
+from bmb_stream.shards.writing import write_set, writer_pool
+from bmb_stream.storage.atomic import write_json
+from bmb_stream.storage.upload import ShardDestination
 
 FORMAT = "bmb-stream-split/1"
 SPLIT_PREFIXES = ("labeled-", "unlabeled-", "test-")
@@ -34,12 +35,12 @@ def export_split(ds_cfg, out: str | Path, *, seed: int = 0, max_samples: int = 1
     `shard_multiple`: each set's shard count a multiple of it, shards of equal counts; `shorter_side`:
     larger images stored downscaled to it (shards.encode_image)."""
     if max_samples <= 0:
-        raise StreamError(f"max_samples={max_samples}: must be a positive integer")
+        raise ConfigError(f"max_samples={max_samples}: must be a positive integer")
     dest = ShardDestination(out)
     try:
         existing = dest.names()
         if existing and not overwrite and not incomplete(existing):
-            raise StreamError(f"{dest.out} is not empty; choose another out= or add overwrite=true")
+            raise ConfigError(f"{dest.out} is not empty; choose another out= or add overwrite=true")
         split = load_split(ds_cfg, seed)
         split.check_images(progress)  # an undecodable file would be packed as it is: refuse before writing
         return _write_split(ds_cfg, dest, earlier_output(dest, SPLIT_PREFIXES), split, seed=seed,

@@ -15,10 +15,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bmb_stream.data.errors import ShardError
-from bmb_stream.data.object_store import read_bytes
+from bmb_stream.errors import ShardError
+from bmb_stream.storage.object_store import read_bytes
+from bmb_stream.storage.upload import INCOMPLETE, ShardDestination
 
 MANIFEST = "manifest.json"
+FORMAT = "bmb-stream-shards/1"  # the `format` of a manifest this package writes
+PLOT = "plots/stream_prior.png"  # the class-prior plot a simulated stream keeps beside its manifest
 # what a folder of shards means for each key: the manifest's entry, else the shards named so
 SETS = {"stream": ("shards", "stream-*.tar"), "labeled": ("labeled_set", "labeled-*.tar"),
         "test": ("test_set", "test-*.tar")}
@@ -117,3 +120,42 @@ def _is_count(x) -> bool:
 def _is_file(x) -> bool:
     """A plain file name: a manifest names files in its own folder, never elsewhere."""
     return isinstance(x, str) and x not in ("", ".", "..") and "/" not in x and "\\" not in x
+
+
+# The writing side: which files of an output folder are ours, so that a new output replaces only them.
+
+def manifest_files(manifest: dict) -> list[str]:
+    """The shards a manifest of ours lists: a stream's (`shards`) or a split's (`*_set`)."""
+    files = [entry["file"] for entry in manifest.get("shards", [])]
+    for key in ("labeled_set", "unlabeled_set", "test_set"):
+        files += list(manifest.get(key, {}).get("files", []))
+    return files
+
+
+def read_our_manifest(dest: ShardDestination, names) -> dict | None:
+    """The destination's manifest.json if it is a readable manifest of ours, else None."""
+    if MANIFEST not in names:
+        return None
+    try:
+        old = json.loads(dest.read(MANIFEST))
+        manifest_files(old)  # raises for file lists not of our making
+    except (ValueError, TypeError, AttributeError, KeyError):
+        return None
+    return old if str(old.get("format", "")).startswith("bmb-stream-") else None
+
+
+def earlier_output(dest: ShardDestination, prefixes: tuple[str, ...]) -> list[str]:
+    """What an earlier run of ours left in `dest`, the only files a new output replaces: the files its
+    manifest lists, the manifest and our plot, or, without a manifest of ours, the shards named with
+    our `prefixes`; and the marker of an output left incomplete. Every other file is the user's and stays."""
+    names = dest.names()
+    old = read_our_manifest(dest, names)
+    if old is None:
+        return [n for n in names if n.endswith(".tar") and n.startswith(prefixes) or n == INCOMPLETE]
+    ours = {MANIFEST, PLOT, INCOMPLETE, *manifest_files(old)}
+    return [n for n in names if n in ours]
+
+
+def incomplete(names) -> bool:
+    """The destination holds an output of ours left incomplete (its manifest never came): a retry replaces it."""
+    return INCOMPLETE in names and MANIFEST not in names

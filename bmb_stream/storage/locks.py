@@ -9,13 +9,7 @@ import fcntl
 import os
 from pathlib import Path
 
-
-class FolderBusy(Exception):
-    """Another live process holds the folder's lock; `pid` is its PID (None where it could not be read)."""
-
-    def __init__(self, folder: Path, pid: int | None):
-        super().__init__(f"{folder} is in use by another process (PID {pid if pid is not None else 'unknown'})")
-        self.folder, self.pid = folder, pid
+from bmb_stream.errors import FolderBusy
 
 
 class FolderLock:

@@ -20,20 +20,11 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from bmb_stream.data.errors import DataError, one_line
-from bmb_stream.data.images import IMAGE_FORMATS, UnusableImage, decode_rgb, why
+from bmb_stream.datasets.images import IMAGE_FORMATS, decode_rgb, why
+from bmb_stream.errors import BadData, DataNotFound, UnusableImage, one_line
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 FOLDER_LAYOUT = "expected <root>/train/<class>/<image> and <root>/test/<class>/<image>"
-
-
-class DataNotFound(FileNotFoundError):
-    """A dataset's files are missing; the message says where they were looked for and how to get them."""
-
-
-class BadData(DataError, ValueError):
-    """A file of the user's dataset (or a split of it) is unusable; the message names it and what to do.
-    A ValueError too, as these readers raised before."""
 
 
 @dataclass
