@@ -115,6 +115,9 @@ def test_schedules_give_the_priors_they_promise():
                       "gamma": 10}, 10, 20)
     assert [int((row > 0).sum()) for row in p[::4]] == [2, 4, 6, 8, 10]
     assert np.allclose(shard_priors({"schedule": "uniform"}, 4, 2), 0.25)
+    # a schedule's parameters have defaults: the rotation by 1 class every shard, the drift to the reversed tail
+    assert np.allclose(shard_priors({"schedule": "rotation", "gamma": 10}, 5, 3)[1], np.roll(long_tail(5, 10), 1))
+    assert np.allclose(shard_priors({"schedule": "drift", "gamma": 10}, 5, 2)[1], long_tail(5, 10)[::-1])
 
 
 def test_drift_stream_head_class_moves(tiny_fmnist, tmp_path):
@@ -142,6 +145,8 @@ def test_bad_recipes_are_one_line_errors(tiny_fmnist, tmp_path):
     with pytest.raises(ConfigError, match="positive sum"):
         simulate(*recipe("fmnist_lt_stationary", tiny_fmnist, "prior.schedule=custom", "prior.weights=[0,0,0,0,0,0,0,0,0,0]"),
                  tmp_path / "x", progress=False)
+    with pytest.raises(ConfigError, match="prior: preiod: no such key of a prior; its keys: schedule, gamma, shift, period"):
+        simulate(*recipe("fmnist_lt_rotation", tiny_fmnist, "prior.preiod=3"), tmp_path / "x", progress=False)
     with pytest.raises(ConfigError, match="not found; shipped recipes"):
         load_recipe("no_such_recipe")
     with pytest.raises(ConfigError, match="nonexistent_key"):

@@ -15,9 +15,40 @@ Schedules (the recipe's `prior.schedule`):
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
+
 import numpy as np
 
 SCHEDULES = ("stationary", "uniform", "reversed", "rotation", "drift", "class_incremental", "custom", "natural")
+
+
+@dataclass(frozen=True)
+class Prior:
+    """A recipe's `prior`: its schedule and the schedule's parameters, each with its default (a schedule
+    reads only its own)."""
+
+    schedule: str
+    gamma: float = 1.0  # the long tail's ratio: stationary, reversed, rotation, drift, class_incremental
+    shift: int = 1  # rotation: classes the order moves by every period
+    period: int = 1  # rotation, class_incremental: shards between two moves
+    start: str = "stationary"  # drift: the first shard's prior (stationary, uniform or reversed)
+    end: str = "reversed"  # drift: the last shard's prior
+    initial_classes: int = 2  # class_incremental: the classes of the first shards
+    classes_per_step: int = 2  # class_incremental: classes added every period
+    weights: list | None = None  # custom: one vector of class weights, or one per shard
+
+    @classmethod
+    def from_recipe(cls, prior) -> Prior:
+        """The recipe's `prior` section; a key no schedule has, or an unknown schedule, is a ValueError."""
+        if isinstance(prior, Prior):
+            return prior
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(prior) - set(known))
+        if unknown:
+            raise ValueError(f"{unknown[0]}: no such key of a prior; its keys: {', '.join(known)}")
+        if prior.get("schedule") not in SCHEDULES:
+            raise ValueError(f"unknown prior schedule {prior.get('schedule')!r}; accepted: {', '.join(SCHEDULES)}")
+        return cls(**prior)
 
 
 def long_tail(num_classes: int, gamma: float) -> np.ndarray:
@@ -44,16 +75,16 @@ def _normalised(w, what: str) -> np.ndarray:
     return w / w.sum()
 
 
-def _period(cfg) -> int:
-    period = int(cfg.get("period", 1))
+def _period(prior: Prior) -> int:
+    period = int(prior.period)
     if period < 1:
         raise ValueError(f"prior.period={period}: must be a positive integer")
     return period
 
 
-def _custom(cfg, i: int, num_classes: int, num_shards: int) -> np.ndarray:
+def _custom(prior: Prior, i: int, num_classes: int, num_shards: int) -> np.ndarray:
     """Shard i's row of `prior.weights`: one vector for every shard, or one per shard."""
-    weights = np.asarray(cfg.get("weights") or [], dtype=float)
+    weights = np.asarray(prior.weights or [], dtype=float)
     rows = weights if weights.ndim == 2 else weights[None]
     if weights.ndim not in (1, 2) or rows.shape[1] != num_classes or 1 < len(rows) < num_shards:
         raise ValueError(f"prior.weights must be {num_classes} numbers (one per class), or a row of them per "
@@ -61,30 +92,28 @@ def _custom(cfg, i: int, num_classes: int, num_shards: int) -> np.ndarray:
     return rows[i if len(rows) > 1 else 0]
 
 
-def shard_priors(cfg, num_classes: int, num_shards: int, available_counts=None) -> np.ndarray:
+def shard_priors(prior: Prior | dict, num_classes: int, num_shards: int, available_counts=None) -> np.ndarray:
     """A (num_shards, num_classes) array whose rows are the class priors of each shard."""
-    kind = cfg.get("schedule")
-    gamma = float(cfg.get("gamma", 1.0))
+    prior = Prior.from_recipe(prior)
+    kind, gamma = prior.schedule, float(prior.gamma)
     rows = []
     for i in range(num_shards):
         if kind in ("stationary", "uniform", "reversed"):
             p = _named(kind, num_classes, gamma)
         elif kind == "rotation":
-            steps = i // _period(cfg)
-            p = np.roll(long_tail(num_classes, gamma), int(cfg.get("shift", 1)) * steps)
+            steps = i // _period(prior)
+            p = np.roll(long_tail(num_classes, gamma), int(prior.shift) * steps)
         elif kind == "drift":
             t = i / max(1, num_shards - 1)
-            p = (1 - t) * _named(cfg.get("start", "stationary"), num_classes, gamma) \
-                + t * _named(cfg.get("end", "reversed"), num_classes, gamma)
+            p = (1 - t) * _named(prior.start, num_classes, gamma) + t * _named(prior.end, num_classes, gamma)
         elif kind == "class_incremental":
-            present = min(num_classes, int(cfg.get("initial_classes", 2))
-                          + int(cfg.get("classes_per_step", 2)) * (i // _period(cfg)))
+            present = min(num_classes, int(prior.initial_classes) + int(prior.classes_per_step) * (i // _period(prior)))
             p = np.zeros(num_classes)
             p[:present] = long_tail(present, gamma) if present > 1 else 1.0
         elif kind == "natural":
             p = np.ones(num_classes) if available_counts is None else np.asarray(available_counts, dtype=float)
         elif kind == "custom":
-            p = _custom(cfg, i, num_classes, num_shards)
+            p = _custom(prior, i, num_classes, num_shards)
         else:
             raise ValueError(f"unknown prior schedule {kind!r}; accepted: {', '.join(SCHEDULES)}")
         rows.append(_normalised(p, f"the prior of shard {i}"))
