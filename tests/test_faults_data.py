@@ -247,7 +247,7 @@ def test_simulate_refuses_an_undecodable_file(folder, tmp_path, capsys):
                      ignore=(WARNING,))
     assert f"image {folder / 'train' / 'b' / '3.png'}: not an image" in line
     assert not (tmp_path / "s").exists()
-    assert "shards=0: must be an integer >= 1" in cli_error(
+    assert "shards=0: must be a positive integer" in cli_error(
         ["simulate", recipe, f"out={tmp_path / 's'}", f"root={folder}", "shards=0"], capsys, ignore=(WARNING,))
 
 

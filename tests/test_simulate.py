@@ -147,6 +147,13 @@ def test_bad_recipes_are_one_line_errors(tiny_fmnist, tmp_path):
                  tmp_path / "x", progress=False)
     with pytest.raises(ConfigError, match="prior: preiod: no such key of a prior; its keys: schedule, gamma, shift, period"):
         simulate(*recipe("fmnist_lt_rotation", tiny_fmnist, "prior.preiod=3"), tmp_path / "x", progress=False)
+    name, rec = recipe("fmnist_lt_stationary", tiny_fmnist)
+    with pytest.raises(ConfigError, match="sharts: no such key of a recipe; its keys: dataset, shards"):
+        simulate(name, {**rec, "sharts": 3}, tmp_path / "x", progress=False)
+    with pytest.raises(ConfigError, match="samples_per_shard is required"):
+        simulate(name, {k: v for k, v in rec.items() if k != "samples_per_shard"}, tmp_path / "x", progress=False)
+    with pytest.raises(ConfigError, match="on_exhausted=never: must be stop or reuse"):
+        simulate(name, {**rec, "on_exhausted": "never"}, tmp_path / "x", progress=False)
     with pytest.raises(ConfigError, match="not found; shipped recipes"):
         load_recipe("no_such_recipe")
     with pytest.raises(ConfigError, match="nonexistent_key"):

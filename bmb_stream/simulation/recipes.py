@@ -3,11 +3,15 @@ resolved on the dataset schema."""
 
 from __future__ import annotations
 
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
+from omegaconf import MISSING as OMEGACONF_MISSING
 from omegaconf import OmegaConf
 
+from bmb_stream.config_checks import COUNT, POSITIVE, choice, integer, key, number
 from bmb_stream.errors import ConfigError, first_line
+from bmb_stream.simulation.priors import Prior
 
 MAX_SHARDS = 100_000  # the plan holds a prior per shard and class, and every image's index:
 MAX_STREAM_IMAGES = 100_000_000  # bounds that keep it in memory and far above any real stream
@@ -38,39 +42,59 @@ def load_recipe(name_or_path: str, overrides: list[str] = ()) -> tuple[str, dict
     return path.stem, recipe
 
 
-def check_recipe(recipe: dict) -> None:
-    """The recipe's own values; a wrong one is a one-line ConfigError naming its key."""
-    def number(value, kind=int) -> bool:
-        return isinstance(value, kind) and not isinstance(value, bool)
+@dataclass(frozen=True)
+class Recipe:
+    """A recipe's keys, their checks and defaults. The recipe as written (a dict) is what the stream
+    cache and the manifest keep; this is how the code reads it."""
 
-    if recipe.get("on_exhausted") not in ("stop", "reuse"):
-        raise ConfigError(f"on_exhausted={recipe.get('on_exhausted')}: must be stop or reuse")
-    for key, low in (("seed", 0), ("shards", 1), ("samples_per_shard", 1), ("max_samples_per_set_shard", 1),
-                     ("test_per_class", 1), ("shorter_side", 1)):
-        value = recipe.get(key)
-        optional = key in ("max_samples_per_set_shard", "test_per_class", "shorter_side")
-        if not (optional and value is None) and not (number(value) and value >= low):
-            raise ConfigError(f"{key}={value}: must be an integer >= {low}{' or null' if optional else ''}")
-    if recipe["shards"] > MAX_SHARDS:
-        raise ConfigError(f"shards={recipe['shards']}: at most {MAX_SHARDS:,}; use fewer, larger shards")
-    if (total := recipe["shards"] * recipe["samples_per_shard"]) > MAX_STREAM_IMAGES:
-        raise ConfigError(f"shards x samples_per_shard = {total:,} images: a stream holds at most "
-                          f"{MAX_STREAM_IMAGES:,}; lower shards= or samples_per_shard=")
-    fraction = recipe.get("labeled_fraction")
-    if not (number(fraction, (int, float)) and 0 <= fraction <= 1):
-        raise ConfigError(f"labeled_fraction={fraction}: must be a number in [0, 1]")
+    dataset: str  # an option of configs/dataset/
+    shards: int = key(POSITIVE)
+    samples_per_shard: int = key(POSITIVE)
+    labeled_fraction: float = key(number(0, 1))  # stream samples that keep their class (cls)
+    prior: Prior | None = None  # the class prior per shard (simulation/priors.py); required
+    seed: int = key(COUNT, 0)
+    dataset_overrides: dict = field(default_factory=dict)  # any key of the dataset's config (root=...)
+    on_exhausted: str = key(choice("stop", "reuse"), "stop")  # a class runs out: stop the stream, or draw it again
+    test_per_class: int | None = key(integer(1, nullable=True), None)  # at most this many test images per class
+    max_samples_per_set_shard: int | None = key(integer(1, nullable=True), None)  # null: 10,000
+    shorter_side: int | None = key(integer(1, nullable=True), None)  # larger images stored downscaled to it
+
+    @classmethod
+    def from_dict(cls, recipe: dict) -> Recipe:
+        """The recipe's values checked; a wrong one is a one-line ConfigError naming its key."""
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(recipe) - set(names))
+        if unknown:
+            raise ConfigError(f"{unknown[0]}: no such key of a recipe; its keys: {', '.join(names)}")
+        for f in fields(cls):
+            required = f.default in (MISSING, OMEGACONF_MISSING) and f.default_factory is MISSING
+            if f.name not in recipe and required:
+                raise ConfigError(f"{f.name} is required: add {f.name}=...")
+            check = f.metadata.get("check")
+            if check is not None and f.name in recipe and not check[0](recipe[f.name]):
+                raise ConfigError(f"{f.name}={recipe[f.name]}: must be {check[1]}")
+        if recipe["shards"] > MAX_SHARDS:
+            raise ConfigError(f"shards={recipe['shards']}: at most {MAX_SHARDS:,}; use fewer, larger shards")
+        if (total := recipe["shards"] * recipe["samples_per_shard"]) > MAX_STREAM_IMAGES:
+            raise ConfigError(f"shards x samples_per_shard = {total:,} images: a stream holds at most "
+                              f"{MAX_STREAM_IMAGES:,}; lower shards= or samples_per_shard=")
+        try:
+            prior = Prior.from_recipe(recipe.get("prior") or {})
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"prior: {e}") from None
+        return cls(**{**recipe, "prior": prior, "dataset_overrides": dict(recipe.get("dataset_overrides") or {})})
 
 
-def dataset_config(recipe: dict):
+def dataset_config(recipe: Recipe):
     """The recipe's dataset: its option of configs/dataset/ on the dataset schema, with dataset_overrides."""
     from bmb_stream.config import option_config
     from bmb_stream.config_schema import group_options
 
-    name = recipe.get("dataset")
+    name = recipe.dataset
     if name not in group_options("dataset"):
         raise ConfigError(f"dataset={name}: not a dataset config; accepted: {', '.join(group_options('dataset'))}")
     try:
-        cfg = OmegaConf.merge(option_config("dataset", name), recipe.get("dataset_overrides") or {})
+        cfg = OmegaConf.merge(option_config("dataset", name), recipe.dataset_overrides)
     except Exception as e:  # a key the dataset has not, or a value of the wrong type
         raise ConfigError(f"dataset_overrides: {first_line(e)}") from None
     try:

@@ -17,33 +17,33 @@ from bmb_stream.errors import ConfigError, WriteFailed
 from bmb_stream.shards.manifest import FORMAT, MANIFEST, PLOT, earlier_output, incomplete, read_our_manifest
 from bmb_stream.shards.writing import ShardSample, write_set, write_shard, writer_pool
 from bmb_stream.simulation.priors import shard_priors
-from bmb_stream.simulation.recipes import check_recipe, dataset_config
+from bmb_stream.simulation.recipes import Recipe, dataset_config
 from bmb_stream.storage.atomic import write_json
 from bmb_stream.storage.upload import ShardDestination
 
 STREAM_PREFIXES = ("stream-", "labeled-", "test-")
-def plan_stream(recipe: dict, targets: np.ndarray, available: np.ndarray, num_classes: int) -> dict:
+def plan_stream(recipe: Recipe, targets: np.ndarray, available: np.ndarray, num_classes: int) -> dict:
     """Which pool indices go into which shard, and whether each is labeled: deterministic for the seed.
 
     Samples are drawn without replacement, per class, until a class runs out; then the stream stops
     before that shard (on_exhausted=stop) or the class is drawn again from the start (reuse).
     """
-    rng = np.random.default_rng(int(recipe["seed"]))
-    num_shards, per_shard = int(recipe["shards"]), int(recipe["samples_per_shard"])
-    if recipe["prior"].get("schedule") == "natural":  # every remaining image once, in a random order
+    rng = np.random.default_rng(recipe.seed)
+    num_shards, per_shard = recipe.shards, recipe.samples_per_shard
+    if recipe.prior.schedule == "natural":  # every remaining image once, in a random order
         order = rng.permutation(available)[: num_shards * per_shard]
         mix = np.bincount(targets[available], minlength=num_classes) / max(1, len(available))
         shards = [{"indices": order[i: i + per_shard], "prior": mix,
-                   "labeled": rng.random(len(order[i: i + per_shard])) < float(recipe["labeled_fraction"])}
+                   "labeled": rng.random(len(order[i: i + per_shard])) < recipe.labeled_fraction}
                   for i in range(0, len(order), per_shard)]  # the last shard may be partial
         stopped = None if len(order) == num_shards * per_shard else \
             {"before_shard": len(shards), "classes_exhausted": np.flatnonzero(mix).tolist()}
         return {"shards": shards, "stopped_early": stopped, "reused_samples": 0}
-    priors = shard_priors(recipe["prior"], num_classes, num_shards)
+    priors = shard_priors(recipe.prior, num_classes, num_shards)
     by_class = [rng.permutation(available[targets[available] == c]) for c in range(num_classes)]
     cursor = np.zeros(num_classes, dtype=np.int64)
     passes = np.zeros(num_classes, dtype=np.int64)
-    reuse = recipe["on_exhausted"] == "reuse"
+    reuse = recipe.on_exhausted == "reuse"
     shards, reused, stopped = [], 0, None
     for i in range(num_shards):
         counts = rng.multinomial(per_shard, priors[i])
@@ -69,7 +69,7 @@ def plan_stream(recipe: dict, targets: np.ndarray, available: np.ndarray, num_cl
                 cursor[c] += 1
                 reused += int(passes[c] > 0)
         picked = np.asarray(picked, dtype=np.int64)[rng.permutation(len(picked))]
-        labeled = rng.random(len(picked)) < float(recipe["labeled_fraction"])
+        labeled = rng.random(len(picked)) < recipe.labeled_fraction
         shards.append({"indices": picked, "labeled": labeled, "prior": priors[i]})
     return {"shards": shards, "stopped_early": stopped, "reused_samples": reused}
 
@@ -94,11 +94,11 @@ def _check_out(dest: ShardDestination, manifest: dict, overwrite: bool) -> bool:
 def simulate(recipe_name: str, recipe: dict, out: str | Path, overwrite: bool = False, progress: bool = True) -> dict:
     """Write the stream to a folder or `s3://bucket/prefix`; returns the manifest. An identical stream
     already there is kept as is."""
-    check_recipe(recipe)
-    ds_cfg = dataset_config(recipe)
+    typed = Recipe.from_dict(recipe)
+    ds_cfg = dataset_config(typed)
     num_classes = ds_cfg.num_classes
     try:  # a bad schedule fails here, before any data is read or any file touched
-        shard_priors(recipe["prior"], num_classes, int(recipe["shards"]))
+        shard_priors(typed.prior, num_classes, typed.shards)
     except (ValueError, TypeError) as e:
         raise ConfigError(f"prior: {e}") from None
     manifest = {"format": FORMAT, "version": bmb_stream.__version__, "recipe_name": recipe_name, "recipe": recipe}
@@ -106,7 +106,7 @@ def simulate(recipe_name: str, recipe: dict, out: str | Path, overwrite: bool = 
     try:
         if _check_out(dest, manifest, overwrite):
             return json.loads(dest.read(MANIFEST))
-        manifest = _write_stream(recipe_name, recipe, ds_cfg, manifest, dest, earlier_output(dest, STREAM_PREFIXES),
+        manifest = _write_stream(recipe_name, typed, ds_cfg, manifest, dest, earlier_output(dest, STREAM_PREFIXES),
                                  progress)
     except WriteFailed as e:
         raise dest.failed(e) from None
@@ -115,15 +115,15 @@ def simulate(recipe_name: str, recipe: dict, out: str | Path, overwrite: bool = 
     return manifest
 
 
-def _write_stream(recipe_name: str, recipe: dict, ds_cfg, manifest: dict, dest: ShardDestination,
+def _write_stream(recipe_name: str, recipe: Recipe, ds_cfg, manifest: dict, dest: ShardDestination,
                   replace: list[str], progress: bool) -> dict:
     num_classes = ds_cfg.num_classes
-    split = load_split(ds_cfg, int(recipe["seed"]))
+    split = load_split(ds_cfg, recipe.seed)
     train, test, names, seed_set = split.train, split.test, split.class_names, split.labeled
     available = np.setdiff1d(np.arange(len(train)), seed_set)  # the stream never repeats a seed-set image
-    if int(recipe["samples_per_shard"]) > len(available):
-        raise ConfigError(f"samples_per_shard={recipe['samples_per_shard']}: more than the {len(available)} images "
-                          f"{recipe['dataset']} has for the stream (its training images less the seed set); "
+    if recipe.samples_per_shard > len(available):
+        raise ConfigError(f"samples_per_shard={recipe.samples_per_shard}: more than the {len(available)} images "
+                          f"{recipe.dataset} has for the stream (its training images less the seed set); "
                           f"lower it to at most {len(available)}")
     plan = plan_stream(recipe, train.targets, available, num_classes)
     test_idx = _test_indices(recipe, test.targets, num_classes)
@@ -131,8 +131,8 @@ def _write_stream(recipe_name: str, recipe: dict, ds_cfg, manifest: dict, dest: 
     check_image_files(train, np.concatenate([seed_set, *(s["indices"] for s in plan["shards"])]), progress)
     check_image_files(test, test_idx, progress)
     out = dest.prepare(replace)  # a staging folder: the output is put in place only once complete
-    max_samples = int(recipe.get("max_samples_per_set_shard") or 10_000)
-    shorter_side = recipe.get("shorter_side")  # larger images stored downscaled to it (shards.encode_image)
+    max_samples = recipe.max_samples_per_set_shard or 10_000
+    shorter_side = recipe.shorter_side  # larger images stored downscaled to it (shards.encode_image)
     total = sum(len(s["indices"]) for s in plan["shards"]) + len(seed_set) + len(test_idx)
     bar = tqdm(total=total, desc=f"simulate {recipe_name}", unit="img", disable=not progress)
     with writer_pool(os.cpu_count() or 1) as pool:
@@ -155,7 +155,7 @@ def _write_stream(recipe_name: str, recipe: dict, ds_cfg, manifest: dict, dest: 
     bar.close()
     manifest.update({
         "num_classes": num_classes, "class_names": list(names) or [str(c) for c in range(num_classes)],
-        "on_exhausted": recipe["on_exhausted"], "stopped_early": plan["stopped_early"],
+        "on_exhausted": recipe.on_exhausted, "stopped_early": plan["stopped_early"],
         "reused_samples": plan["reused_samples"],
         "shards": entries, "labeled_set": labeled_set, "test_set": test_set,
     })
@@ -165,12 +165,12 @@ def _write_stream(recipe_name: str, recipe: dict, ds_cfg, manifest: dict, dest: 
     return manifest
 
 
-def _test_indices(recipe: dict, targets: np.ndarray, num_classes: int) -> np.ndarray:
+def _test_indices(recipe: Recipe, targets: np.ndarray, num_classes: int) -> np.ndarray:
     """The whole test set, or with `test_per_class` the first n of each class in a seeded order."""
-    if not recipe.get("test_per_class"):
+    if not recipe.test_per_class:
         return np.arange(len(targets))
-    order = np.random.default_rng(int(recipe["seed"])).permutation(len(targets))
-    return np.sort(np.concatenate([order[targets[order] == c][: int(recipe["test_per_class"])]
+    order = np.random.default_rng(recipe.seed).permutation(len(targets))
+    return np.sort(np.concatenate([order[targets[order] == c][: recipe.test_per_class]
                                    for c in range(num_classes)]))
 
 
