@@ -5,10 +5,8 @@ or continues from what the folder really holds; nothing that was there before is
 
 import argparse
 import json
-import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
