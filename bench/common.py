@@ -13,6 +13,12 @@ from typing import Callable
 from bmb_stream.config import compose
 
 
+def run_folder(out: str | Path, variant: str, seed: int) -> Path:
+    """A variant's run folder at a seed, named so that Hydra reads it as one value ("bmb, bank off" ->
+    bmb-bank_off-seed0)."""
+    return Path(out) / f"{variant.replace(', ', '-').replace(' ', '_')}-seed{seed}"
+
+
 def finished(run_dir: Path) -> bool:
     return (Path(run_dir) / "summary.json").is_file()
 

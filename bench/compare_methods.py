@@ -29,7 +29,7 @@ warnings.filterwarnings("ignore", message="no QP solver found")
 
 from bmb_stream.datasets.build import FMNIST_CLASSES  # noqa: E402
 from bmb_stream.engine.offline import run_offline  # noqa: E402
-from common import finished, train_unless_finished  # noqa: E402
+from common import finished, run_folder, train_unless_finished  # noqa: E402
 
 VARIANTS = {
     "supervised": ["method=supervised"],
@@ -40,6 +40,8 @@ VARIANTS = {
     "cdmad, running bn": ["method=cdmad", "method.bias_batch_norm=running"],
     "cdmad, mean colour": ["method=cdmad", "method.bias_value=0.0"],
     "cdmad, threshold": ["method=cdmad", "method.tau=0.95", "method.soft_targets=false"],
+    "cdmad, threshold, mean colour": ["method=cdmad", "method.tau=0.95", "method.soft_targets=false",
+                                      "method.bias_value=0.0"],
     "bmb, bank off": ["method=bmb", "method.bank.enabled=false"],
     "bmb, weights off": ["method=bmb", "method.weights.enabled=false"],
     "bmb, strong features": ["method=bmb", "method.bank.features=strong"],
@@ -65,7 +67,7 @@ def shown(value: float | None) -> str:
 def run_variant(name: str, seed: int, args) -> list[dict] | None:
     """The variant's evaluations at this seed (training it first unless a finished run is there, or
     None with --finished-only)."""
-    run_dir = Path(args.out) / f"{name.replace(', ', '-').replace(' ', '_')}-seed{seed}"
+    run_dir = run_folder(args.out, name, seed)
     if args.finished_only and not finished(run_dir):
         return None
     train_unless_finished(run_dir, ["mode=offline", "experiment=fmnist_lt_r100", "model=small_cnn", *VARIANTS[name],

@@ -21,14 +21,13 @@ import argparse
 import json
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 
 warnings.filterwarnings("ignore", message="no QP solver found")
 
 from bmb_stream.engine.stream_loop import run_stream  # noqa: E402
-from common import train_unless_finished  # noqa: E402
+from common import run_folder, train_unless_finished  # noqa: E402
 
 VARIANTS = {
     "default": [],
@@ -53,7 +52,7 @@ def main() -> None:
     rows: dict[str, list[dict]] = {v: [] for v in args.variants}
     for seed in args.seeds:
         for name in args.variants:
-            run_dir = Path(args.out) / f"{name}-seed{seed}"
+            run_dir = run_folder(args.out, name, seed)
             started = time.time()
             train_unless_finished(run_dir, [f"seed={seed}", "progress=false", *VARIANTS[name]], run_stream)
             summary = json.loads((run_dir / "summary.json").read_text())
