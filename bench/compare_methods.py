@@ -42,6 +42,8 @@ VARIANTS = {
     "cdmad, threshold": ["method=cdmad", "method.tau=0.95", "method.soft_targets=false"],
     "cdmad, threshold, mean colour": ["method=cdmad", "method.tau=0.95", "method.soft_targets=false",
                                       "method.bias_value=0.0"],
+    "cdmad, threshold, mean colour, running bn": ["method=cdmad", "method.tau=0.95", "method.soft_targets=false",
+                                                  "method.bias_value=0.0", "method.bias_batch_norm=running"],
     "bmb, bank off": ["method=bmb", "method.bank.enabled=false"],
     "bmb, weights off": ["method=bmb", "method.weights.enabled=false"],
     "bmb, strong features": ["method=bmb", "method.bank.features=strong"],
