@@ -14,16 +14,16 @@ import warnings
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
 warnings.filterwarnings("ignore", message="no QP solver found")
 
+from bmb_stream.config import stored_config  # noqa: E402
 from bmb_stream.engine.checkpoint import load_checkpoint  # noqa: E402
 from bmb_stream.engine.learner import Learner  # noqa: E402
 
 
 def bias_softmax(run_dir: Path) -> dict[str, list[float]]:
-    cfg = OmegaConf.load(run_dir / "config.yaml")
+    cfg = stored_config(run_dir / "config.yaml")
     state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     labeled = [1] * cfg.dataset.num_classes  # the learner's counts do not enter the model's logits
     learner = Learner(cfg, cfg.dataset.num_classes, labeled, torch.device("cpu"))

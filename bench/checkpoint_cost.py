@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from machine import print_header
 
-from bmb_stream.config import compose
+from bmb_stream.config import compose, typed
 from bmb_stream.engine.checkpoint import load_checkpoint, save_atomic
 from bmb_stream.engine.learner import Learner
 from bmb_stream.evaluation.monitor import StreamMonitor
@@ -37,7 +37,7 @@ from bmb_stream.algorithms import Batch
 
 
 def make_learner(model: str, capacity: int) -> Learner:
-    cfg = compose(["experiment=demo", f"model={model}", f"method.bank.capacity={capacity}"])
+    cfg = typed(compose(["experiment=demo", f"model={model}", f"method.bank.capacity={capacity}"]))
     c = cfg.dataset.num_classes
     labeled_per_class = [max(1, round(150 * 100 ** (-k / (c - 1)))) for k in range(c)]  # gamma-100 seed set
     return Learner(cfg, c, labeled_per_class, torch.device("cpu"))

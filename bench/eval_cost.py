@@ -24,7 +24,7 @@ from PIL import Image
 
 warnings.filterwarnings("ignore", message="no QP solver found")
 
-from bmb_stream.config import compose  # noqa: E402
+from bmb_stream.config import compose, typed  # noqa: E402
 from bmb_stream.datasets import build_split  # noqa: E402
 from bmb_stream.datasets.transforms import DeviceNormalize, build_views  # noqa: E402
 from bmb_stream.evaluation.evaluator import Evaluator  # noqa: E402
@@ -87,7 +87,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    cfg = compose(["mode=offline", "experiment=fmnist_lt_r100"])
+    cfg = typed(compose(["mode=offline", "experiment=fmnist_lt_r100"]))
     fmnist = build_split(cfg.dataset, check_images=False, progress=False).test
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU; medians of {args.rounds} rounds")
     print("| test set | images | model | read once (s) | evaluation (s) | bare forward (s) | ratio |")

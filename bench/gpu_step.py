@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import print_header  # noqa: E402
 
 from bmb_stream.algorithms import Batch  # noqa: E402
-from bmb_stream.config import compose  # noqa: E402
+from bmb_stream.config import compose, typed  # noqa: E402
 from bmb_stream.engine.learner import Learner  # noqa: E402
 
 SETTINGS = {"resnet50": ("imagenet_lt", 224, 1000), "wrn28_2": ("cifar10_lt", 32, 10)}
@@ -47,9 +47,9 @@ VARIANTS = ("fp32", "bf16", "bf16 + channels_last", "bf16 + channels_last + comp
 def learner_for(model: str, variant: str, device: torch.device) -> Learner:
     dataset, _, classes = SETTINGS[model]
     options = {"amp": "bf16" in variant, "channels_last": "channels_last" in variant, "compile": "compile" in variant}
-    cfg = compose(["mode=offline", f"dataset={dataset}", f"model={model}", "method=bmb", "progress=false",
-                   *(f"train.{k}={str(v).lower()}" for k, v in options.items()), "run.dir=/tmp/bmb-gpu-step",
-                   f"dataset.root={Path.cwd()}"])  # composed, never read: the images are random
+    cfg = typed(compose(["mode=offline", f"dataset={dataset}", f"model={model}", "method=bmb", "progress=false",
+                         *(f"train.{k}={str(v).lower()}" for k, v in options.items()), "run.dir=/tmp/bmb-gpu-step",
+                         f"dataset.root={Path.cwd()}"]))  # composed, never read: the images are random
     return Learner(cfg, classes, [100] * classes, device)
 
 

@@ -36,7 +36,7 @@ from PIL import Image
 warnings.filterwarnings("ignore", message="no QP solver found")
 
 from bmb_stream.algorithms import Batch  # noqa: E402
-from bmb_stream.config import compose  # noqa: E402
+from bmb_stream.config import compose, typed  # noqa: E402
 from bmb_stream.datasets import build_split  # noqa: E402
 from bmb_stream.datasets.transforms import build_views  # noqa: E402
 from bmb_stream.engine.learner import Learner  # noqa: E402
@@ -89,7 +89,7 @@ def delivered(url: str, views, workers: int) -> float:
 
 def consumed(steps: int) -> float:
     """Unlabeled images/s of the default job's training step on a batch already in memory."""
-    cfg = compose(["progress=false"])
+    cfg = typed(compose(["progress=false"]))
     split = build_split(cfg.dataset, check_images=False, progress=False)
     learner = Learner(cfg, split.num_classes, split.labeled_per_class, torch.device("cpu"))
     b_l, b_u, size = cfg.train.batch_labeled, cfg.train.batch_unlabeled, cfg.dataset.image_size
@@ -112,7 +112,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     args = ap.parse_args()
     print_header()
-    cfg = compose(["progress=false"])
+    cfg = typed(compose(["progress=false"]))
     fmnist = build_split(cfg.dataset, check_images=False, progress=False).unlabeled
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:

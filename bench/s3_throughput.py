@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import webdataset as wds  # noqa: E402
 
-from bmb_stream.config import compose  # noqa: E402
+from bmb_stream.config import compose, typed  # noqa: E402
 from bmb_stream.datasets.transforms import MultiView, build_views  # noqa: E402
 from bmb_stream.shards.export import export_split  # noqa: E402
 from bmb_stream.shards.reading import make_unlabeled_batches, shard_samples  # noqa: E402
@@ -92,7 +92,7 @@ def main() -> None:
             print(f"read {label:<18} local {lo:8.0f} img/s   s3 {s3:8.0f} img/s   ratio s3/local {s3 / lo:.2f}   "
                   f"(the S3 server used {server_cpu / args.rounds:.1f} CPU s per read of the stream)")
 
-        cfg = compose(["experiment=fmnist_lt_r100", "progress=false"])
+        cfg = typed(compose(["experiment=fmnist_lt_r100", "progress=false"]))
         times = {"local": [], "s3": []}
         n_images = 0
         for r in range(args.rounds):

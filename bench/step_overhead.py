@@ -30,7 +30,7 @@ from machine import print_header
 warnings.filterwarnings("ignore", message="no QP solver found")
 
 from bmb_stream.algorithms import Batch  # noqa: E402
-from bmb_stream.config import compose  # noqa: E402
+from bmb_stream.config import compose, typed  # noqa: E402
 from bmb_stream.datasets import build_split  # noqa: E402
 from bmb_stream.engine.batches import endless_batches  # noqa: E402
 from bmb_stream.engine.learner import Learner  # noqa: E402
@@ -69,8 +69,8 @@ def main() -> None:
     ap.add_argument("--amp", action="store_true", help="train.amp=true (bfloat16 autocast) for both")
     args = ap.parse_args()
     print_header()
-    cfg = compose(["mode=offline", "experiment=fmnist_lt_r100", f"model={args.model}", "method=bmb", "progress=false",
-                   f"train.amp={str(args.amp).lower()}"])
+    cfg = typed(compose(["mode=offline", "experiment=fmnist_lt_r100", f"model={args.model}", "method=bmb",
+                         "progress=false", f"train.amp={str(args.amp).lower()}"]))
     split = build_split(cfg.dataset, check_images=False, progress=False)
     torch.manual_seed(0)
     learner = Learner(cfg, split.num_classes, split.labeled_per_class, torch.device("cpu"))

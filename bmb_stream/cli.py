@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 
 from bmb_stream import redaction
-from bmb_stream.config import check_simulated_stream, compose
+from bmb_stream.config import check_simulated_stream, compose, typed
 from bmb_stream.config_messages import no_such_key, parsed_override
 from bmb_stream.config_schema import GROUPS, group_options
 from bmb_stream.errors import BmbError, ConfigError, StorageUnavailable
@@ -224,7 +224,7 @@ def shards_command(args: list[str]) -> int:
                                           "shard_multiple": "1", "shorter_side": ""})
     if not options["out"]:
         raise ConfigError("shards needs out=DIR")
-    cfg = compose([for_hydra(a) for a in rest])
+    cfg = typed(compose([for_hydra(a) for a in rest]))
     _use_storage(cfg)
     workers = options["workers"]
     if not workers.isdigit():
@@ -292,7 +292,7 @@ def subcommand(argv: list[str]) -> int:
 def run_command(argv: list[str]) -> int:
     try:
         overrides = parse_args(argv)
-        cfg = compose(overrides)
+        cfg = typed(compose(overrides))
         check_run(cfg, overrides)
     except ConfigError as e:
         print(f"bmb-stream: error: {redact_message(str(e), argv)}", file=sys.stderr)

@@ -64,6 +64,30 @@ def compose(overrides: list[str]) -> DictConfig:
     return cfg
 
 
+def typed(cfg: DictConfig | schema.Config) -> schema.Config:
+    """The configuration as the schema's dataclasses, every interpolation resolved: what the run, its
+    learner, algorithm and data read. The DictConfig ends at composition and validation."""
+    return cfg if isinstance(cfg, schema.Config) else OmegaConf.to_object(cfg)
+
+
+def stored_config(path: str | Path) -> schema.Config:
+    """A run folder's config.yaml as the schema's objects: each group on the option schema that declares
+    every key it holds, the closest such one; keys that a later version added take their defaults."""
+    stored = OmegaConf.load(path)
+    cfg = OmegaConf.merge(OmegaConf.structured(schema.Config),
+                          {k: v for k, v in stored.items() if k not in schema.OPTION_SCHEMAS})
+    for group, options in schema.OPTION_SCHEMAS.items():
+        keys = set(stored[group].keys())
+        fitting = [s for s in options.values() if keys <= set(schema.schema_fields(s))]
+        if group == "method" and stored.method.name in options:
+            fitting = [options[stored.method.name]]
+        if not fitting:
+            raise ConfigError(f"{path}: its {group} section ({', '.join(sorted(keys))}) fits no {group} schema")
+        closest = min(fitting, key=lambda s: len(schema.schema_fields(s)))
+        cfg[group] = OmegaConf.merge(OmegaConf.structured(closest), stored[group])
+    return OmegaConf.to_object(cfg)
+
+
 def option_config(group: str, option: str) -> DictConfig:
     """One option of a config group alone, on its schema (e.g. a dataset for `bmb-stream simulate`)."""
     return _hydra_compose(f"{group}/{option}", [])[group]
@@ -209,7 +233,7 @@ def _check_relations(cfg: DictConfig) -> None:
         _check(d.gamma_l != 0 and d.gamma_u != 0, "dataset.gamma_l", "non-zero (and dataset.gamma_u too)", d.gamma_l)
 
 
-def check_simulated_stream(cfg: DictConfig) -> None:
+def check_simulated_stream(cfg: schema.Config) -> None:
     """Without stream.urls, stream mode simulates stream.recipe: it must be a stream of the configured
     dataset, so that a run never reports one dataset while training on another."""
     recipe = cfg.stream.recipe

@@ -38,10 +38,12 @@ def redact_text(text: str) -> str:
 
 # The configuration and the command line: credentials given as overrides, and config.yaml.
 
-def redacted(cfg: DictConfig) -> DictConfig:
-    """A resolved copy of the config without credentials, for config.yaml and checkpoints: keys that name
-    a credential read <redacted>, URLs (list items too) lose their passwords and signed-URL tokens."""
-    return OmegaConf.create(_without_secrets(OmegaConf.to_container(cfg, resolve=True)))
+def redacted(cfg) -> DictConfig:
+    """A resolved copy of the config (a DictConfig or the schema's dataclasses) without credentials, for
+    config.yaml and checkpoints: keys that name a credential read <redacted>, URLs (list items too) lose
+    their passwords and signed-URL tokens."""
+    node = cfg if isinstance(cfg, DictConfig) else OmegaConf.structured(cfg)
+    return OmegaConf.create(_without_secrets(OmegaConf.to_container(node, resolve=True)))
 
 
 def _without_secrets(value, key: str = ""):

@@ -4,9 +4,10 @@ import pytest
 from omegaconf import OmegaConf
 
 from bmb_stream.cli import main
-from bmb_stream.config import compose, option_config, validate
-from bmb_stream.config_schema import group_options
-from bmb_stream.config_schema import OPTION_SCHEMAS
+from bmb_stream.algorithms import ALGORITHMS
+from bmb_stream.config import compose, option_config, stored_config, typed, validate
+from bmb_stream.config_schema import OPTION_SCHEMAS, Config, CountsDataset, Dataset, Retry, Train, group_options
+from bmb_stream.redaction import redacted
 from bmb_stream.errors import ConfigError
 from tests.helpers import cli_error
 
@@ -29,6 +30,10 @@ def test_every_experiment_composes(experiment, method, tmp_path, monkeypatch):
         cfg = compose([f"mode={mode}", f"experiment={experiment}", f"method={method}", f"dataset.root={tmp_path}"])
         assert cfg.method.name == method and cfg.mode == mode
         assert cfg.run.dir.startswith("runs/")
+        obj = typed(cfg)  # what the run reads: the schema's objects, and what its config.yaml gives back
+        assert type(obj.method) is ALGORITHMS[method].Config and isinstance(obj.dataset, Dataset)
+        (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(redacted(obj)))
+        assert stored_config(tmp_path / "config.yaml") == obj
 
 
 def test_stream_is_the_default_mode_with_its_own_defaults(monkeypatch, capsys):
@@ -119,6 +124,21 @@ def test_values_are_typed_and_choices_are_plain_strings(tmp_path):
     assert type(cfg.optim.schedule) is str and "schedule: constant" in OmegaConf.to_yaml(cfg)
     saved = OmegaConf.to_yaml(cfg, resolve=True)  # what config.yaml holds, loaded back
     assert OmegaConf.to_container(OmegaConf.create(saved)) == OmegaConf.to_container(cfg)
+
+
+def test_typed_config_shows_the_schema_defaults_and_reads_older_run_folders(tmp_path):
+    cfg = typed(compose(["mode=offline", "method=abc"]))
+    assert isinstance(cfg, Config) and isinstance(cfg.train, Train) and cfg.storage.retry == Retry()
+    assert type(cfg.dataset) is CountsDataset and cfg.dataset.ratio_rounding == "ceil"
+    assert typed(cfg) is cfg
+    saved = OmegaConf.to_container(redacted(cfg))
+    del saved["dataset"]["ratio_rounding"], saved["train"]["compile"]  # written before these keys existed
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(saved))
+    assert stored_config(tmp_path / "config.yaml") == cfg
+    saved["model"]["depth"] = 28  # a model no schema declares
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(saved))
+    with pytest.raises(ConfigError, match="model section .* fits no model schema"):
+        stored_config(tmp_path / "config.yaml")
 
 
 def test_validation_does_not_change_the_config(tmp_path):

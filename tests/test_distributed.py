@@ -77,12 +77,12 @@ def test_twenty_real_steps_leave_one_learner_state_on_every_rank(tmp_path):
 
 def evaluate_alone(overrides: list[str], checkpoint: Path, tmp_path: Path) -> dict:
     """A checkpoint's models evaluated by one process over the whole test set."""
-    from bmb_stream.config import compose
+    from bmb_stream.config import compose, typed
     from bmb_stream.datasets import build_split
     from bmb_stream.engine.learner import Learner
     from bmb_stream.evaluation.evaluator import Evaluator
 
-    cfg = compose([*overrides, f"run.dir={tmp_path / 'alone'}"])
+    cfg = typed(compose([*overrides, f"run.dir={tmp_path / 'alone'}"]))
     split = build_split(cfg.dataset, seed=cfg.seed, progress=False)
     learner = Learner(cfg, split.num_classes, split.labeled_per_class, torch.device("cpu"))
     learner.load_state_dict(torch.load(checkpoint, weights_only=True)["learner"])

@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from bmb_stream.cli import main
-from bmb_stream.config import compose
+from bmb_stream.config import compose, typed
 
 RUN = ["mode=offline", "experiment=demo", "train.steps=150", "train.eval_every=50", "train.batch_labeled=32",
        "train.batch_unlabeled=32", "train.num_workers=1", "progress=false"]
@@ -111,7 +111,7 @@ def test_baselines_run_and_evaluate_the_standard_head(method, tmp_path):
     r = json.loads((tmp_path / "eval.jsonl").read_text().splitlines()[-1])
     assert "bank_class_counts" not in r
     assert s["final"]["balanced_acc"] == r["balanced_acc"] == pytest.approx(sum(r["per_class_acc"]) / 10)
-    cfg = compose(overrides)
+    cfg = typed(compose(overrides))
     split = build_split(cfg.dataset, seed=cfg.seed, progress=False)
     learner = Learner(cfg, split.num_classes, split.labeled_per_class, torch.device("cpu"))
     learner.load_state_dict(torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)["learner"])

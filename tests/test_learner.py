@@ -3,7 +3,7 @@ import errno
 import pytest
 import torch
 
-from bmb_stream.config import compose
+from bmb_stream.config import compose, typed
 from bmb_stream.engine import checkpoint
 from bmb_stream.engine.ema import ModelEMA, ema_decay_at
 from bmb_stream.engine.learner import Learner, lr_factor
@@ -11,8 +11,8 @@ from bmb_stream.algorithms import Batch
 
 
 def tiny_cfg(*extra):
-    return compose(["mode=offline", "model.width=4", "train.batch_labeled=4", "train.batch_unlabeled=4", "method.tau=0.1",
-                    "method.bank.capacity=16", "method.bank.draw=8", "train.ema_warmup=true", *extra])
+    return typed(compose(["mode=offline", "model.width=4", "train.batch_labeled=4", "train.batch_unlabeled=4", "method.tau=0.1",
+                    "method.bank.capacity=16", "method.bank.draw=8", "train.ema_warmup=true", *extra]))
 
 
 def batch(seed):

@@ -98,7 +98,7 @@ def test_unknown_count_rule_is_rejected():
 
 
 def test_count_rule_defaults_and_the_learner_uses_it():
-    from bmb_stream.config import compose
+    from bmb_stream.config import compose, typed
     from bmb_stream.engine.learner import Learner
 
     rules = lambda *o: (compose(list(o)).method.bank.count_rule, compose(list(o)).method.weights.count_rule)  # noqa: E731
@@ -109,7 +109,7 @@ def test_count_rule_defaults_and_the_learner_uses_it():
     labeled = lambda *o: compose(list(o)).method.bank.labeled  # noqa: E731
     assert labeled() and labeled("mode=stream", "experiment=fmnist_lt_r100") and labeled("mode=offline", "experiment=demo")
     assert not labeled("mode=offline", "experiment=fmnist_lt_r100")  # the published protocols: the reference's bank
-    cfg = compose(["mode=offline", "model.width=4", "method.bank.capacity=16", "method.weights.count_rule=present"])
+    cfg = typed(compose(["mode=offline", "model.width=4", "method.bank.capacity=16", "method.weights.count_rule=present"]))
     learner = Learner(cfg, 3, [100, 10, 1], torch.device("cpu"))
     assert learner.algorithm.bank.count_rule == "reference"
     learner.algorithm.estimate.update(torch.tensor([8, 2, 0]))

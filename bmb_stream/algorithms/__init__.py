@@ -24,9 +24,10 @@ __all__ = ["ALGORITHMS", "Algorithm", "Batch", "Setup", "StepOutput", "build_alg
 
 
 def build_algorithm(cfg, setup: Setup) -> Algorithm:
-    """The algorithm `cfg.name` names, handed its config as its schema's typed object (keys the config
-    does not give take the schema's defaults)."""
+    """The algorithm `cfg.name` names, handed its config as its schema's typed object (given as one, or
+    as a DictConfig or dict whose missing keys take the schema's defaults)."""
+    cls = ALGORITHMS[cfg.name if not isinstance(cfg, dict) else cfg["name"]]
+    if isinstance(cfg, cls.Config):
+        return cls(cfg, setup)
     given = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(cfg)
-    cls = ALGORITHMS[given.name]
-    typed = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls.Config), given))
-    return cls(typed, setup)
+    return cls(OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls.Config), given)), setup)

@@ -32,7 +32,6 @@ from bmb_stream.algorithms.fixmatch import FixMatch, FixMatchConfig
 from bmb_stream.config_checks import choice, key, number
 from bmb_stream.method.losses import hard_pseudo_label_loss, labeled_loss, pseudo_labels, soft_pseudo_label_loss
 
-
 BIAS_BATCH_NORM = ("batch", "running")
 
 

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from bmb_stream.config_schema import Dataset as DatasetConfig
 from bmb_stream.datasets import sources
 from bmb_stream.datasets.sources import ImagePool
 from bmb_stream.datasets.splits import class_histogram, split_by_counts, split_by_ratio
@@ -85,7 +86,7 @@ class SplitIndices:
 SOURCES = ("fashion_mnist", "cifar10", "cifar100", "imagefolder", "imagenet_lt", "small_imagenet127")
 
 
-def load_pools(cfg) -> tuple[ImagePool, ImagePool, list[str]]:
+def load_pools(cfg: DatasetConfig) -> tuple[ImagePool, ImagePool, list[str]]:
     """The train and test pools of the dataset named by `cfg`, and its class names (may be empty)."""
     kind = cfg.source
     names = []
@@ -110,7 +111,7 @@ def load_pools(cfg) -> tuple[ImagePool, ImagePool, list[str]]:
     return train, test, names
 
 
-def split_indices(cfg, train_targets: np.ndarray, seed: int = 0,
+def split_indices(cfg: DatasetConfig, train_targets: np.ndarray, seed: int = 0,
                   class_names: list[str] = ()) -> tuple[np.ndarray, np.ndarray]:
     """Indices of the labeled and unlabeled sets in the train pool, by the config's protocol."""
     num_classes = cfg.num_classes
@@ -149,7 +150,7 @@ def warn_missing_classes(split: SplitIndices, num_classes: int) -> None:
                   f"{_classes(missing, split.class_names)}: {advice[what]}", file=sys.stderr)
 
 
-def load_split(cfg, seed: int = 0) -> SplitIndices:
+def load_split(cfg: DatasetConfig, seed: int = 0) -> SplitIndices:
     """The dataset named by `cfg` with its split: labels checked, missing classes warned about."""
     train, test, names = load_pools(cfg)
     num_classes = cfg.num_classes
@@ -160,7 +161,8 @@ def load_split(cfg, seed: int = 0) -> SplitIndices:
     return split
 
 
-def build_split(cfg, seed: int = 0, check_images: bool = True, progress: bool | None = None) -> SplitData:
+def build_split(cfg: DatasetConfig, seed: int = 0, check_images: bool = True,
+                progress: bool | None = None) -> SplitData:
     """Load the dataset named by `cfg` (the `dataset` config group) and cut its long-tailed split; every
     image file the split uses is checked first (`check_images`), so a bad one stops the run before training."""
     s = load_split(cfg, seed)

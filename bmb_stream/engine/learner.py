@@ -4,16 +4,16 @@ data parallelism, random state, step counter) and the algorithm (bmb_stream/algo
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from contextlib import nullcontext
 
 import torch
-from omegaconf import OmegaConf
 
 from bmb_stream import distributed
 from bmb_stream.algorithms import Batch, Setup, build_algorithm
-from bmb_stream.config_schema import OPTIMIZERS, SCHEDULES
+from bmb_stream.config_schema import OPTIMIZERS, SCHEDULES, Config, Optim
 from bmb_stream.datasets.transforms import DeviceNormalize
 from bmb_stream.engine.ema import ModelEMA
 from bmb_stream.errors import TrainingDiverged
@@ -33,7 +33,7 @@ def lr_factor(step: int, total_steps: int, schedule: str) -> float:
     raise ValueError(f"unknown lr schedule {schedule!r}; accepted: {', '.join(SCHEDULES)}")
 
 
-def build_optimizer(cfg, params) -> torch.optim.Optimizer:
+def build_optimizer(cfg: Optim, params) -> torch.optim.Optimizer:
     if cfg.name == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.name == "sgd":
@@ -55,14 +55,14 @@ def set_random_state(rng: dict) -> None:
 
 
 class Learner:
-    def __init__(self, cfg, num_classes: int, labeled_per_class: list[int], device: torch.device,
+    def __init__(self, cfg: Config, num_classes: int, labeled_per_class: list[int], device: torch.device,
                  total_steps: int | None = None):
         """`total_steps`: the horizon of the learning-rate schedule (offline: train.steps; stream: the
-        stream's length in steps)."""
+        stream's length in steps). `cfg`: the schema's objects (`bmb_stream.config.typed`)."""
         self.cfg = cfg
         self.device = device
         self.num_classes = num_classes
-        model_options = {k: v for k, v in OmegaConf.to_container(cfg.model).items() if k != "name"}
+        model_options = {k: v for k, v in dataclasses.asdict(cfg.model).items() if k != "name"}
         channels_last = cfg.train.channels_last
         self.model = build_model(cfg.model.name, num_classes, **model_options).to(device)
         if channels_last:

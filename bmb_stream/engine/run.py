@@ -16,10 +16,12 @@ import time
 from typing import Callable
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from bmb_stream import distributed
+from bmb_stream.config import typed
+from bmb_stream.config_schema import Config
 from bmb_stream.distributed import resolve_device
 from bmb_stream.engine.checkpoint import CHECKPOINT_FORMAT, check_layout, load_checkpoint, save_atomic
 from bmb_stream.engine.learner import Learner
@@ -36,8 +38,8 @@ class Run(abc.ABC):
     learner: Learner
     evaluator: Evaluator
 
-    def __init__(self, cfg):
-        self.cfg = cfg
+    def __init__(self, cfg: DictConfig | Config):
+        self.cfg = cfg = typed(cfg)
         self.device = distributed.local_device(resolve_device(cfg.device))
         distributed.init(self.device)
         cfg.run.dir = distributed.from_main(cfg.run.dir)  # a default run.dir's timestamp is rank 0's
@@ -206,7 +208,7 @@ class Run(abc.ABC):
         return summary
 
 
-def open_run_dir(cfg) -> RunDir:
+def open_run_dir(cfg: Config) -> RunDir:
     """Rank 0 checks, locks and opens the run directory and chooses the checkpoint to resume from; a
     refusal ends every rank with its message."""
     run_dir, refusal = None, None

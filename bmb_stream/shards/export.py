@@ -7,14 +7,15 @@ is complete (upload.ShardDestination).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
 import numpy as np
-from omegaconf import OmegaConf
 from tqdm import tqdm
 
 import bmb_stream
+from bmb_stream.config_schema import Dataset
 from bmb_stream.datasets.build import SplitIndices, load_split
 from bmb_stream.errors import ConfigError, WriteFailed
 from bmb_stream.shards.manifest import MANIFEST, earlier_output, incomplete
@@ -26,9 +27,10 @@ FORMAT = "bmb-stream-split/1"
 SPLIT_PREFIXES = ("labeled-", "unlabeled-", "test-")
 
 
-def export_split(ds_cfg, out: str | Path, *, seed: int = 0, max_samples: int = 10_000, max_bytes: int | None = None,
-                 workers: int = 0, overwrite: bool = False, keep_hidden_labels: bool = True, progress: bool = True,
-                 shard_multiple: int = 1, shorter_side: int | None = None) -> dict:
+def export_split(ds_cfg: Dataset, out: str | Path, *, seed: int = 0, max_samples: int = 10_000,
+                 max_bytes: int | None = None, workers: int = 0, overwrite: bool = False,
+                 keep_hidden_labels: bool = True, progress: bool = True, shard_multiple: int = 1,
+                 shorter_side: int | None = None) -> dict:
     """Write `labeled-*.tar` (with `cls`), `unlabeled-*.tar` (with `gt.cls` unless told not to) and
     `test-*.tar` (with `cls`) for the split the dataset config defines, to a folder or to
     `s3://bucket/prefix` (each shard uploaded as soon as it is written); returns the manifest.
@@ -53,7 +55,7 @@ def export_split(ds_cfg, out: str | Path, *, seed: int = 0, max_samples: int = 1
         dest.close()
 
 
-def _write_split(ds_cfg, dest: ShardDestination, replace: list[str], split: SplitIndices, *, seed: int,
+def _write_split(ds_cfg: Dataset, dest: ShardDestination, replace: list[str], split: SplitIndices, *, seed: int,
                  max_samples: int, max_bytes: int | None, workers: int, keep_hidden_labels: bool, progress: bool,
                  shard_multiple: int, shorter_side: int | None) -> dict:
     num_classes = int(ds_cfg.num_classes)
@@ -75,7 +77,7 @@ def _write_split(ds_cfg, dest: ShardDestination, replace: list[str], split: Spli
         }
     bar.close()
     manifest = {"format": FORMAT, "version": bmb_stream.__version__, "seed": seed, "shorter_side": shorter_side,
-                "dataset": OmegaConf.to_container(ds_cfg, resolve=True), "num_classes": num_classes,
+                "dataset": dataclasses.asdict(ds_cfg), "num_classes": num_classes,
                 "class_names": list(names) or [str(c) for c in range(num_classes)], **sets}
     write_json(out / MANIFEST, manifest)
     dest.finish([out / MANIFEST])

@@ -10,6 +10,7 @@ from omegaconf import MISSING as OMEGACONF_MISSING
 from omegaconf import OmegaConf
 
 from bmb_stream.config_checks import COUNT, POSITIVE, choice, integer, key, number
+from bmb_stream.config_schema import Dataset
 from bmb_stream.errors import ConfigError, first_line
 from bmb_stream.simulation.priors import Prior
 
@@ -85,8 +86,9 @@ class Recipe:
         return cls(**{**recipe, "prior": prior, "dataset_overrides": dict(recipe.get("dataset_overrides") or {})})
 
 
-def dataset_config(recipe: Recipe):
-    """The recipe's dataset: its option of configs/dataset/ on the dataset schema, with dataset_overrides."""
+def dataset_config(recipe: Recipe) -> Dataset:
+    """The recipe's dataset: its option of configs/dataset/ with dataset_overrides, as the dataset schema's
+    object."""
     from bmb_stream.config import option_config
     from bmb_stream.config_schema import group_options
 
@@ -98,7 +100,6 @@ def dataset_config(recipe: Recipe):
     except Exception as e:  # a key the dataset has not, or a value of the wrong type
         raise ConfigError(f"dataset_overrides: {first_line(e)}") from None
     try:
-        OmegaConf.to_container(cfg, throw_on_missing=True)
+        return OmegaConf.to_object(cfg)
     except Exception as e:
         raise ConfigError(f"dataset_overrides: {first_line(e)} (e.g. root=/path/to/data)") from None
-    return cfg

@@ -11,6 +11,7 @@ import numpy as np
 from tqdm import tqdm
 
 import bmb_stream
+from bmb_stream.config_schema import Dataset
 from bmb_stream.datasets.build import load_split
 from bmb_stream.datasets.sources import check_image_files
 from bmb_stream.errors import ConfigError, WriteFailed
@@ -115,7 +116,7 @@ def simulate(recipe_name: str, recipe: dict, out: str | Path, overwrite: bool = 
     return manifest
 
 
-def _write_stream(recipe_name: str, recipe: Recipe, ds_cfg, manifest: dict, dest: ShardDestination,
+def _write_stream(recipe_name: str, recipe: Recipe, ds_cfg: Dataset, manifest: dict, dest: ShardDestination,
                   replace: list[str], progress: bool) -> dict:
     num_classes = ds_cfg.num_classes
     split = load_split(ds_cfg, recipe.seed)

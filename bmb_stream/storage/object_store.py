@@ -26,6 +26,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bmb_stream.config_schema import S3
 from bmb_stream.errors import ShardError
 from bmb_stream.storage.retry import NoSuchObject, RetryPolicy, Stalled, unreachable, with_retries
 
@@ -53,9 +54,9 @@ class S3Settings:
     access_key_id: str | None = field(default=None, repr=False)
     secret_access_key: str | None = field(default=None, repr=False)
     session_token: str | None = field(default=None, repr=False)
-    path_style: bool = True
-    connect_timeout_s: float = 10.0
-    read_timeout_s: float = 30.0
+    path_style: bool = S3.path_style  # the defaults are storage.s3's
+    connect_timeout_s: float = S3.connect_timeout_s
+    read_timeout_s: float = S3.read_timeout_s
     retry: RetryPolicy = RetryPolicy()
 
     @classmethod

@@ -17,6 +17,7 @@ import urllib.error
 from dataclasses import dataclass
 from typing import Callable
 
+from bmb_stream.config_schema import Retry
 from bmb_stream.errors import ShardError, StorageUnavailable
 
 log = logging.getLogger("bmb_stream.storage")
@@ -53,9 +54,9 @@ class RetryPolicy:
     """Exponential backoff: waits of backoff_s, 2 backoff_s, ... capped at max_backoff_s (with jitter),
     until `budget_s` seconds have passed since the first failure of an episode."""
 
-    budget_s: float = 120.0
-    backoff_s: float = 0.5
-    max_backoff_s: float = 15.0
+    budget_s: float = Retry.budget_s  # the defaults are storage.retry's
+    backoff_s: float = Retry.backoff_s
+    max_backoff_s: float = Retry.max_backoff_s
 
     def __post_init__(self):
         if self.budget_s < 0 or self.backoff_s <= 0 or self.max_backoff_s < self.backoff_s:
