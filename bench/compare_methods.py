@@ -44,6 +44,9 @@ VARIANTS = {
                                       "method.bias_value=0.0"],
     "cdmad, threshold, mean colour, running bn": ["method=cdmad", "method.tau=0.95", "method.soft_targets=false",
                                                   "method.bias_value=0.0", "method.bias_batch_norm=running"],
+    # black, Fashion-MNIST's background: (0 - mean) / std = -0.219 / 0.3318 in the normalised space
+    "cdmad, threshold, black, running bn": ["method=cdmad", "method.tau=0.95", "method.soft_targets=false",
+                                            "method.bias_value=-0.66", "method.bias_batch_norm=running"],
     "bmb, bank off": ["method=bmb", "method.bank.enabled=false"],
     "bmb, weights off": ["method=bmb", "method.weights.enabled=false"],
     "bmb, strong features": ["method=bmb", "method.bank.features=strong"],
