@@ -21,6 +21,23 @@ def write_idx(path, array):
         f.write(header + array.astype(np.uint8).tobytes())
 
 
+def test_fashion_mnist_is_also_read_where_torchvision_downloads_it(tmp_path):
+    from bmb_stream.datasets.sources import load_fashion_mnist
+
+    raw = tmp_path / "FashionMNIST" / "raw"  # torchvision.datasets.FashionMNIST(tmp_path, download=True)
+    raw.mkdir(parents=True)
+    for prefix, n in (("train", 20), ("t10k", 10)):
+        write_idx(raw / f"{prefix}-images-idx3-ubyte.gz", np.full((n, 28, 28), 7))
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+        for kind in ("images-idx3", "labels-idx1"):  # it keeps the archive and its unpacked file
+            gz = raw / f"{prefix}-{kind}-ubyte.gz"
+            (raw / gz.stem).write_bytes(gzip.decompress(gz.read_bytes()))
+            if prefix == "t10k":  # either one is enough
+                gz.unlink()
+    train, test = load_fashion_mnist(str(tmp_path))
+    assert len(train) == 20 and len(test) == 10 and list(test.targets) == list(np.arange(10))
+
+
 def test_idx_reader_and_fashion_mnist_padding(tmp_path):
     rng = np.random.default_rng(0)
     for prefix, n in (("train", 30), ("t10k", 10)):

@@ -129,13 +129,23 @@ def _fmnist_images(raw: np.ndarray) -> torch.Tensor:
     return x.unsqueeze(1).expand(-1, 3, -1, -1).contiguous()
 
 
+def _idx_file(root: Path, name: str, hint: str) -> Path:
+    """`name` (gzipped or not) in `root`, as Debian's dataset-fashion-mnist lays it out, or in
+    `root/FashionMNIST/raw`, where torchvision's FashionMNIST(root, download=True) writes it."""
+    for folder in (root, root / "FashionMNIST" / "raw"):
+        for candidate in (folder / f"{name}.gz", folder / name):
+            if candidate.exists():
+                return candidate
+    return _require(root / f"{name}.gz", hint)
+
+
 def load_fashion_mnist(root: str) -> tuple[ImagePool, ImagePool]:
     base = Path(root)
-    hint = ("install Debian's package dataset-fashion-mnist (apt-get install dataset-fashion-mnist) "
-            "or set dataset.root to a folder with the four IDX files")
+    hint = ("install Debian's package dataset-fashion-mnist (apt-get install dataset-fashion-mnist), or set "
+            "dataset.root to a folder with the four IDX files (or to the root of torchvision's FashionMNIST)")
     pools = []
     for prefix in ("train", "t10k"):
-        images, labels = (_require(base / f"{prefix}-{kind}-idx{n}-ubyte.gz", hint)
+        images, labels = (_idx_file(base, f"{prefix}-{kind}-idx{n}-ubyte", hint)
                           for kind, n in (("images", 3), ("labels", 1)))
         x, y = read_idx(images), read_idx(labels).astype(np.int64)
         if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
