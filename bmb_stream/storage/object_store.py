@@ -27,12 +27,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bmb_stream.config_schema import S3
-from bmb_stream.errors import ShardError
+from bmb_stream.errors import ConfigError, ShardError
 from bmb_stream.storage.retry import NoSuchObject, RetryPolicy, Stalled, unreachable, with_retries
 
 # the module, not the function of the same name that `webdataset.gopen` resolves to
 gopen_module = importlib.import_module("webdataset.gopen")
 LOW_SPEED_BYTES_PER_S = 1024  # slower than this for a whole read timeout, a read has stalled (curl's low-speed limit)
+
+
+def require_boto3():
+    """boto3, which s3:// URLs need (the s3 extra)."""
+    try:
+        import boto3
+    except ImportError:
+        raise ConfigError("s3:// URLs need boto3, which is not installed: pip install 'bmb-stream[s3]'") from None
+    return boto3
 
 
 def split_s3_url(url: str) -> tuple[str, str]:
@@ -74,7 +83,7 @@ class S3Settings:
     def make_session(self):
         """A boto3 session with these credentials. It caches the service model, so processes forked
         from one that holds it make their clients in milliseconds instead of a tenth of a second."""
-        import boto3
+        boto3 = require_boto3()
 
         if (self.access_key_id is None) != (self.secret_access_key is None):
             raise ShardError("storage.s3.access_key_id and storage.s3.secret_access_key go together: give both, "

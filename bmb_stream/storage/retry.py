@@ -82,11 +82,21 @@ def _error_code(exc: BaseException) -> tuple[str, int]:
     return code, status
 
 
+def _optional(module: str):
+    """A module of the s3 extra (boto3, botocore, urllib3), or None where it is not installed: then no
+    error comes from it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        return None
+
+
 def _unwrap(exc: BaseException) -> BaseException:
     """boto3's transfer manager wraps the failure of an upload part; judge the original."""
-    from boto3.exceptions import S3UploadFailedError
-
-    if isinstance(exc, S3UploadFailedError):
+    boto = _optional("boto3.exceptions")
+    if boto is not None and isinstance(exc, boto.S3UploadFailedError):
         return exc.__cause__ or exc.__context__ or exc
     return exc
 
@@ -94,37 +104,36 @@ def _unwrap(exc: BaseException) -> BaseException:
 def is_transient(exc: BaseException) -> bool:
     """Connection trouble, timeouts, truncated bodies, 5xx and throttling: worth another try.
     Everything else (a missing object, refused credentials, a TLS certificate error) is not."""
-    from botocore import exceptions as be
-    from urllib3 import exceptions as ue
-
+    be, ue = _optional("botocore.exceptions"), _optional("urllib3.exceptions")
     exc = _unwrap(exc)
     if isinstance(exc, urllib.error.HTTPError):
         return exc.code >= 500 or exc.code in (408, 429)
     if isinstance(exc, urllib.error.URLError):  # no response at all: refused, reset, timed out (not DNS, not TLS)
         return isinstance(exc.reason, (ConnectionError, TimeoutError))
-    if isinstance(exc, be.ClientError):
+    if be is not None and isinstance(exc, be.ClientError):
         code, status = _error_code(exc)
         return code in TRANSIENT_CODES or status >= 500 or status == 429
-    if isinstance(exc, (be.SSLError, ue.SSLError)):
+    if (be is not None and isinstance(exc, be.SSLError)) or (ue is not None and isinstance(exc, ue.SSLError)):
         return False
-    return isinstance(exc, (be.ConnectionError, be.HTTPClientError, be.IncompleteReadError, be.ResponseStreamingError,
-                            ue.ProtocolError, ue.TimeoutError, ue.NewConnectionError, ConnectionError, TimeoutError,
-                            http.client.IncompleteRead))
+    transient = (ConnectionError, TimeoutError, http.client.IncompleteRead)
+    if be is not None:
+        transient += (be.ConnectionError, be.HTTPClientError, be.IncompleteReadError, be.ResponseStreamingError)
+    if ue is not None:
+        transient += (ue.ProtocolError, ue.TimeoutError, ue.NewConnectionError)
+    return isinstance(exc, transient)
 
 
 def is_missing(exc: BaseException) -> bool:
     """No such key or URL (a missing bucket or host is not "missing": it is an error everywhere)."""
-    from botocore.exceptions import ClientError
-
     if isinstance(exc, urllib.error.HTTPError):
         return exc.code in (404, 410)
-    return isinstance(exc, ClientError) and _error_code(exc)[0] in ("NoSuchKey", "404", "NotFound")
+    be = _optional("botocore.exceptions")
+    return be is not None and isinstance(exc, be.ClientError) and _error_code(exc)[0] in ("NoSuchKey", "404", "NotFound")
 
 
 def describe(exc: BaseException) -> str:
     """The cause in words, with the server's code; never the request (it may carry credentials)."""
-    from botocore.exceptions import ClientError, NoCredentialsError, PartialCredentialsError
-
+    be = _optional("botocore.exceptions")
     exc = _unwrap(exc)
     if isinstance(exc, urllib.error.HTTPError):
         return f"HTTP {exc.code} {exc.reason}"
@@ -136,9 +145,11 @@ def describe(exc: BaseException) -> str:
         return str(exc)
     if isinstance(exc, TimeoutError):
         return "timed out"
-    if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):  # botocore's text names variables, no values
+    if be is None:
+        return f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, (be.NoCredentialsError, be.PartialCredentialsError)):  # their text names variables, no values
         return f"{NO_CREDENTIALS} ({exc})"
-    if isinstance(exc, ClientError):
+    if isinstance(exc, be.ClientError):
         code, status = _error_code(exc)
         cause = PERMANENT_CAUSES.get(code) or PERMANENT_CAUSES.get(str(status))
         if cause is None:

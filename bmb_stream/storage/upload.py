@@ -13,7 +13,7 @@ from pathlib import Path
 
 from bmb_stream.errors import ShardError, WriteFailed
 from bmb_stream.storage.atomic import write_failure
-from bmb_stream.storage.object_store import S3Settings, list_keys, read_bytes, s3_opener, split_s3_url
+from bmb_stream.storage.object_store import S3Settings, list_keys, read_bytes, require_boto3, s3_opener, split_s3_url
 from bmb_stream.storage.retry import with_retries
 
 
@@ -24,6 +24,7 @@ class Uploader:
     def __init__(self, prefix_url: str, settings: S3Settings | None = None, threads: int = 8):
         from concurrent.futures import ThreadPoolExecutor
 
+        require_boto3()
         from boto3.s3.transfer import TransferConfig
 
         self.settings = settings or s3_opener().settings
