@@ -60,7 +60,7 @@ site="$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["pure
 deps_site="$("$deps/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 echo "$deps_site" > "$site/bmb_stream_deps.pth"
 
-stamp=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+stamp=".venv/.installed-$(cat pyproject.toml setup.py | sha256sum | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   echo "installing bmb-stream (editable) into .venv"
   run_logged .venv/bin/python -m pip install -q --no-deps -e .

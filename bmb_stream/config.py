@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import time
+import typing
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -47,6 +48,7 @@ def _hydra_compose(config_name: str, overrides: list[str]) -> DictConfig:
 
 def compose(overrides: list[str]) -> DictConfig:
     """The configuration for these Hydra overrides, validated, with run.dir filled in."""
+    _refuse_loose_booleans(overrides)
     cfg = _hydra_compose("config", overrides)
     try:
         _refuse_unread_overrides(cfg, overrides)
@@ -100,6 +102,17 @@ def _without_dataset_folders(cfg: DictConfig) -> None:
         for key in ("root", "list_dir"):
             if key in cfg.dataset.keys() and OmegaConf.is_missing(cfg.dataset, key):  # `in` is False for ???
                 cfg.dataset[key] = None
+
+
+def _refuse_loose_booleans(overrides: list[str]) -> None:
+    """A boolean key takes true or false: OmegaConf would also read yes/no/on/off (and `train.amp=yes`
+    would start a job the user may not have meant)."""
+    for override in overrides:
+        key, _, value = override.partition("=")
+        f = schema.find_field(key.lstrip("+~"))
+        if f is not None and bool in (f.type, *typing.get_args(f.type)):
+            if value.strip("'\"").lower() not in ("true", "false", "null") and not value.startswith("${"):
+                raise ConfigError(f"{key.lstrip('+~')}={unless_secret(key, value)}: must be true or false")
 
 
 def _refuse_unread_overrides(cfg: DictConfig, overrides: list[str]) -> None:
@@ -240,7 +253,7 @@ def check_simulated_stream(cfg: schema.Config) -> None:
     if not recipe:
         raise ConfigError("stream.urls is required in stream mode (shard URLs or a stream folder), "
                           "or stream.recipe=NAME to simulate one of streams/")
-    path = Path(recipe) if Path(recipe).suffix else Path(__file__).resolve().parents[1] / "streams" / f"{recipe}.yaml"
+    path = Path(recipe) if Path(recipe).suffix else schema.shipped_dir("streams") / f"{recipe}.yaml"
     if not path.exists():
         return  # load_recipe names the shipped recipes
     streamed = OmegaConf.load(path).get("dataset")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import typing
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import (
@@ -94,7 +95,19 @@ def omegaconf_message(error, overrides: list[str]) -> str | None:
         return None
     typed = override_value(overrides, key)
     shown = typed if typed is not None else as_typed(error.value)
-    return f"{key}={unless_secret(key, shown)}: must be {schema.field_check(f)[1]}"
+    accepted = schema.field_check(f)[1]
+    scalar = f.type if typing.get_origin(f.type) is not list else None  # float, or float | None
+    if float in (scalar, *typing.get_args(scalar)) and not _is_number(error.value):
+        accepted = f"a number ({accepted})"
+    return f"{key}={unless_secret(key, shown)}: must be {accepted}"
+
+
+def _is_number(value) -> bool:
+    try:
+        float(value)
+        return True
+    except (TypeError, ValueError):
+        return False
 
 
 def override_key(full_key: str, overrides: list[str]) -> str:

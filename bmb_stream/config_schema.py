@@ -310,13 +310,20 @@ def known_keys() -> list[str]:
 GROUPS = ("mode", "method", "model", "dataset", "experiment")
 
 
+def shipped_dir(name: str) -> Path:
+    """A folder the project ships beside its code, `configs` or `streams`: inside the package when installed
+    from a wheel (setup.py puts it there), at the top of the source checkout otherwise."""
+    package = Path(__file__).resolve().parent
+    return package / name if (package / name).is_dir() else package.parent / name
+
+
 def config_dir() -> Path:
-    """configs/ beside the package (source checkout or editable install), or BMB_STREAM_CONFIGS."""
+    """The configuration's folder: the shipped configs/, or BMB_STREAM_CONFIGS."""
     env = os.environ.get("BMB_STREAM_CONFIGS")
-    path = Path(env) if env else Path(__file__).resolve().parent.parent / "configs"
+    path = Path(env) if env else shipped_dir("configs")
     if not (path / "config.yaml").exists():
-        raise ConfigError(f"config folder {path} not found: install with 'pip install -e .' from the source "
-                          f"checkout, or set BMB_STREAM_CONFIGS to its configs/ folder")
+        raise ConfigError(f"config folder {path} not found: reinstall bmb-stream (pip install bmb-stream, or "
+                          f"pip install -e . in the source checkout), or set BMB_STREAM_CONFIGS to a configs/ folder")
     return path
 
 

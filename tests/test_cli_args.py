@@ -9,7 +9,8 @@ import subprocess
 
 import pytest
 
-from bmb_stream.cli import main, parse_args, resume_command
+from bmb_stream.cli import main, resume_command
+from bmb_stream.cli_args import parse_args
 from bmb_stream.config import compose
 from bmb_stream.errors import ConfigError
 from tests.helpers import cli_error

@@ -3,12 +3,12 @@ import re
 import pytest
 from omegaconf import OmegaConf
 
-from bmb_stream.cli import main
 from bmb_stream.algorithms import ALGORITHMS
+from bmb_stream.cli import main
 from bmb_stream.config import compose, option_config, stored_config, typed, validate
 from bmb_stream.config_schema import OPTION_SCHEMAS, Config, CountsDataset, Dataset, Retry, Train, group_options
-from bmb_stream.redaction import redacted
 from bmb_stream.errors import ConfigError
+from bmb_stream.redaction import redacted
 from tests.helpers import cli_error
 
 EXPERIMENTS = group_options("experiment")
@@ -88,7 +88,10 @@ def test_reference_recipe_values_reach_the_config(tmp_path):
     ("train.steps=abc", "train.steps=abc: must be a positive integer"),
     ("train.steps=1.5", "train.steps=1.5: must be a positive integer"),
     ("resume=maybe", "resume=maybe: must be true or false"),
-    ("method.tau=abc", "method.tau=abc: must be in (0, 1]"),
+    ("method.tau=abc", "method.tau=abc: must be a number (in (0, 1])"),
+    ("optim.lr=1e-3x", "optim.lr=1e-3x: must be a number (positive)"),
+    ("train.amp=yes", "train.amp=yes: must be true or false"),  # OmegaConf alone would read yes/no/on/off
+    ("method.bank.enabled=off", "method.bank.enabled=off: must be true or false"),
     ("seed=null", "seed=null: must be an integer >= 0"),
     ("dataset.mean=[1,a,3]", "dataset.mean=[1,a,3]: must be a list of three numbers"),
     ("method.bank.features=both", "method.bank.features=both: must be strong or weak"),

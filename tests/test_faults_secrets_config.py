@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bmb_stream.cli import main, parse_args, resume_hint
+from bmb_stream.cli import main, resume_hint
+from bmb_stream.cli_args import parse_args
 from bmb_stream.config import compose
 from bmb_stream.storage.object_store import S3Settings, use_storage
 from tests.helpers import cli_error

@@ -16,7 +16,8 @@ import pytest
 import torch
 from PIL import Image
 
-from bmb_stream.cli import main, parse_args
+from bmb_stream.cli import main
+from bmb_stream.cli_args import parse_args
 from bmb_stream.config import compose
 from bmb_stream.engine.skipped_shards import SkippedShards
 from bmb_stream.engine.stream_source import prepare_stream

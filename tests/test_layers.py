@@ -19,7 +19,7 @@ LAYERS = [  # bottom first
     {"shards"},
     {"simulation"},
     {"engine"},
-    {"cli", "__main__"},
+    {"cli", "cli_args", "subcommands", "__main__"},
 ]
 
 

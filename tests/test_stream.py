@@ -203,7 +203,7 @@ def test_http_urls_read_the_same_samples_and_manifest_as_local_files(fmnist_stre
     import threading
     from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
-    from bmb_stream.cli import parse_args
+    from bmb_stream.cli_args import parse_args
     from bmb_stream.config import compose
     from bmb_stream.engine.stream_source import prepare_stream
     from bmb_stream.shards.reading import shard_samples

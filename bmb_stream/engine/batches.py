@@ -24,6 +24,12 @@ def derived_seed(seed: int, experience: int, purpose: int) -> int:
     return int(np.random.SeedSequence([seed, experience, purpose]).generate_state(1)[0])
 
 
+def worker_start(workers: int) -> str | None:
+    """How DataLoader workers start: forked, on every Python (3.14 made forkserver Linux's default; the
+    shard pipeline and its error handler are not picklable for workers that do not fork)."""
+    return "fork" if workers > 0 else None
+
+
 def endless_batches(dataset, batch_size: int, seed: int, num_workers: int, pin_memory: bool = False) -> Iterator:
     """Shuffled batches forever: each pass is a new permutation from one seeded generator. In a
     data-parallel run every rank draws the same permutations and takes every world-th index of them
@@ -38,7 +44,7 @@ def endless_batches(dataset, batch_size: int, seed: int, num_workers: int, pin_m
         own = torch.Generator().manual_seed(distributed.rank_seed(seed))
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True, num_workers=num_workers,
                         persistent_workers=num_workers > 0, generator=own, worker_init_fn=ignore_interrupts,
-                        pin_memory=pin_memory)
+                        pin_memory=pin_memory, multiprocessing_context=worker_start(num_workers))
     while True:
         yield from loader
 
@@ -68,8 +74,9 @@ def experience_batches(shards: list[str], views, batch_size: int, workers: int, 
         batches = make_unlabeled_batches(shards, views, batch_size, handler, num_classes=num_classes,
                                          test_samples=test_samples)
         own = torch.Generator().manual_seed(distributed.rank_seed(derived_seed(seed, k, 2 + p)))
-        loader = wds.WebLoader(batches, batch_size=None, num_workers=min(workers, len(rank_share(shards))),
-                               worker_init_fn=ignore_interrupts, generator=own, pin_memory=pin_memory)
+        n = min(workers, len(rank_share(shards)))
+        loader = wds.WebLoader(batches, batch_size=None, num_workers=n, worker_init_fn=ignore_interrupts, generator=own,
+                               pin_memory=pin_memory, multiprocessing_context=worker_start(n))
         with interruptible_wait():
             loaded = iter(loader)
         while True:

@@ -10,7 +10,7 @@ from omegaconf import MISSING as OMEGACONF_MISSING
 from omegaconf import OmegaConf
 
 from bmb_stream.config_checks import COUNT, POSITIVE, choice, integer, key, number
-from bmb_stream.config_schema import Dataset
+from bmb_stream.config_schema import Dataset, shipped_dir
 from bmb_stream.errors import ConfigError, first_line
 from bmb_stream.simulation.priors import Prior
 
@@ -19,7 +19,7 @@ MAX_STREAM_IMAGES = 100_000_000  # bounds that keep it in memory and far above a
 
 
 def recipe_dir() -> Path:
-    return Path(__file__).resolve().parents[2] / "streams"
+    return shipped_dir("streams")
 
 
 def load_recipe(name_or_path: str, overrides: list[str] = ()) -> tuple[str, dict]:

@@ -1,0 +1,1 @@
+"""Simulated streams: class priors along a stream, recipes, and simulating a stream as shards."""

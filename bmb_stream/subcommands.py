@@ -1,0 +1,96 @@
+"""The subcommands beside training: `simulate` (a stream from a recipe) and `shards` (a dataset split as
+WebDataset shards)."""
+
+from __future__ import annotations
+
+from bmb_stream.cli_args import for_hydra
+from bmb_stream.config import compose, typed
+from bmb_stream.errors import ConfigError
+
+
+def _split_options(args: list[str], own: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    """Separate this subcommand's own KEY=VALUE options (`own`: key -> default) from the rest."""
+    options, rest = dict(own), []
+    for arg in args:
+        key, _, value = arg.partition("=")
+        if not _:
+            raise ConfigError(f"{arg!r} is not a KEY=VALUE argument; see bmb-stream --help")
+        if key in own:
+            options[key] = value
+        else:
+            rest.append(arg)
+    return options, rest
+
+
+def _flag(options: dict, key: str) -> bool:
+    value = str(options[key]).lower()
+    if value not in ("true", "false"):
+        raise ConfigError(f"{key}={options[key]}: must be true or false")
+    return value == "true"
+
+
+def _positive(options: dict, key: str) -> int | None:
+    value = options[key]
+    if value in ("", "null", "none"):
+        return None
+    if not value.isdigit() or int(value) <= 0:
+        raise ConfigError(f"{key}={value}: must be a positive integer")
+    return int(value)
+
+
+def _use_storage(cfg_or_overrides) -> None:
+    """Object storage settings for out=s3://... from the config (or `storage.*` overrides of it)."""
+    from bmb_stream.storage.object_store import S3Settings, use_storage
+
+    cfg = compose([for_hydra(a) for a in cfg_or_overrides]) if isinstance(cfg_or_overrides, list) else cfg_or_overrides
+    use_storage(S3Settings.from_config(cfg.storage))
+
+
+def simulate_command(args: list[str]) -> int:
+    from bmb_stream.simulation.recipes import load_recipe
+    from bmb_stream.simulation.simulate import simulate
+
+    if not args or "=" in args[0]:
+        raise ConfigError("simulate needs a recipe: bmb-stream simulate RECIPE [out=DIR] [KEY=VALUE ...]")
+    options, rest = _split_options(args[1:], {"out": "", "overwrite": "false", "progress": "true"})
+    _use_storage([a for a in rest if a.startswith("storage.")])  # where out=s3://... goes
+    # root= and list_dir= are short for the dataset's folders
+    rest = [f"dataset_overrides.{a}" if a.split("=", 1)[0] in ("root", "list_dir") else a
+            for a in rest if not a.startswith("storage.")]
+    name, recipe = load_recipe(args[0], rest)
+    out = options["out"] or f"data/streams/{name}"
+    manifest = simulate(name, recipe, out, overwrite=_flag(options, "overwrite"), progress=_flag(options, "progress"))
+    n = sum(s["samples"] for s in manifest["shards"])
+    print(f"{len(manifest['shards'])} stream shards ({n} images, "
+          f"{sum(s['labeled'] for s in manifest['shards'])} labeled), seed set {manifest['labeled_set']['samples']}, "
+          f"test set {manifest['test_set']['samples']}" +
+          (f"; stopped early: {manifest['stopped_early']}" if manifest["stopped_early"] else ""))
+    print(f"stream: {out}  (manifest.json, plots/stream_prior.png)")
+    return 0
+
+
+def shards_command(args: list[str]) -> int:
+    from bmb_stream.shards.export import export_split
+
+    options, rest = _split_options(args, {"out": "", "overwrite": "false", "max_samples": "10000", "max_bytes": "",
+                                          "workers": "0", "hide_labels": "false", "progress": "true",
+                                          "shard_multiple": "1", "shorter_side": ""})
+    if not options["out"]:
+        raise ConfigError("shards needs out=DIR")
+    cfg = typed(compose([for_hydra(a) for a in rest]))
+    _use_storage(cfg)
+    workers = options["workers"]
+    if not workers.isdigit():
+        raise ConfigError(f"workers={workers}: must be an integer >= 0 (0: one per core)")
+    manifest = export_split(cfg.dataset, options["out"], seed=cfg.seed, max_samples=_positive(options, "max_samples"),
+                            max_bytes=_positive(options, "max_bytes"), workers=int(workers),
+                            overwrite=_flag(options, "overwrite"), keep_hidden_labels=not _flag(options, "hide_labels"),
+                            progress=_flag(options, "progress"), shard_multiple=_positive(options, "shard_multiple"),
+                            shorter_side=_positive(options, "shorter_side"))
+    for key in ("labeled_set", "unlabeled_set", "test_set"):
+        print(f"{key}: {manifest[key]['samples']} images in {len(manifest[key]['files'])} shards")
+    print(f"shards: {options['out']}")
+    return 0
+
+
+SUBCOMMANDS = {"simulate": simulate_command, "shards": shards_command}

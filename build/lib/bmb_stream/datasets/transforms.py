@@ -1,0 +1,137 @@
+"""Weak, strong and test views (bmb-method section 7), built from torchvision's v2 transforms.
+
+Inputs are PIL images (decoded files stay PIL until the end; on small images PIL's ops are as fast
+as tensor ops in a one-thread worker and far faster with several threads, bench/augment_speed.py);
+outputs are uint8 tensors, a quarter of float32's bytes through the loaders' queues and to the device,
+where `DeviceNormalize` makes them the float inputs a model takes. Small images (32/64 px): weak = pad-and-crop + flip; strong = weak +
+RandAugment(3 ops, magnitude 4 of 30) + Cutout of half the image side. ImageNet-size images: weak =
+resize 256, random crop 224, flip; strong adds RandAugment; test = resize 256, center crop 224.
+
+Two strong views (`randaugment`, the config key `dataset.randaugment`):
+
+- `torchvision`: torchvision's v2.RandAugment after the crop (reflect padding) and the flip.
+- `reference`: the BMB reference's RandAugment (bmb_stream/datasets/randaugment.py) in the reference's order:
+  [resize 256 (large) | fit (image folders)], RandAugment, random crop (zero padding of side/8 on small
+  images; no padding on large ones), flip, to tensor, Cutout (small images).
+
+The views of an unlabeled image (`unlabeled`: weak, strong, strong) share their first, deterministic
+step: the resize of large images (and the fit of image folders) is done once for the three.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision.transforms import v2
+
+from bmb_stream.config_schema import RANDAUGMENT_KINDS
+from bmb_stream.datasets.randaugment import ReferenceRandAugment
+
+
+class Cutout(nn.Module):
+    """Fill a size x size square (clipped at the border) at a uniformly random centre with `fill`.
+
+    The reference zeroes the square after normalisation, so that it holds the dataset mean; on uint8
+    images `fill` is that mean rounded to the nearest level (`mean_fill`), within 0.5/255 of it.
+    """
+
+    def __init__(self, size: int, fill: tuple[int, ...] = (0,)):
+        super().__init__()
+        self.size = size
+        self.fill = torch.tensor(fill, dtype=torch.uint8)[:, None, None]
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        h, w = img.shape[-2:]
+        cy, cx = int(torch.randint(h, ())), int(torch.randint(w, ()))
+        half = self.size // 2
+        img = img.clone()
+        img[..., max(0, cy - half): min(h, cy + half), max(0, cx - half): min(w, cx + half)] = self.fill.to(img.dtype)
+        return img
+
+
+def mean_fill(mean) -> tuple[int, ...]:
+    """The dataset mean as uint8 levels: what normalises to (about) zero."""
+    return tuple(int(round(255 * m)) for m in mean)
+
+
+class DeviceNormalize:
+    """uint8 image batches (from the loaders, or the evaluator's decoded test set) to the normalised
+    float inputs of a model, on the training device: (x / 255 - mean) / std, in channels_last memory
+    format when asked. Float inputs are taken as already normalised."""
+
+    def __init__(self, mean, std, device: torch.device | str = "cpu", channels_last: bool = False):
+        self.device = torch.device(device)
+        self.mean = torch.tensor(list(mean), dtype=torch.float32, device=self.device)[:, None, None]
+        self.std = torch.tensor(list(std), dtype=torch.float32, device=self.device)[:, None, None]
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        if x.dtype == torch.uint8:
+            x = x.float().mul_(1.0 / 255).sub_(self.mean).div_(self.std)  # torchvision's arithmetic, to the bit
+        return x.contiguous(memory_format=self.memory_format)
+
+
+def _shared(image_size: int, large: bool, resize: bool) -> list:
+    """The deterministic first step of every training view: resize 256 (large images), fit (image folders)."""
+    if large:
+        return [v2.Resize(256, antialias=True)]
+    return [v2.Resize((image_size, image_size), antialias=True)] if resize else []
+
+
+def _geometric(image_size: int, large: bool) -> list:
+    if large:
+        return [v2.RandomCrop(224), v2.RandomHorizontalFlip()]
+    return [v2.RandomCrop(image_size, padding=image_size // 8, padding_mode="reflect"), v2.RandomHorizontalFlip()]
+
+
+def _reference_strong(image_size: int, large: bool, ops: int, magnitude: int) -> list:
+    """The reference's strong-view order: RandAugment before the crop; the crop pads with zeros."""
+    if large:
+        return [ReferenceRandAugment(ops, magnitude), v2.RandomCrop(224), v2.RandomHorizontalFlip()]
+    return [ReferenceRandAugment(ops, magnitude), v2.RandomCrop(image_size, padding=image_size // 8),
+            v2.RandomHorizontalFlip()]
+
+
+def build_views(image_size: int, mean, randaugment_ops: int = 3, randaugment_magnitude: int = 4,
+                cutout: bool | None = None, resize: bool = False,
+                randaugment: str = "torchvision") -> dict:
+    """The `weak`, `strong` and `test` transforms for one dataset (uint8 tensors out), and `unlabeled`:
+    (weak, strong, strong) of one image, resized once.
+
+    `mean`: the dataset's, which Cutout fills in. `resize` fits small images of any size to image_size
+    first (image folders); in-memory arrays already have the right size and skip it. `randaugment`
+    chooses the strong view (module docstring); the weak and test views are the same for both.
+    """
+    if randaugment not in RANDAUGMENT_KINDS:
+        raise ValueError(f"randaugment={randaugment!r}: expected one of {', '.join(RANDAUGMENT_KINDS)}")
+    large = image_size > 64
+    cutout = (not large) if cutout is None else cutout
+    shared = _shared(image_size, large, resize)
+    weak = _geometric(image_size, large) + [v2.PILToTensor()]
+    if randaugment == "reference":
+        strong = _reference_strong(image_size, large, randaugment_ops, randaugment_magnitude)
+    else:
+        strong = _geometric(image_size, large) + [
+            v2.RandAugment(num_ops=randaugment_ops, magnitude=randaugment_magnitude, num_magnitude_bins=31)]
+    strong.append(v2.PILToTensor())
+    if cutout:
+        strong.append(Cutout(image_size // 2, mean_fill(mean)))
+    test = [v2.Resize(256, antialias=True), v2.CenterCrop(224)] if large else _shared(image_size, large, resize)
+    return {"weak": v2.Compose(shared + weak), "strong": v2.Compose(shared + strong),
+            "test": v2.Compose(test + [v2.PILToTensor()]),
+            "unlabeled": MultiView(v2.Compose(weak), v2.Compose(strong), v2.Compose(strong),
+                                   shared=v2.Compose(shared) if shared else None)}
+
+
+class MultiView:
+    """Applies several transforms to one image (after `shared`, once) and returns the views as a tuple."""
+
+    def __init__(self, *transforms, shared=None):
+        self.transforms = transforms
+        self.shared = shared
+
+    def __call__(self, img):
+        if self.shared is not None:
+            img = self.shared(img)
+        return tuple(t(img) for t in self.transforms)

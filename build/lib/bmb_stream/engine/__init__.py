@@ -1,0 +1,1 @@
+"""The learner (everything that survives between batches), the training loops and checkpoints."""

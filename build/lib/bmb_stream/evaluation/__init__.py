@@ -1,0 +1,1 @@
+"""Evaluation through Avalanche's metrics and loggers, summary statistics and plots."""

@@ -1,0 +1,60 @@
+"""Monitoring with the true classes of unlabeled images, where they are known (simulated streams'
+`gt.cls`, the offline protocols' unlabeled splits): pseudo-label precision and recall per class, and
+the memory bank's label purity. It reads what a training step did; no
+training step ever reads it."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+LABELED = -2  # bank_truth of an entry written from a labeled image (its label is its true class)
+
+
+class StreamMonitor:
+    def __init__(self, num_classes: int, bank_capacity: int = 0):
+        self.num_classes = num_classes
+        self.bank_truth = torch.full((bank_capacity,), -1, dtype=torch.long)  # true class per slot (-1: unknown)
+        self.reset_counts()
+
+    def reset_counts(self) -> None:
+        """Start the precision/recall counts afresh (at each experience)."""
+        self.correct = np.zeros(self.num_classes, dtype=np.int64)    # confident and right, by pseudo-label
+        self.predicted = np.zeros(self.num_classes, dtype=np.int64)  # confident, by pseudo-label
+        self.present = np.zeros(self.num_classes, dtype=np.int64)    # samples with a known class, by class
+
+    def observe(self, extras: dict, truth: torch.Tensor) -> None:
+        """After a step: its pseudo-labels and bank writes against the batch's true classes (-1: unknown)."""
+        truth = truth.cpu()
+        known = truth >= 0
+        if "pseudo_labels" in extras and known.any():
+            labels, mask = extras["pseudo_labels"].cpu(), extras["mask"].cpu()
+            sel = known & mask
+            np.add.at(self.predicted, labels[sel].numpy(), 1)
+            np.add.at(self.correct, labels[sel & (labels == truth)].numpy(), 1)
+            np.add.at(self.present, truth[known].numpy(), 1)
+        if "bank_write" in extras and len(self.bank_truth):
+            slots, origin = extras["bank_write"]  # origin: unlabeled sample index, -1 for a labeled image
+            self.bank_truth[slots] = torch.where(origin >= 0, truth[origin.clamp_min(0)], LABELED)
+
+    def report(self, bank=None) -> dict:
+        if self.present.sum() == 0:
+            return {}
+        with np.errstate(invalid="ignore", divide="ignore"):
+            precision = np.where(self.predicted > 0, self.correct / self.predicted, np.nan)
+            recall = np.where(self.present > 0, self.correct / self.present, np.nan)
+        out = {"pseudo_label_precision": precision.tolist(), "pseudo_label_recall": recall.tolist()}
+        if bank is not None and bank.fill:
+            truth = self.bank_truth[: bank.fill]
+            known = truth >= 0  # pseudo-labeled entries whose true class the stream carries
+            out["bank_purity"] = float((truth[known] == bank.labels[: bank.fill][known]).float().mean()) if known.any() else None
+            out["bank_labeled"] = int((truth == LABELED).sum())
+        return out
+
+    def state_dict(self) -> dict:
+        return {"bank_truth": self.bank_truth.clone(), "correct": torch.from_numpy(self.correct.copy()),
+                "predicted": torch.from_numpy(self.predicted.copy()), "present": torch.from_numpy(self.present.copy())}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.bank_truth = state["bank_truth"].clone()
+        self.correct, self.predicted, self.present = (state[k].numpy().copy() for k in ("correct", "predicted", "present"))

@@ -1,0 +1,70 @@
+"""Plots of a run: per-class accuracy, bank composition and class weights over time."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from bmb_stream.errors import WriteFailed  # noqa: E402
+from bmb_stream.storage.atomic import atomic_write, write_failure  # noqa: E402
+
+
+def save_figure(fig, path: str | Path) -> None:
+    """The figure as a PNG at `path`, written whole or not at all (WriteFailed, as for a full disk); closes it."""
+    path = Path(path)
+    image = io.BytesIO()
+    try:
+        fig.savefig(image, format="png", dpi=110)
+    finally:
+        plt.close(fig)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WriteFailed(path, write_failure(path, e)) from None
+    with atomic_write(path) as f:
+        f.write(image.getvalue())
+
+
+def _lines(ax, x, series: np.ndarray, names: list[str]) -> None:
+    cmap = plt.get_cmap("viridis")
+    for c in range(series.shape[1]):
+        ax.plot(x, series[:, c], color=cmap(c / max(1, series.shape[1] - 1)), lw=1,
+                label=names[c] if series.shape[1] <= 20 else None)
+    if series.shape[1] <= 20:
+        ax.legend(fontsize=6, ncol=2)
+
+
+def write_plots(history: list[dict], out_dir: str | Path, class_names: list[str], x_key: str = "step") -> list[Path]:
+    """Write the run's plots (PNG) and return their paths; classes are ordered head to tail."""
+    out = Path(out_dir)
+    if not history:
+        return []
+    x = [r[x_key] for r in history]
+    written = []
+    per_class = np.asarray([r["per_class_acc"] for r in history], dtype=float)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    _lines(ax1, x, per_class, class_names)
+    ax1.plot(x, [r["balanced_acc"] for r in history], color="red", lw=2, label="balanced")
+    ax1.set(xlabel=x_key, ylabel="accuracy", title="per-class accuracy (red: balanced)", ylim=(0, 1))
+    ax2.bar(range(per_class.shape[1]), per_class[-1])
+    ax2.set(xlabel="class (head to tail)", ylabel="accuracy", title="final per-class accuracy", ylim=(0, 1))
+    fig.tight_layout()
+    written.append(out / "per_class_acc.png")
+    save_figure(fig, written[-1])
+    for key, title in (("bank_class_counts", "memory bank composition"), ("class_weights", "unlabeled class weights")):
+        if history[-1].get(key) is None:
+            continue
+        series = np.asarray([r[key] for r in history], dtype=float)
+        fig, ax = plt.subplots(figsize=(6, 4))
+        _lines(ax, x, series, class_names)
+        ax.set(xlabel=x_key, title=title)
+        fig.tight_layout()
+        written.append(out / f"{key}.png")
+        save_figure(fig, written[-1])
+    return written

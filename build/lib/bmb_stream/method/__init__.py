@@ -1,0 +1,1 @@
+"""The BMB method: memory bank, adaptive class weights, losses and one step function per algorithm."""
