@@ -8,7 +8,6 @@ import os
 import shlex
 import sys
 import warnings
-from pathlib import Path
 
 from bmb_stream import redaction
 from bmb_stream.cli_args import parse_args, pop_option, usage
@@ -134,12 +133,9 @@ def run_command(argv: list[str]) -> int:
 
 
 def resume_hint(argv: list[str], run_dir: str) -> str:
-    """How to continue this run: the command (resume=true once a checkpoint holds what was learned, else
-    the same run started again), and what the command leaves out."""
-    from bmb_stream.engine.run_dir import checkpoints_of
-
-    started = bool(checkpoints_of(Path(run_dir)))  # last.pt, or an experience boundary's: what resume=true reads
-    lines = [f"resume with: {resume_command(argv, run_dir, resume=started)}"]
+    """How to continue this run (resume=auto: from its checkpoint, or from the start where none was
+    written), and what the command leaves out."""
+    lines = [f"resume with: {resume_command(argv, run_dir)}"]
     left_out = [a.partition("=")[0].lstrip("+~") for a in argv if is_credential(a)]
     if left_out:
         lines.append(f"credentials left out ({', '.join(left_out)}): give them again, or through the AWS_* variables")
@@ -148,9 +144,9 @@ def resume_hint(argv: list[str], run_dir: str) -> str:
     return "\n".join(lines)
 
 
-def resume_command(argv: list[str], run_dir: str, resume: bool = True) -> str:
+def resume_command(argv: list[str], run_dir: str) -> str:
     """The command that continues this run: the same arguments but credentials (URLs with their secrets
-    blanked), this run.dir, resume=true (shell-quoted)."""
+    blanked), this run.dir, resume=auto (shell-quoted)."""
     kept = [redaction.redact_text(a) for a in argv
             if not a.startswith(("run.dir=", "resume=")) and not is_credential(a)]
     from bmb_stream.distributed import launched_ranks
@@ -160,7 +156,7 @@ def resume_command(argv: list[str], run_dir: str, resume: bool = True) -> str:
     if ranks > 1:  # under torchrun: the same launch (its rendezvous options, on several nodes, as before)
         nodes = ["--nnodes", str(ranks // per_node)] if ranks > per_node else []
         launcher = ["torchrun", *nodes, "--nproc_per_node", str(per_node), "-m", "bmb_stream"]
-    ending = [redaction.redact_text(f"run.dir={run_dir}"), *(["resume=true"] if resume else [])]
+    ending = [redaction.redact_text(f"run.dir={run_dir}"), "resume=auto"]
     return shlex.join([*launcher, *kept, *ending])
 
 

@@ -50,6 +50,10 @@ def choice(*options: str) -> Check:
     return (lambda v: v in options), ", ".join(options[:-1]) + f" or {options[-1]}" if len(options) > 1 else options[0]
 
 
+def resume_mode() -> Check:
+    return (lambda v: v is True or v is False or v == "auto"), "true, false or auto"
+
+
 def text(nullable: bool = True) -> Check:
     return (lambda v: isinstance(v, str) or (nullable and v is None)), "a string" + (" or null" if nullable else "")
 

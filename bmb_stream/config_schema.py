@@ -37,6 +37,7 @@ from bmb_stream.config_checks import (  # noqa: F401
     key,
     number,
     pixel_fractions,
+    resume_mode,
     shard_urls,
     text,
 )
@@ -142,7 +143,9 @@ class Eval:
 class Config:
     seed: int = key(integer(0, bits=63), 0)  # what torch's generators take, with room for seed + step
     device: str = key(device(), "auto")  # auto | cpu | cuda
-    resume: bool = False  # continue the run in run.dir
+    # true: continue the run in run.dir; auto: continue it where there is one, else start it (one command
+    # that starts and restarts a job: Slurm's requeue, torchrun --max-restarts)
+    resume: Any = key(resume_mode(), False)
     progress: bool = True  # the progress bar
     experiment_name: str | None = None  # set by each experiment file
     run: Run = field(default_factory=Run)

@@ -64,7 +64,7 @@ def test_mode_without_a_value_is_one_line_exit_2(capsys):
 
 
 ARGV = ["--mode", "stream", BRACES, "run.dir=runs/old", "seed=3", "resume=false"]
-EXPECTED = ["bmb-stream", "--mode", "stream", BRACES, "seed=3", "run.dir=runs/new run", "resume=true"]
+EXPECTED = ["bmb-stream", "--mode", "stream", BRACES, "seed=3", "run.dir=runs/new run", "resume=auto"]
 
 
 def test_resume_command_splits_back_into_the_same_arguments():

@@ -87,7 +87,7 @@ def test_reference_recipe_values_reach_the_config(tmp_path):
     # values Hydra cannot convert to the key's type, and keys no option declares
     ("train.steps=abc", "train.steps=abc: must be a positive integer"),
     ("train.steps=1.5", "train.steps=1.5: must be a positive integer"),
-    ("resume=maybe", "resume=maybe: must be true or false"),
+    ("resume=maybe", "resume=maybe: must be true, false or auto"),
     ("method.tau=abc", "method.tau=abc: must be a number (in (0, 1])"),
     ("optim.lr=1e-3x", "optim.lr=1e-3x: must be a number (positive)"),
     ("train.amp=yes", "train.amp=yes: must be true or false"),  # OmegaConf alone would read yes/no/on/off

@@ -6,6 +6,7 @@ culprit, exit code 2 (0 for a clean stop), and earlier runs and checkpoints inta
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import torch
 from bmb_stream.cli import main
 from bmb_stream.config import compose
 from tests.helpers import error_line, wait_for
-from tests.stream_helpers import png, stream_args, write_tar
+from tests.stream_helpers import metrics, png, stream_args, write_tar
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,6 +84,33 @@ def test_resume_accepts_changes_that_do_not_change_the_experiment(fmnist_stream,
     assert json.loads((copy / "summary.json").read_text())["final"] == summary["final"]  # nothing left to train
 
 
+def test_resume_auto_starts_a_run_and_a_killed_one_restarts_to_the_uninterrupted_result(fmnist_stream,
+                                                                                       reference_run, tmp_path):
+    """What Slurm's requeue and torchrun --max-restarts do: the same command again after a kill."""
+    args = stream_args(fmnist_stream, tmp_path / "run", "resume=auto")
+    proc = subprocess.Popen([sys.executable, "-m", "bmb_stream", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    wait_for(tmp_path / "run" / "checkpoints" / "experience-000002.pt", proc)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and not (tmp_path / "run" / "summary.json").exists(), out
+    assert main(args) == 0
+    done, reference = (json.loads((d / "summary.json").read_text()) for d in (tmp_path / "run", reference_run))
+    assert metrics(done) == metrics(reference)
+
+
+@pytest.mark.parametrize("resume", ["true", "auto"])
+def test_a_run_with_records_but_no_checkpoint_is_never_started_over(fmnist_stream, reference_run, tmp_path, resume,
+                                                                    capsys):
+    copy = tmp_path / "copy"
+    shutil.copytree(reference_run, copy)
+    shutil.rmtree(copy / "checkpoints")
+    before = snapshot(copy)
+    assert main(stream_args(fmnist_stream, copy, f"resume={resume}")) == 2
+    assert f"resume={resume}: {copy} holds results" in error_line(capsys)
+    assert snapshot(copy) == before
+
+
 def test_resume_of_a_missing_run_is_refused(capsys, tmp_path):
     assert main([f"run.dir={tmp_path / 'typo'}", "resume=true"]) == 2
     line = error_line(capsys)
@@ -135,7 +163,9 @@ def test_sigterm_to_the_process_group_checkpoints_and_the_printed_command_resume
     state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     assert state["position"]["experience"] >= 2
     command = shlex.split(next(line for line in out.splitlines() if line.startswith("resume with: "))[13:])
-    assert command[0] == "bmb-stream" and f"run.dir={run_dir}" in command and "resume=true" in command
+    # the same arguments, run.dir last: with resume=auto the one command starts or continues the run
+    assert command == ["bmb-stream", *(a for a in args if not a.startswith("run.dir=")), f"run.dir={run_dir}",
+                       "resume=auto"]
     assert main(command[1:]) == 0
     assert json.loads((run_dir / "summary.json").read_text())["experiences"] == 6
 
@@ -186,12 +216,12 @@ def test_a_full_disk_while_checkpointing_keeps_the_last_checkpoint(fmnist_stream
 # --- config values ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("override, message", [
-    ("optim.lr=abc", "optim.lr=abc: must be positive"),
+    ("optim.lr=abc", "optim.lr=abc: must be a number (positive)"),
     ("seed=abc", "seed=abc: must be an integer >= 0"),
     ("eval.batch_size=0.5", "eval.batch_size=0.5: must be a positive integer"),
     ("method.bank.capacity=0.5", "method.bank.capacity=0.5: must be a positive integer"),
     ("train.batch_labeled=true", "train.batch_labeled=true: must be a positive integer"),
-    ("resume=maybe", "resume=maybe: must be true or false"),
+    ("resume=maybe", "resume=maybe: must be true, false or auto"),
     ("method.tau=nan", "method.tau=nan: must be in (0, 1]"),
     ("train.steps=100", "train.steps applies to offline mode"),
     ("train.eval_every=10", "train.eval_every applies to offline mode"),

@@ -141,7 +141,7 @@ def test_an_s3_endpoint_with_a_password_holding_at_signs_never_shows_it(tmp_path
 
 def test_only_experience_checkpoints_left_still_resume(tmp_path, capsys):
     """A run whose last.pt was moved aside continues from its newest experience checkpoint: the command
-    printed when the storage is down says resume=true."""
+    printed when the storage is down says resume=auto."""
     base, server = serve(stream_folder(tmp_path / "web", manifest=good_manifest()))
     args = [*TINY, f"run.dir={tmp_path / 'run'}", f"stream.urls={base}/stream-{{000000..000001}}.tar",
             f"stream.labeled_urls={base}/labeled-000000.tar", f"stream.test_urls={base}/test-000000.tar"]
@@ -154,12 +154,12 @@ def test_only_experience_checkpoints_left_still_resume(tmp_path, capsys):
     code, out, err = cli([*args, "resume=true"], capsys)
     assert code == 75, err
     command = shlex.split(next(line for line in err.splitlines() if line.startswith("resume with: "))[13:])
-    assert command[-2:] == [f"run.dir={tmp_path / 'run'}", "resume=true"]
+    assert command[-2:] == [f"run.dir={tmp_path / 'run'}", "resume=auto"]
 
 
 def test_storage_down_at_start_up_prints_a_command_that_is_accepted(tmp_path, capsys):
-    """Before any checkpoint there is nothing to resume: the command starts the run again (resume=true
-    would be refused), with run.dir quoted for the shell and for Hydra, credentials left out and named."""
+    """Before any checkpoint there is nothing to resume: the command (resume=auto) starts the run again,
+    with run.dir quoted for the shell and for Hydra, credentials left out and named."""
     run_dir = tmp_path / "é ñ-run"
     args = [*TINY, f"stream.urls={CLOSED}/x-{{000..001}}.tar", f"run.dir={run_dir}"]
     keys = [f"storage.s3.access_key_id={SECRET}-id", f"storage.s3.secret_access_key={SECRET}"]
@@ -169,7 +169,7 @@ def test_storage_down_at_start_up_prints_a_command_that_is_accepted(tmp_path, ca
     assert lines[2] == ("credentials left out (storage.s3.access_key_id, storage.s3.secret_access_key): give them "
                         "again, or through the AWS_* variables")
     command = shlex.split(lines[1].removeprefix("resume with: "))
-    assert command == ["bmb-stream", *args]  # no resume=true
+    assert command == ["bmb-stream", *args, "resume=auto"]
     code, out, err = cli(command[1:], capsys)
     assert code == 75 and "resume with: " in err  # accepted: the storage is still down
 
@@ -183,7 +183,7 @@ def test_storage_down_at_start_up_prints_a_command_that_is_accepted(tmp_path, ca
     f"storage.s3={{access_key_id: a, secret_access_key: {SECRET}}}",
 ])
 def test_the_command_after_a_stop_leaves_credentials_out_and_says_so(credential, tmp_path):
-    """What SIGTERM prints once a checkpoint is written: the same run, resume=true, no credential."""
+    """What SIGTERM prints once a checkpoint is written: the same run, resume=auto, no credential."""
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "last.pt").write_bytes(b"")
     argv = ["--mode", "stream", "stream.urls=data/s/stream-{000000..000009}.tar", credential, "seed=3"]
@@ -192,7 +192,7 @@ def test_the_command_after_a_stop_leaves_credentials_out_and_says_so(credential,
     assert lines[1].startswith("credentials left out (") and "AWS_* variables" in lines[1]
     command = shlex.split(lines[0].removeprefix("resume with: "))
     assert command == ["bmb-stream", "--mode", "stream", "stream.urls=data/s/stream-{000000..000009}.tar", "seed=3",
-                       f"run.dir={tmp_path}", "resume=true"]
+                       f"run.dir={tmp_path}", "resume=auto"]
 
 
 @pytest.mark.parametrize("run_dir, urls", [
@@ -205,7 +205,7 @@ def test_the_printed_command_parses_back_with_non_ascii_spaces_and_urls(run_dir,
     argv = ["--mode", "stream", f"stream.urls={urls}"]
     command = shlex.split(resume_hint(argv, run_dir).splitlines()[0].removeprefix("resume with: "))
     cfg = compose(parse_args(command[1:]))  # Hydra's parser accepts every argument
-    assert cfg.run.dir == run_dir and cfg.resume is False  # no checkpoint there: the run starts again
+    assert cfg.run.dir == run_dir and cfg.resume == "auto"  # no run there: resume=auto starts it
     assert (list(cfg.stream.urls) if urls.startswith("[") else cfg.stream.urls) == \
         (urls[1:-1].split(",") if urls.startswith("[") else urls)
 

@@ -120,6 +120,7 @@ class RunDir:
         self.resume_from: Path | None = None  # the checkpoint a resumed run continues from
         self.resume_state: dict | None = None  # rank 0's copy of it, loaded when the folder was checked
         self._lock: FolderLock | None = None
+        self.asked = "resume=true"  # how messages name the request to continue (resume=auto where given)
 
     @classmethod
     def follower(cls, path: str | Path, resume_from: str | None = None) -> "RunDir":
@@ -136,17 +137,20 @@ class RunDir:
         experiment from its newest checkpoint that loads, or is refused without a file changed."""
         path = Path(cfg.run.dir)
         try:
-            if cfg.resume and not (path / "config.yaml").is_file() and not checkpoints_of(path):
+            # resume=auto continues a run the folder holds (its records or a checkpoint), else starts one
+            resume = cfg.resume is True or (cfg.resume == "auto" and bool(results_of(path) or checkpoints_of(path)))
+            if cfg.resume is True and not (path / "config.yaml").is_file() and not checkpoints_of(path):
                 raise ConfigError(f"resume=true: run.dir={path} holds no run ({'no config.yaml' if path.is_dir() else 'no such folder'}); "
-                                  f"give the run.dir of the run to continue, or drop resume=true to start one")
-            if not cfg.resume:
+                                  f"give the run.dir of the run to continue, or resume=auto to start it if there is none")
+            if not resume:
                 check_no_foreign_files(path, cfg.run.allow_nonempty)  # before anything is made in it
             run = cls(path)
+            run.asked = "resume=auto" if cfg.resume == "auto" else run.asked
             run.lock()  # the first write into the folder: a refused run changes nothing in a folder in use
         except OSError as e:  # a path too long, a component that is a file, no permission
             raise ConfigError(f"run.dir={path}: cannot write there ({e.strerror or e}); choose another run.dir") from None
         try:
-            run._check_resume(cfg) if cfg.resume else run._check_new()
+            run._check_resume(cfg) if resume else run._check_new()
             (path / "checkpoints").mkdir(exist_ok=True)
         except OSError as e:
             run.release()
@@ -187,9 +191,9 @@ class RunDir:
         if self.resume_state is None and failures:  # never start afresh over a run's records
             others = "; no other checkpoint of the folder loads" if len(failures) > 1 else \
                 "; no experience checkpoint is kept beside it (stream.keep_checkpoints)"
-            raise CheckpointError(f"resume=true: {failures[0]}{others}: the run cannot be continued; start another run.dir")
+            raise CheckpointError(f"{self.asked}: {failures[0]}{others}: the run cannot be continued; start another run.dir")
         if self.resume_state is None and results_of(self.path):
-            raise CheckpointError(f"resume=true: {self.path} holds results ({', '.join(results_of(self.path))}) but no "
+            raise CheckpointError(f"{self.asked}: {self.path} holds results ({', '.join(results_of(self.path))}) but no "
                                   f"checkpoint to continue from: it cannot be continued; start another run.dir")
         stored = self._stored_config(cfg)
         changes = experiment_changes(stored, cfg)
@@ -197,12 +201,12 @@ class RunDir:
             else f"{self.path / 'config.yaml'}"
         if changes:
             shown = "; ".join(changes[:6]) + ("; ..." if len(changes) > 6 else "")
-            raise ConfigError(f"resume=true: this configuration differs from the run in {self.path} where it changes the "
+            raise ConfigError(f"{self.asked}: this configuration differs from the run in {self.path} where it changes the "
                               f"experiment ({shown}); resume with the values of {source}, or start another run.dir")
         if self.resume_state is None:
-            print(f"resume=true: {self.path} has no checkpoint yet; the run starts from the beginning")
+            print(f"{self.asked}: {self.path} has no checkpoint yet; the run starts from the beginning")
         elif failures:
-            print(f"resume=true: {failures[0]}; resuming from {self.resume_from}, the newest checkpoint that loads",
+            print(f"{self.asked}: {failures[0]}; resuming from {self.resume_from}, the newest checkpoint that loads",
                   file=sys.stderr)
 
     def _stored_config(self, cfg) -> dict:
@@ -221,14 +225,14 @@ class RunDir:
             stored = OmegaConf.to_container(OmegaConf.load(self.path / "config.yaml"))
         except Exception as e:  # noqa: BLE001 - a hand-edited or truncated file
             reason = first_line(e)
-            raise ConfigError(f"resume=true: {self.path / 'config.yaml'} cannot be read ({reason}); restore it, or "
+            raise ConfigError(f"{self.asked}: {self.path / 'config.yaml'} cannot be read ({reason}); restore it, or "
                               f"start another run.dir") from None
         if self.resume_state is None:  # no checkpoint: the run starts from the beginning, whatever was stored
             return stored if isinstance(stored, dict) else {}
         missing = missing_keys(stored, cfg) if isinstance(stored, dict) else ["all"]
         if missing:  # a checkpoint of an earlier version carries no configuration: config.yaml must vouch
             shown = ", ".join(missing[:4]) + (", ..." if len(missing) > 4 else "")
-            raise ConfigError(f"resume=true: {self.path / 'config.yaml'} lacks keys of the run's configuration "
+            raise ConfigError(f"{self.asked}: {self.path / 'config.yaml'} lacks keys of the run's configuration "
                               f"({shown}) and the checkpoint carries none: the experiment cannot be checked; "
                               f"restore config.yaml, or start another run.dir")
         return stored
