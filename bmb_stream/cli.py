@@ -15,6 +15,7 @@ from bmb_stream.config import check_simulated_stream, compose, typed
 from bmb_stream.errors import BmbError, ConfigError, StorageUnavailable
 from bmb_stream.redaction import is_credential, redact_message
 from bmb_stream.subcommands import SUBCOMMANDS
+from bmb_stream.sweep import MULTIRUN, plan_sweep
 
 
 def print_headline(summary: dict, run_dir: str) -> None:
@@ -79,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     redact_log_records(argv)
     os.environ.setdefault("HYDRA_FULL_ERROR", "0")
     try:
-        return subcommand(argv) if argv and argv[0] in SUBCOMMANDS else run_command(argv)
+        if argv and argv[0] in SUBCOMMANDS:
+            return subcommand(argv)
+        return multirun_command(argv) if any(a in MULTIRUN for a in argv) else run_command(argv)
     except KeyboardInterrupt:  # Ctrl-C before training started (during training it checkpoints and stops)
         print("\nbmb-stream: interrupted", file=sys.stderr)
         return 130
@@ -91,6 +94,33 @@ def subcommand(argv: list[str]) -> int:
     except BmbError as e:
         print(f"bmb-stream {argv[0]}: error: {redact_message(str(e), argv)}", file=sys.stderr)
         return e.exit_code
+
+
+def multirun_command(argv: list[str]) -> int:
+    """A sweep: every job's configuration checked first (a bad one: one line, exit 2, nothing started),
+    then the jobs one after another, then their table. Exit 1 where a job failed."""
+    argv = [a for a in argv if a not in MULTIRUN]
+    try:
+        base, jobs = plan_sweep(argv)
+        for _, job in jobs:
+            overrides = parse_args(pop_option(job, "--cfg", ("job", "all"))[1])
+            check_run(typed(compose(overrides)), overrides)
+    except ConfigError as e:
+        print(f"bmb-stream: error: {redact_message(str(e), argv)}", file=sys.stderr)
+        return e.exit_code
+    failed = []
+    for i, (name, job) in enumerate(jobs):
+        print(f"sweep job {i + 1}/{len(jobs)}: {name}  ({base / name})", flush=True)
+        code = run_command(job)
+        if code != 0:
+            failed.append(name)
+            print(f"sweep job {name} failed (exit {code}); the sweep goes on", file=sys.stderr)
+    if len(failed) < len(jobs):
+        print(f"\nsweep {base}: {len(jobs) - len(failed)} of {len(jobs)} jobs finished")
+        subcommand(["summarize", str(base)])
+    if failed:
+        print(f"bmb-stream: {len(failed)} sweep job(s) failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def run_command(argv: list[str]) -> int:

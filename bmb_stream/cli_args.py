@@ -24,6 +24,8 @@ EXAMPLES = """examples:
 
 def usage() -> str:
     lines = ["usage: bmb-stream [--mode stream|offline] [--cfg job] [KEY=VALUE ...]",
+             "       bmb-stream -m [KEY=A,B ...] [KEY=VALUE ...]      a sweep: one run per combination",
+             "       bmb-stream summarize RUN_DIR... [out=DIR]",
              "       bmb-stream --version",
              "       bmb-stream simulate RECIPE [out=DIR] [overwrite=true] [KEY=VALUE ...]",
              "       bmb-stream shards [dataset=NAME] [dataset.KEY=VALUE ...] out=DIR [max_samples=N] [max_bytes=N]",
@@ -33,7 +35,10 @@ def usage() -> str:
              "modes:", "  stream    (default) unlabeled WebDataset shards, one experience at a time; persistent state",
              "  offline   a fixed long-tailed split, a fixed number of steps (the published protocols)", "",
              "options:", "  --cfg job  print the composed, checked configuration and exit without training (--cfg all:",
-             "             the same; there is no hydra section)", "  --version  the package's version", "",
+             "             the same; there is no hydra section)",
+             "  -m         sweep: every combination of the comma-separated values, run one after another in",
+             "             <run.dir>/<KEY=VALUE,...>/ (run.dir default runs/sweep-<time>), then their table",
+             "  --version  the package's version", "",
              "config groups (choose with GROUP=OPTION):"]
     try:
         lines += [f"  {g:<11}{', '.join(group_options(g))}" for g in GROUPS]
@@ -53,7 +58,10 @@ def usage() -> str:
               "  shards     write a configured dataset split (labeled, unlabeled, test) as WebDataset shards;",
               "             shard_multiple=N: each set's shard count a multiple of N (ranks x workers), equal",
               "             shards; shorter_side=N: larger images stored downscaled (256 for ImageNet)",
-              "  out=s3://bucket/prefix uploads either one, shard by shard (AWS_* variables or storage.s3.*)"]
+              "  out=s3://bucket/prefix uploads either one, shard by shard (AWS_* variables or storage.s3.*)",
+              "  summarize  runs compared: mean, std and n of each statistic per group of runs (grouped by the",
+              "             keys that differ, the seed aside); run folders or sweep folders; writes",
+              "             runs_summary.md and runs_summary.csv"]
     lines += ["", "common keys: seed, device (auto/cpu/cuda), run.dir, resume, train.steps, train.eval_every,",
               "  train.batch_labeled, train.batch_unlabeled, train.ema_decay, train.ema_warmup, train.num_workers,",
               "  dataset.root, method.tau, method.bank.* (bmb), method.weights.* (bmb), method.abc_tau (abc),",
@@ -120,8 +128,8 @@ def for_hydra(override: str) -> str:
     if "{" in value or "}" in value:  # Hydra would read a brace pattern as a section or an interpolation
         parsed = None
     if parsed is not None and parsed.is_sweep_override():
-        raise ConfigError(f"{override}: several values where one is expected; write a list in brackets, quoted for "
-                          f"the shell: '{key}=[{value}]'")
+        raise ConfigError(f"{override}: several values where one is expected; add -m to run one job per value (a "
+                          f"sweep), or write a list in brackets, quoted for the shell: '{key}=[{value}]'")
     return override if parsed is not None else f"{key}={_quoted(value)}"
 
 

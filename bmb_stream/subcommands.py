@@ -1,11 +1,11 @@
-"""The subcommands beside training: `simulate` (a stream from a recipe) and `shards` (a dataset split as
-WebDataset shards)."""
+"""The subcommands beside training: `simulate` (a stream from a recipe), `shards` (a dataset split as
+WebDataset shards) and `summarize` (runs compared)."""
 
 from __future__ import annotations
 
 from bmb_stream.cli_args import for_hydra
 from bmb_stream.config import compose, typed
-from bmb_stream.errors import ConfigError
+from bmb_stream.errors import ConfigError, DataNotFound
 
 
 def _split_options(args: list[str], own: dict[str, str]) -> tuple[dict[str, str], list[str]]:
@@ -93,4 +93,34 @@ def shards_command(args: list[str]) -> int:
     return 0
 
 
-SUBCOMMANDS = {"simulate": simulate_command, "shards": shards_command}
+def summarize_command(args: list[str]) -> int:
+    """Runs compared: mean, std and n of every summary statistic per group of runs (the keys that differ),
+    printed and written as runs_summary.md and runs_summary.csv."""
+    import os
+    from pathlib import Path
+
+    from bmb_stream.evaluation.run_groups import csv_table, find_runs, group_runs, markdown_table, text_table
+    from bmb_stream.storage.atomic import write_text
+
+    # a job's folder may hold "=" (seed=0,method=bmb): only out= is an option
+    options = _split_options([a for a in args if a.startswith("out=")], {"out": ""})[0]
+    paths = [a for a in args if not a.startswith("out=")]
+    if not paths:
+        raise ConfigError("summarize takes run folders or sweep folders: bmb-stream summarize RUN_DIR... [out=DIR]")
+    runs = find_runs(paths)
+    groups, unfinished = group_runs(runs)
+    for run in unfinished:
+        print(f"not finished, not averaged: {run}")
+    if not groups:
+        raise DataNotFound(f"none of the {len(runs)} runs has finished (no summary.json)")
+    print(text_table(groups))
+    common = Path(os.path.commonpath([r.resolve() for r in runs]))
+    out = Path(options["out"]) if options["out"] else (common.parent if len(runs) == 1 else common)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "runs_summary.md", markdown_table(groups))
+    write_text(out / "runs_summary.csv", csv_table(groups))
+    print(f"tables: {out / 'runs_summary.md'}, {out / 'runs_summary.csv'}")
+    return 0
+
+
+SUBCOMMANDS = {"simulate": simulate_command, "shards": shards_command, "summarize": summarize_command}

@@ -339,8 +339,8 @@ def test_a_normalisation_off_the_pixel_range_or_a_seed_out_of_range_is_one_line(
     (["shards", "dataset=cifar10_lt", "dataset.root=/tmp/dätä-none", "out=/tmp/none"],
      "dataset.root=/tmp/dätä-none: folder not found"),
     (["dätaset.root=/tmp"], "dätaset.root: no such configuration key (did you mean dataset.root?)"),
-    (["stream.urls=a.tar,b.tar"], "stream.urls=a.tar,b.tar: several values where one is expected; write a list in "
-     "brackets, quoted for the shell: 'stream.urls=[a.tar,b.tar]'"),
+    (["stream.urls=a.tar,b.tar"], "stream.urls=a.tar,b.tar: several values where one is expected; add -m to run one "
+     "job per value (a sweep), or write a list in brackets, quoted for the shell: 'stream.urls=[a.tar,b.tar]'"),
     ([os.fsdecode(b"run.dir=/tmp/r\xe5n")], r"run.dir=/tmp/r\xe5n: the folder's name is not valid UTF-8"),
 ])
 def test_non_ascii_values_get_the_advice_of_their_key(args, message, capsys):
