@@ -2,6 +2,7 @@
 environment, run from outside the repository; the command's own flags; running without the s3 extra."""
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -24,8 +25,14 @@ def test_a_wheel_runs_every_command_outside_the_repository(tmp_path):
     # without the site where the checkout itself is installed (editable)
     own = sysconfig.get_paths()["purelib"]
     deps = [p for p in sys.path if p.endswith("-packages") and p != own]
+    source = tmp_path / "source"  # a copy: building writes build/ and *.egg-info beside the sources
+    source.mkdir()
+    for name in ("pyproject.toml", "setup.py", "README.md", "LICENSE"):
+        shutil.copy(REPO / name, source / name)
+    for folder in ("bmb_stream", "configs", "streams"):
+        shutil.copytree(REPO / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", wheels,
-                    REPO], check=True, capture_output=True, cwd=tmp_path,
+                    source], check=True, capture_output=True, cwd=tmp_path,
                    env={**os.environ, "PYTHONPATH": os.pathsep.join(deps)})
     wheel = next(wheels.glob("bmb_stream-*.whl"))
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", env_dir], check=True)

@@ -1,1 +1,0 @@
-"""The learner (everything that survives between batches), the training loops and checkpoints."""

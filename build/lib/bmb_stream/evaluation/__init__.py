@@ -1,1 +1,0 @@
-"""Evaluation through Avalanche's metrics and loggers, summary statistics and plots."""

@@ -1,1 +1,0 @@
-"""Simulated streams: class priors along a stream, recipes, and simulating a stream as shards."""
