@@ -144,7 +144,7 @@ def run_command(argv: list[str]) -> int:
         from bmb_stream.engine.offline import run_offline as run
     from bmb_stream import distributed
     try:
-        summary = run(cfg)
+        summary = run(cfg, command=argv)
     except BmbError as e:
         if distributed.is_main() or not e.same_on_every_rank:  # a data fault may be one rank's alone
             where = f" (rank {distributed.rank()})" if distributed.world_size() > 1 else ""

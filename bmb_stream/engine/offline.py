@@ -83,5 +83,6 @@ class OfflineRun(Run):
         return {"class_names": self.split.class_names}
 
 
-def run_offline(cfg) -> dict:
-    return OfflineRun(cfg).execute()
+def run_offline(cfg, command: list[str] | None = None) -> dict:
+    """`command`: the command line's arguments, for provenance.json (None: started from Python)."""
+    return OfflineRun(cfg, command).execute()

@@ -25,6 +25,7 @@ from bmb_stream.config_schema import Config
 from bmb_stream.distributed import resolve_device
 from bmb_stream.engine.checkpoint import CHECKPOINT_FORMAT, check_layout, load_checkpoint, save_atomic
 from bmb_stream.engine.learner import Learner
+from bmb_stream.engine.provenance import provenance
 from bmb_stream.engine.run_dir import RunDir
 from bmb_stream.engine.stops import StopFlag
 from bmb_stream.errors import CheckpointError, ConfigError
@@ -38,8 +39,9 @@ class Run(abc.ABC):
     learner: Learner
     evaluator: Evaluator
 
-    def __init__(self, cfg: DictConfig | Config):
+    def __init__(self, cfg: DictConfig | Config, command: list[str] | None = None):
         self.cfg = cfg = typed(cfg)
+        self.command = command  # the command line's arguments (provenance.json)
         self.device = distributed.local_device(resolve_device(cfg.device))
         distributed.init(self.device)
         cfg.run.dir = distributed.from_main(cfg.run.dir)  # a default run.dir's timestamp is rank 0's
@@ -101,6 +103,8 @@ class Run(abc.ABC):
         self.prepare()
         self.resume()  # before anything is written: a checkpoint that cannot be resumed changes no file
         self.run_dir.write_config(self.cfg)
+        self.provenance = provenance(self.command, self.device)
+        self.run_dir.add_provenance(self.provenance)
         self.run_dir.rewrite_evals(self.history)
         self.start_wall = time.time() - (self.history[-1]["wall_s"] if self.history else 0.0)
         self.bar = tqdm(total=self.total_steps(), initial=self.learner.step, desc=f"{self.cfg.method.name} {self.cfg.mode}",
@@ -203,6 +207,7 @@ class Run(abc.ABC):
             "bank_purity": history[-1].get("bank_purity"),  # where the unlabeled images' true classes are known
             "bank_labeled": history[-1].get("bank_labeled"),
             "data": self.summary_data(),
+            "version": self.provenance["version"], "commit": self.provenance["commit"],  # provenance.json: the rest
         }
         self.finish_summary(summary)
         return summary

@@ -25,7 +25,8 @@ RESUMABLE_CHANGES = ("resume", "progress", "run.dir", "run.allow_nonempty", "dev
                      "stream.eval_every", "eval.batch_size", "eval.headline", "storage.")
 RESULT_FILES = ("eval.jsonl", "summary.json", "checkpoints/last.pt")  # what a run has that is worth keeping
 # what a run writes at the top of its folder (the loggers' log.txt, csv/ and tensorboard/ included)
-RUN_FILES = ("config.yaml", "eval.jsonl", "summary.json", "log.txt", "csv", "tensorboard", "checkpoints", "plots")
+RUN_FILES = ("config.yaml", "provenance.json", "eval.jsonl", "summary.json", "log.txt", "csv", "tensorboard",
+             "checkpoints", "plots")
 
 
 def results_of(path: Path) -> list[str]:
@@ -243,6 +244,16 @@ class RunDir:
 
     def write_config(self, cfg) -> None:
         self._write_text("config.yaml", OmegaConf.to_yaml(redacted(cfg), resolve=True))
+
+    def add_provenance(self, record: dict) -> None:
+        """One more start of the run in provenance.json (a list, oldest first)."""
+        path = self.path / "provenance.json"
+        try:
+            records = json.loads(path.read_text()) if path.exists() else []
+        except (OSError, ValueError):  # a file cut short or edited: the run keeps going with a new list
+            records = []
+        self._write_text("provenance.json", json.dumps([*(records if isinstance(records, list) else []), record],
+                                                       indent=2) + "\n")
 
     def rewrite_evals(self, history: list[dict]) -> None:
         """eval.jsonl from the history (after a resume, evaluations past the checkpoint are dropped)."""

@@ -299,5 +299,6 @@ class StreamRun(Run):
         return {"class_names": self.source.class_names, "x_key": "samples_seen"}
 
 
-def run_stream(cfg) -> dict:
-    return StreamRun(cfg).execute()
+def run_stream(cfg, command: list[str] | None = None) -> dict:
+    """`command`: the command line's arguments, for provenance.json (None: started from Python)."""
+    return StreamRun(cfg, command).execute()
