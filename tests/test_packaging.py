@@ -15,6 +15,7 @@ from bmb_stream.cli import main
 from bmb_stream.engine.batches import worker_start
 from bmb_stream.errors import ConfigError
 from tests.stream_helpers import SMALL_STREAM
+from tests.test_faults_data import folder_args, image_folder
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,8 +56,8 @@ def test_a_wheel_runs_every_command_outside_the_repository(tmp_path):
     assert imported.startswith(str(site)), imported  # the installed copy, not the checkout
     assert run("--version").strip().startswith("bmb-stream ")
     assert "experiment_name: demo" in run("--cfg", "job")
-    out = run("--mode", "offline", "experiment=demo", "train.steps=4", "train.eval_every=4", "progress=false",
-              "run.dir=run")
+    root = image_folder(tmp_path / "images", {"a": 6, "b": 4, "c": 3}, {"a": 2, "b": 2, "c": 2})
+    out = run(*(a for a in folder_args(root, tmp_path) if not a.startswith("run.dir=")), "run.dir=run")
     assert "headline" in out and (work / "run" / "summary.json").exists()
     run("simulate", "fmnist_lt_stationary", "out=stream", "progress=false", *SMALL_STREAM)
     assert (work / "stream" / "manifest.json").exists()
