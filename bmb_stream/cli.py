@@ -12,6 +12,7 @@ import warnings
 from bmb_stream import redaction
 from bmb_stream.cli_args import parse_args, pop_option, usage
 from bmb_stream.config import check_simulated_stream, compose, typed
+from bmb_stream.config_schema import OFFLINE_ONLY
 from bmb_stream.errors import BmbError, ConfigError, StorageUnavailable
 from bmb_stream.redaction import is_credential, redact_message
 from bmb_stream.subcommands import SUBCOMMANDS
@@ -190,7 +191,6 @@ def resume_command(argv: list[str], run_dir: str) -> str:
     return shlex.join([*launcher, *kept, *ending])
 
 
-STREAM_IGNORES = ("train.steps", "train.eval_every")
 
 
 def check_run(cfg, overrides: list[str]) -> None:
@@ -199,7 +199,7 @@ def check_run(cfg, overrides: list[str]) -> None:
     if cfg.mode == "stream" and cfg.stream.urls is None:
         check_simulated_stream(cfg)
     if cfg.mode == "stream":
-        given = [o.split("=", 1)[0] for o in overrides if o.split("=", 1)[0] in STREAM_IGNORES]
+        given = [o.split("=", 1)[0] for o in overrides if o.split("=", 1)[0] in OFFLINE_ONLY]
         if given:
             raise ConfigError(f"{given[0]} applies to offline mode; a stream run lasts as long as its stream "
                               f"(stream.max_experiences, stream.passes) and evaluates every stream.eval_every "

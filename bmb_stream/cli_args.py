@@ -7,7 +7,7 @@ import difflib
 import re
 
 from bmb_stream.config_messages import no_such_key, parsed_override
-from bmb_stream.config_schema import GROUPS, group_options
+from bmb_stream.config_schema import GROUPS, group_options, key_reference
 from bmb_stream.errors import ConfigError
 
 EXAMPLES = """examples:
@@ -62,13 +62,11 @@ def usage() -> str:
               "  summarize  runs compared: mean, std and n of each statistic per group of runs (grouped by the",
               "             keys that differ, the seed aside); run folders or sweep folders; writes",
               "             runs_summary.md and runs_summary.csv"]
-    lines += ["", "common keys: seed, device (auto/cpu/cuda), run.dir, resume, train.steps, train.eval_every,",
-              "  train.batch_labeled, train.batch_unlabeled, train.ema_decay, train.ema_warmup, train.num_workers,",
-              "  dataset.root, method.tau, method.bank.* (bmb), method.weights.* (bmb), method.abc_tau (abc),",
-              "  method.debias_start (cdmad),",
-              "  stream.urls (paths, file://, http(s)://, s3://), stream.on_shard_error (fail/skip), storage.s3.*,",
-              "  storage.retry.*", "", EXAMPLES]
-    return "\n".join(lines)
+    lines += ["", "keys: what each accepts; its default in the schema (the chosen mode, method and experiment",
+              "files may set another: --cfg job shows what a command runs); the modes that read it; in",
+              "brackets, the options (for datasets, the dataset schemas) that declare it where not all do:"]
+    lines += [f"  {key:<32} {accepts}; {default}; {modes}" for key, accepts, default, modes in key_reference()]
+    return "\n".join([*lines, "", EXAMPLES])
 
 
 def pop_option(argv: list[str], name: str, accepted: tuple[str, ...]) -> tuple[str | None, list[str]]:

@@ -291,6 +291,51 @@ def find_field(dotted: str) -> dataclasses.Field | None:
     return None
 
 
+OFFLINE_ONLY = ("train.steps", "train.eval_every")  # a stream run lasts as long as its stream
+
+
+def key_modes(dotted: str) -> str:
+    """The modes that read a key."""
+    return "offline mode" if dotted in OFFLINE_ONLY else "stream mode" if dotted.startswith("stream.") else "both modes"
+
+
+def _field_at(schema: type, parts: list[str]) -> dataclasses.Field | None:
+    for i, part in enumerate(parts):
+        f = schema_fields(schema).get(part)
+        if f is None or i == len(parts) - 1:
+            return f
+        schema = section_schema(f)
+        if schema is None:
+            return None
+    return None
+
+
+def _shown_default(f: dataclasses.Field) -> str:
+    value = f.default
+    return "true" if value is True else "false" if value is False else "null" if value is None else str(value)
+
+
+def key_reference() -> list[tuple[str, str, str, str]]:
+    """Every key (a group's `name` aside: it is the option chosen): what it accepts, its default (or
+    that each option's file sets it) and the modes that read it; a group's key names the options that
+    declare it where not all do."""
+    rows = []
+    for dotted in known_keys():
+        group, _, rest = dotted.partition(".")
+        options = OPTION_SCHEMAS.get(group, {})
+        if options and rest == "name":
+            continue
+        fields = {n: _field_at(s, rest.split(".")) for n, s in options.items()} if options else {"": find_field(dotted)}
+        declared = {n: f for n, f in fields.items() if f is not None}
+        defaults = {_shown_default(f) for f in declared.values() if f.default is not MISSING}
+        unset = any(f.default is MISSING for f in declared.values())
+        default = (("set by the option's file" if options else "chosen in configs/config.yaml") if unset and not defaults else
+                   f"default {defaults.pop()}" if len(defaults) == 1 and not unset else "default per option")
+        where = f" ({', '.join(declared)})" if options and len(declared) < len(options) else ""
+        rows.append((dotted, field_check(next(iter(declared.values())))[1], default, key_modes(dotted) + where))
+    return rows
+
+
 def known_keys() -> list[str]:
     """Every dotted key some option of the schema declares."""
     keys: list[str] = []

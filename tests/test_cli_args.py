@@ -3,6 +3,7 @@ printed resume command, which must give the same arguments back when pasted into
 
 from __future__ import annotations
 
+import re
 import shlex
 import shutil
 import subprocess
@@ -84,3 +85,18 @@ def test_resume_command_pasted_into_bash_gives_the_same_arguments():
     assert bash_words(command[len("bmb-stream "):]) == EXPECTED[1:]
     # without the quoting bash would expand the pattern into 20 words
     assert len([w for w in bash_words(BRACES) if w.startswith("stream.urls=")]) == 20
+
+
+def test_help_lists_every_key_of_the_schema_with_what_it_accepts_and_its_default(capsys):
+    from bmb_stream.config_schema import known_keys
+
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    keys = out.split("\nkeys: ")[1].split("\nexamples:")[0]
+    listed = {line.split()[0] for line in keys.splitlines()[3:] if line.startswith("  ")}
+    groups = ("method.name", "model.name", "dataset.name")  # chosen as method=..., not set
+    assert listed == set(known_keys()) - set(groups)
+    assert re.search(r"\n  train\.steps +a positive integer; default 1000; offline mode\n", out)
+    assert re.search(r"\n  method\.abc_tau +in \(0, 1\]; default 0\.95; both modes \(abc\)\n", out)
+    assert re.search(r"\n  resume +true, false or auto; default false; both modes\n", out)
+
