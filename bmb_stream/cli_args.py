@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from pathlib import Path
 
 from bmb_stream.config_messages import no_such_key, parsed_override
 from bmb_stream.config_schema import GROUPS, group_options, key_reference
@@ -23,7 +24,7 @@ EXAMPLES = """examples:
 
 
 def usage() -> str:
-    lines = ["usage: bmb-stream [--mode stream|offline] [--cfg job] [KEY=VALUE ...]",
+    lines = ["usage: bmb-stream [--mode stream|offline] [--cfg job] [--config-dir DIR] [KEY=VALUE ...]",
              "       bmb-stream -m [KEY=A,B ...] [KEY=VALUE ...]      a sweep: one run per combination",
              "       bmb-stream summarize RUN_DIR... [out=DIR]",
              "       bmb-stream --version",
@@ -38,7 +39,8 @@ def usage() -> str:
              "             the same; there is no hydra section)",
              "  -m         sweep: every combination of the comma-separated values, run one after another in",
              "             <run.dir>/<KEY=VALUE,...>/ (run.dir default runs/sweep-<time>), then their table",
-             "  --version  the package's version", "",
+             "  --config-dir DIR  your own config files (DIR/experiment/NAME.yaml, ...), composed beside",
+             "             the shipped ones: experiment=NAME", "  --version  the package's version", "",
              "config groups (choose with GROUP=OPTION):"]
     try:
         lines += [f"  {g:<11}{', '.join(group_options(g))}" for g in GROUPS]
@@ -81,18 +83,19 @@ def pop_option(argv: list[str], name: str, accepted: tuple[str, ...]) -> tuple[s
 
 
 def parse_args(argv: list[str]) -> list[str]:
-    """Hydra overrides from the command line; `--mode X` becomes `mode=X`."""
+    """Hydra overrides from the command line; `--mode X` becomes `mode=X`, `--config-dir DIR` puts DIR on
+    Hydra's search path (its experiment, method, ... files compose beside the shipped ones)."""
     overrides, i = [], 0
     while i < len(argv):
         arg = argv[i]
-        if arg == "--mode":
+        if arg in ("--mode", "--config-dir"):
             if i + 1 >= len(argv):
-                raise ConfigError("--mode needs a value: stream or offline")
-            overrides.append(for_hydra(f"mode={argv[i + 1]}"))
+                raise ConfigError(f"{arg} needs a value" + (": stream or offline" if arg == "--mode" else ": a folder"))
+            overrides.append(_option_override(arg, argv[i + 1]))
             i += 2
             continue
-        if arg.startswith("--mode="):
-            overrides.append(for_hydra(f"mode={arg.split('=', 1)[1]}"))
+        if arg.startswith(("--mode=", "--config-dir=")):
+            overrides.append(_option_override(*arg.split("=", 1)))
         elif arg.startswith("-"):
             raise ConfigError(f"unknown option {arg}; see bmb-stream --help")
         elif "=" not in arg:
@@ -105,6 +108,15 @@ def parse_args(argv: list[str]) -> list[str]:
             overrides.append(for_hydra(arg))
         i += 1
     return overrides
+
+
+def _option_override(option: str, value: str) -> str:
+    if option == "--mode":
+        return for_hydra(f"mode={value}")
+    folder = Path(value).expanduser().resolve()
+    if not folder.is_dir():
+        raise ConfigError(f"--config-dir {value}: no such folder (it holds experiment/, method/, ... files)")
+    return f"hydra.searchpath=[{_quoted(f'file://{folder}')}]"
 
 
 def for_hydra(override: str) -> str:

@@ -100,3 +100,15 @@ def test_help_lists_every_key_of_the_schema_with_what_it_accepts_and_its_default
     assert re.search(r"\n  method\.abc_tau +in \(0, 1\]; default 0\.95; both modes \(abc\)\n", out)
     assert re.search(r"\n  resume +true, false or auto; default false; both modes\n", out)
 
+
+def test_config_dir_composes_a_users_own_experiment_file(tmp_path, capsys):
+    (tmp_path / "mine" / "experiment").mkdir(parents=True)
+    (tmp_path / "mine" / "experiment" / "short.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /mode: offline\nexperiment_name: short\ntrain:\n  steps: 7\n")
+    assert main(["--config-dir", str(tmp_path / "mine"), "experiment=short", "--cfg", "job"]) == 0
+    out = capsys.readouterr().out
+    assert "experiment_name: short" in out and "  steps: 7" in out and "mode: offline" in out
+    assert main([f"--config-dir={tmp_path / 'none'}", "experiment=short"]) == 2
+    assert "no such folder" in capsys.readouterr().err
+    assert main(["experiment=short"]) == 2  # without it, the file is not found
+
