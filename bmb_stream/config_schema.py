@@ -63,8 +63,11 @@ class Run:
 class Train:
     steps: int = key(POSITIVE, 1000)  # offline mode; a stream run lasts as long as its stream
     eval_every: int = key(POSITIVE, 100)  # offline mode: evaluate every this many steps (and after the last)
-    batch_labeled: int = key(POSITIVE, 64)  # per rank
-    batch_unlabeled: int = key(POSITIVE, 64)  # per rank
+    batch_labeled: int = key(POSITIVE, 64)  # per rank (the whole run's with global_batch)
+    batch_unlabeled: int = key(POSITIVE, 64)
+    # true: the batches above are the whole run's, split evenly over the ranks, so that a protocol keeps its
+    # batch, steps and learning rate on any number of processes; false: each rank's
+    global_batch: bool = False
     ema_decay: float = key(number(0, 1, open_high=True), 0.999)  # 0 turns the EMA model off (the raw weights are evaluated)
     ema_warmup: bool = False  # decay min(ema_decay, (1 + t) / (10 + t))
     num_workers: int = key(COUNT, 2)  # DataLoader workers of the labeled set (offline: of both sets)

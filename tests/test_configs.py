@@ -199,3 +199,24 @@ def test_cli_unknown_flag_and_help(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
     assert "--mode" in out and "fmnist_lt_r100" in out and "examples:" in out
+
+
+@pytest.mark.parametrize("experiment", ["imagenet_lt_50", "cifar10_lt_r100"])
+def test_a_protocol_keeps_its_global_batch_and_length_on_any_number_of_ranks(experiment, monkeypatch, tmp_path):
+    from bmb_stream import distributed
+    from bmb_stream.engine.batches import per_rank_batches
+
+    cfg = typed(compose([f"experiment={experiment}", f"dataset.root={tmp_path}"]))
+    seen = set()
+    for world in (1, 2, 8):
+        monkeypatch.setattr(distributed, "world_size", lambda: world)
+        labeled, unlabeled = per_rank_batches(cfg.train)
+        seen.add((labeled * world, unlabeled * world, cfg.train.steps, cfg.optim.lr))  # same steps: same epochs
+    assert seen == {(64, 64, cfg.train.steps, cfg.optim.lr)}
+    monkeypatch.setattr(distributed, "world_size", lambda: 3)
+    with pytest.raises(ConfigError, match=r"train.batch_labeled=64 is the whole run's batch .* 3 ranks cannot share"):
+        per_rank_batches(cfg.train)
+    default = typed(compose([]))  # not a protocol: each rank's batch, as given
+    monkeypatch.setattr(distributed, "world_size", lambda: 8)
+    assert per_rank_batches(default.train) == (default.train.batch_labeled, default.train.batch_unlabeled)
+

@@ -16,12 +16,27 @@ from bmb_stream import distributed
 from bmb_stream.distributed import rank_share
 from bmb_stream.engine.stops import ignore_interrupts, interruptible_wait
 from bmb_stream.engine.stream_source import StreamSource
+from bmb_stream.errors import ConfigError
 from bmb_stream.shards.reading import ShardErrorHandler, fail_on_error, make_unlabeled_batches
 
 
 def derived_seed(seed: int, experience: int, purpose: int) -> int:
     """A seed for one purpose in one experience, independent of everything that came before."""
     return int(np.random.SeedSequence([seed, experience, purpose]).generate_state(1)[0])
+
+
+def per_rank_batches(train) -> tuple[int, int]:
+    """Each rank's labeled and unlabeled batch: `train.batch_*` themselves, or with train.global_batch
+    their share of the run's batch (which the world size must divide)."""
+    world = distributed.world_size()
+    if not train.global_batch:
+        return train.batch_labeled, train.batch_unlabeled
+    for key in ("batch_labeled", "batch_unlabeled"):
+        if getattr(train, key) % world:
+            raise ConfigError(f"train.{key}={getattr(train, key)} is the whole run's batch (train.global_batch=true) "
+                              f"and {world} ranks cannot share it evenly: run a number of ranks that divides it, or "
+                              f"give train.global_batch=false and each rank's batch")
+    return train.batch_labeled // world, train.batch_unlabeled // world
 
 
 def worker_start(workers: int) -> str | None:

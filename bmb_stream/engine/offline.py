@@ -36,8 +36,8 @@ class OfflineRun(Run):
         train, learner, pin = self.cfg.train, self.learner, self.device.type == "cuda"  # pinned: copied without waiting
         # the data order after a resume continues from a generator reseeded with the step reached
         data_seed = self.seed * 1_000_003 + learner.step
-        labeled = endless_batches(self.split.labeled, train.batch_labeled, data_seed, train.num_workers, pin)
-        unlabeled = (endless_batches(self.split.unlabeled, train.batch_unlabeled, data_seed + 1,
+        labeled = endless_batches(self.split.labeled, self.batch_labeled, data_seed, train.num_workers, pin)
+        unlabeled = (endless_batches(self.split.unlabeled, self.batch_unlabeled, data_seed + 1,
                                      train.num_workers, pin) if learner.needs_unlabeled else None)
         steps = self.total_steps()
         while learner.step < steps and not stop.should_stop():

@@ -23,6 +23,7 @@ from bmb_stream import distributed
 from bmb_stream.config import typed
 from bmb_stream.config_schema import Config
 from bmb_stream.distributed import resolve_device
+from bmb_stream.engine.batches import per_rank_batches
 from bmb_stream.engine.checkpoint import CHECKPOINT_FORMAT, check_layout, load_checkpoint, save_atomic
 from bmb_stream.engine.learner import Learner
 from bmb_stream.engine.provenance import provenance
@@ -44,6 +45,8 @@ class Run(abc.ABC):
         self.command = command  # the command line's arguments (provenance.json)
         self.device = distributed.local_device(resolve_device(cfg.device))
         distributed.init(self.device)
+        # each rank's batches (train.global_batch: its share of the run's), refused before the folder is touched
+        self.batch_labeled, self.batch_unlabeled = per_rank_batches(cfg.train)
         cfg.run.dir = distributed.from_main(cfg.run.dir)  # a default run.dir's timestamp is rank 0's
         self.run_dir = open_run_dir(cfg)  # before any data is read: a bad run.dir or resume ends the run at once
         self.seed = cfg.seed
@@ -103,7 +106,8 @@ class Run(abc.ABC):
         self.prepare()
         self.resume()  # before anything is written: a checkpoint that cannot be resumed changes no file
         self.run_dir.write_config(self.cfg)
-        self.provenance = provenance(self.command, self.device)
+        self.provenance = {**provenance(self.command, self.device),
+                           "batch_per_rank": {"labeled": self.batch_labeled, "unlabeled": self.batch_unlabeled}}
         self.run_dir.add_provenance(self.provenance)
         self.run_dir.rewrite_evals(self.history)
         self.start_wall = time.time() - (self.history[-1]["wall_s"] if self.history else 0.0)

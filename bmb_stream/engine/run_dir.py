@@ -81,7 +81,8 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 # keys added to the schema after runs began to be written: a stored configuration may lack them (a key
 # added to the schema goes here, so that runs begun before it resume)
 KEYS_ADDED_LATER = ("run.allow_nonempty", "train.channels_last", "train.compile", "train.amp", "method.bank.count_rule",
-                    "method.weights.count_rule", "method.bank.labeled", "optim.wd_shrink", "dataset.ratio_rounding")
+                    "method.weights.count_rule", "method.bank.labeled", "optim.wd_shrink", "dataset.ratio_rounding",
+                    "train.global_batch")
 
 
 def missing_keys(stored: dict, cfg) -> list[str]:

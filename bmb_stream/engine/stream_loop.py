@@ -68,7 +68,7 @@ class StreamRun(Run):
         self.num_classes = num_classes = cfg.dataset.num_classes
         self.seed_images, self.seed_labels = source.labeled
         self.labeled_per_class = np.bincount(self.seed_labels, minlength=num_classes).tolist()
-        self.steps = stream_steps(source, cfg.train.batch_unlabeled, cfg.stream.num_workers,
+        self.steps = stream_steps(source, self.batch_unlabeled, cfg.stream.num_workers,
                                   cfg.stream.passes)
         if self.steps is None and cfg.optim.schedule != "constant":
             raise ConfigError(f"optim.schedule={cfg.optim.schedule} needs the stream's length in steps, and no manifest "
@@ -157,7 +157,7 @@ class StreamRun(Run):
         torch.manual_seed(distributed.rank_seed(derived_seed(self.seed, k, 0)))  # augmentations in the main process
         labeled_set = EncodedImages(self.seed_images + list(self.pool.images),
                                     np.concatenate([self.seed_labels, self.pool.labels]).astype(np.int64), self.views["weak"])
-        labeled_batches = endless_batches(labeled_set, self.cfg.train.batch_labeled, derived_seed(self.seed, k, 1),
+        labeled_batches = endless_batches(labeled_set, self.batch_labeled, derived_seed(self.seed, k, 1),
                                           self.cfg.stream.num_workers, pin_memory=self.device.type == "cuda")
         if replay == 0 and k % self.cfg.stream.eval_every == 0:  # counts cover the experiences since the last evaluation
             self.monitor.reset_counts()
@@ -168,7 +168,7 @@ class StreamRun(Run):
         first `replay` (read and augmented again, not trained on: a mid-experience resume), and none that
         holds only skips. Counts what it reads in `progress`."""
         cfg = self.cfg
-        for ub in experience_batches(self.source.experiences[k], self.views["unlabeled"], cfg.train.batch_unlabeled, cfg.stream.num_workers,
+        for ub in experience_batches(self.source.experiences[k], self.views["unlabeled"], self.batch_unlabeled, cfg.stream.num_workers,
                                      cfg.stream.passes, self.seed, k, self.on_shard_error, self.num_classes,
                                      pin_memory=self.device.type == "cuda", test_samples=self.source.test_samples):
             progress.consumed += 1
