@@ -74,7 +74,8 @@ def configuration(ranks: int, args, scratch: Path) -> dict:
     out.mkdir()
     overrides = ["mode=offline", "experiment=fmnist_lt_r100", f"model={args.model}", "method.bank.labeled=true",
                  f"train.steps={args.steps}", f"train.eval_every={args.steps}", f"train.batch_labeled={args.batch}",
-                 f"train.batch_unlabeled={args.batch}", "train.num_workers=0", "progress=false",
+                 f"train.batch_unlabeled={args.batch}", "train.global_batch=false",  # the same per-rank batch
+                 "train.num_workers=0", "progress=false",
                  f"run.dir={out / 'run'}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(HERE.parent)}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks),
