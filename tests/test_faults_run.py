@@ -55,13 +55,16 @@ def test_a_new_run_never_overwrites_an_earlier_one(reference_run, capsys):
     assert snapshot(reference_run) == before
 
 
-@pytest.mark.parametrize("change, key", [("method.tau=0.5", "method.tau"), ("model=wrn28_2", "model.name"),
-                                          ("seed=5", "seed"), ("stream.shards_per_experience=2", "stream.shards_per_experience")])
-def test_resume_refuses_a_changed_experiment(fmnist_stream, reference_run, capsys, change, key):
+@pytest.mark.parametrize("change, key, resume", [
+    ("method.tau=0.5", "method.tau", "true"), ("model=wrn28_2", "model.name", "true"), ("seed=5", "seed", "true"),
+    ("stream.shards_per_experience=2", "stream.shards_per_experience", "true"),
+    ("seed=5", "seed", "auto"),  # resume=auto never starts over a run of another configuration
+])
+def test_resume_refuses_a_changed_experiment(fmnist_stream, reference_run, capsys, change, key, resume):
     before = snapshot(reference_run)
-    assert main(stream_args(fmnist_stream, reference_run, "resume=true", change)) == 2
+    assert main(stream_args(fmnist_stream, reference_run, f"resume={resume}", change)) == 2
     line = error_line(capsys)
-    assert f"{key}:" in line and "changes the experiment" in line
+    assert f"{key}:" in line and "changes the experiment" in line and f"resume={resume}:" in line
     assert snapshot(reference_run) == before
 
 
