@@ -47,7 +47,7 @@ def test_stream_is_the_default_mode_with_its_own_defaults(monkeypatch, capsys):
     # returns at once, as a rank other than 0 does: nothing to print)
     given = []
     for module, run in ((bmb_stream.engine.offline, "run_offline"), (bmb_stream.engine.stream_loop, "run_stream")):
-        monkeypatch.setattr(module, run, lambda c: given.append(c) or {"rank": 1})
+        monkeypatch.setattr(module, run, lambda c, command=None: given.append(c) or {"rank": 1})
     for argv in (["--mode=offline"], ["--mode", "offline"]):
         assert main(argv) == 0, capsys.readouterr().err
     assert [(c.mode, c.method.estimate.kind) for c in given] == [("offline", "cumulative")] * 2
