@@ -85,6 +85,7 @@ class Optim:
     nesterov: bool = True  # sgd only
     weight_decay: float = key(NON_NEGATIVE, 0.0)  # coupled L2 in the optimizer
     wd_shrink: float = key(NON_NEGATIVE, 0.02)  # the reference's decay: weights *= 1 - wd_shrink * lr after each step
+    wd_shrink_buffers: bool = False  # the reference's shrink also scales the batch-norm running statistics
     schedule: str = key(choice(*SCHEDULES), "constant")  # cosine: to 0; fixmatch_cosine: cos(7 pi t / 16 T)
 
 

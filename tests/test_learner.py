@@ -77,6 +77,20 @@ def test_reference_weight_decay_shrinks_the_raw_weights():
     assert torch.allclose(learner.model.head_std.weight, before * (1 - 1000 * 1e-12), atol=1e-9)
 
 
+def test_reference_weight_decay_scales_batch_norm_statistics_only_when_asked():
+    torch.manual_seed(0)
+    stats = {}
+    for buffers in ("false", "true"):
+        learner = Learner(tiny_cfg("optim.lr=1e-6", "optim.wd_shrink=1000", f"optim.wd_shrink_buffers={buffers}"),
+                          10, LABELED, torch.device("cpu"))
+        bn = next(m for m in learner.model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+        bn.momentum = 0.0  # the step itself leaves the running statistics where they are
+        learner.train_step(batch(0))
+        stats[buffers] = bn.running_var.clone()
+    assert torch.equal(stats["false"], torch.ones_like(stats["false"]))
+    assert torch.allclose(stats["true"], torch.full_like(stats["true"], 1 - 1000 * 1e-6), rtol=0, atol=1e-7)
+
+
 def test_ema_decay_warmup_and_update():
     assert ema_decay_at(0, 0.999, True) == pytest.approx(0.1)
     assert ema_decay_at(10_000, 0.999, True) == 0.999 and ema_decay_at(0, 0.999, False) == 0.999

@@ -118,9 +118,7 @@ class Learner:
         if self.ema is not None:
             self.ema.update(self.model)
         if self.cfg.optim.wd_shrink:  # the reference's decoupled decay, after the EMA: w <- w * (1 - c * lr)
-            with torch.no_grad():
-                for p in self.model.parameters():
-                    p.mul_(1.0 - self.cfg.optim.wd_shrink * lr)
+            self.shrink(1.0 - self.cfg.optim.wd_shrink * lr)
         self.algorithm.after_step(out)
         self.step += 1
         images = len(batch.u_weak) if batch.u_weak is not None else len(batch.x_labeled)
@@ -131,6 +129,16 @@ class Learner:
             self.last_extras["pseudo_labels"], self.last_extras["mask"] = distributed.gather_together(
                 out.extras["pseudo_labels"], out.extras["mask"])
         return {**out.terms, "loss": out.loss.detach(), "lr": lr}
+
+    @torch.no_grad()
+    def shrink(self, factor: float) -> None:
+        """Scale the weights (with optim.wd_shrink_buffers, as the reference does, also the floating-point
+        buffers: batch-norm running means and variances)."""
+        if self.cfg.optim.wd_shrink_buffers:
+            tensors = [t for t in self.model.state_dict().values() if t.is_floating_point()]
+        else:
+            tensors = list(self.model.parameters())
+        torch._foreach_mul_(tensors, factor)
 
     def state_is_finite(self) -> bool:
         """Whether every float tensor of the model and its EMA (weights and batch-norm statistics) is finite."""

@@ -82,7 +82,7 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 # added to the schema goes here, so that runs begun before it resume)
 KEYS_ADDED_LATER = ("run.allow_nonempty", "train.channels_last", "train.compile", "train.amp", "method.bank.count_rule",
                     "method.weights.count_rule", "method.bank.labeled", "optim.wd_shrink", "dataset.ratio_rounding",
-                    "train.global_batch")
+                    "train.global_batch", "optim.wd_shrink_buffers")
 
 
 def missing_keys(stored: dict, cfg) -> list[str]:
