@@ -26,9 +26,10 @@ import numpy as np
 
 warnings.filterwarnings("ignore", message="no QP solver found")
 
+from common import run_folder, train_unless_finished  # noqa: E402
+
 from bmb_stream.engine.offline import run_offline  # noqa: E402
 from bmb_stream.engine.stream_loop import run_stream  # noqa: E402
-from common import run_folder, train_unless_finished  # noqa: E402
 
 OFFLINE = ["mode=offline", "experiment=fmnist_lt_r100", "model=small_cnn", "train.eval_every=50",
            "train.ema_warmup=true"]
