@@ -3,7 +3,7 @@ several seeds, with the memory bank as configured against the reference's bank (
 only, the reference count rule), and against supervised training and FixMatch on the same stream and
 budget, and ABC and CDMAD: balanced accuracy of the EMA model, of the raw weights and of the EMA
 model without the algorithm's test-time rule (BMB's and ABC's standard head, CDMAD's unrefined logits),
-each the mean of the run's evaluations (every second experience: 5 per run), then mean +- std over the
+each the mean of the run's evaluations (after every experience: 10 per run), then mean +- std over the
 seeds; and the bank at the end (entries, classes, entries from labeled images, purity of the
 pseudo-labeled ones).
 

@@ -13,7 +13,7 @@ def read(run_dir):
 
 
 def test_default_job_bank_is_full_with_every_class_after_two_experiences(fmnist_root, tmp_path):
-    """The default job as `bmb-stream` runs it, stopped after its first evaluation (2 of 10 experiences)."""
+    """The default job as `bmb-stream` runs it, stopped after 2 of its 10 experiences (an evaluation after each)."""
     run_dir = tmp_path / "run"
     assert main([f"run.dir={run_dir}", f"stream.cache_dir={tmp_path / 'cache'}", "stream.max_experiences=2",
                  "progress=false"]) == 0
@@ -25,6 +25,13 @@ def test_default_job_bank_is_full_with_every_class_after_two_experiences(fmnist_
     # entries of the labeled images are pure by construction; the purity covers pseudo-labeled ones only
     assert summary["bank_labeled"] > 0
     assert max(counts) <= 4 * min(counts), counts  # rebalanced: the gamma-100 head does not take the bank
+    # the continual-learning metrics of the drifting stream: one row per experience, backward transfer,
+    # forgetting per class, and the prequential accuracy of each experience (its images carry their classes)
+    assert summary["evaluated_after_experience"] == [0, 1] and len(summary["accuracy_matrix"]) == 2
+    assert isinstance(summary["bwt"], float) and isinstance(summary["fwt"], float)
+    assert len(summary["forgetting_per_class"]) == 10
+    assert all(isinstance(f, float) for f in summary["forgetting_per_class"])
+    assert all(isinstance(p, float) for p in summary["prequential_accuracy"])
 
 
 def test_published_recipe_streamed_from_shards_ends_with_a_bank_of_most_classes(fmnist_stream, tmp_path):

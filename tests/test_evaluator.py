@@ -64,7 +64,7 @@ def test_per_class_balanced_and_groups_on_known_predictions(tmp_path):
     expected_loss = F.cross_entropy(model.logits[: len(TARGETS)], torch.tensor(TARGETS)).item()
     assert r["test_loss"] == pytest.approx(expected_loss)
     assert (r["raw_balanced_acc"], r["raw_top1_acc"]) == (r["balanced_acc"], r["top1_acc"])
-    assert "forgetting" not in r
+    assert "stream_forgetting" not in r
 
 
 def test_the_raw_model_gives_the_raw_values(tmp_path):
@@ -85,18 +85,18 @@ def test_forgetting_per_segment_and_its_state(tmp_path):
     ev = make(tmp_path, targets, **kw)
     first = ev.evaluate(Table([0, 0, 1, 1, 0, 0, 0, 0, 4], 5), trained_segments=[0])
     assert first["segment_acc"] == [1.0, 0.0] and first["segment_forgetting"] == [0.0, None]
-    assert first["forgetting"] == 0.0
+    assert first["stream_forgetting"] == 0.0
     assert math.isnan(first["per_class_acc"][4]) and first["top1_acc"] == pytest.approx(4 / 8)
     second = ev.evaluate(Table([0, 1, 0, 1, 2, 2, 3, 0, 4], 5), trained_segments=[0, 1])
     assert second["segment_acc"] == [0.5, 0.75]
-    assert second["segment_forgetting"] == [0.5, 0.0] and second["forgetting"] == pytest.approx(0.25)
+    assert second["segment_forgetting"] == [0.5, 0.0] and second["stream_forgetting"] == pytest.approx(0.25)
     state = ev.state_dict()
     ev.close()
     resumed = make(tmp_path, targets, **kw)
     resumed.load_state_dict(state)
     third = resumed.evaluate(Table([0, 0, 1, 1, 0, 0, 0, 0, 4], 5), trained_segments=[0, 1])
     resumed.close()
-    assert third["segment_forgetting"] == [0.0, 0.75] and third["forgetting"] == pytest.approx(0.375)
+    assert third["segment_forgetting"] == [0.0, 0.75] and third["stream_forgetting"] == pytest.approx(0.375)
 
 
 def test_test_set_is_read_once(tmp_path):
@@ -143,3 +143,19 @@ def test_run_directory_files(tmp_path):
     lines = (tmp_path / "log.txt").read_text().splitlines()
     assert len(lines) == 2 and lines[0].startswith("step 50: top1_acc 0.5556") and lines[1].startswith("step 1: top1_acc 1.0000")
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_an_older_runs_csv_gains_the_new_columns_and_keeps_its_rows(tmp_path):
+    from bmb_stream.evaluation.evaluator import CSV_COLUMNS
+
+    (tmp_path / "csv").mkdir()
+    old = "step,top1_acc,balanced_acc\n10,0.5000,0.4000\n"
+    (tmp_path / "csv" / "eval_results.csv").write_text(old)
+    ev = make(tmp_path)
+    ev.evaluate(Table(PREDICTED), step=20)
+    ev.close()
+    lines = (tmp_path / "csv" / "eval_results.csv").read_text().splitlines()
+    assert lines[0] == ",".join(CSV_COLUMNS) and len(lines) == 3
+    first = dict(zip(CSV_COLUMNS, lines[1].split(",")))
+    assert (first["step"], first["top1_acc"], first["balanced_acc"], first["bwt"]) == ("10", "0.5000", "0.4000", "")
+    assert lines[2].startswith("20,") and ev.evaluations == 2

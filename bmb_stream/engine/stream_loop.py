@@ -33,6 +33,8 @@ from bmb_stream.engine.skipped_shards import SkippedShards
 from bmb_stream.engine.stops import WORKER_DEATH, ReadInterrupted, StopFlag
 from bmb_stream.engine.stream_source import prepare_stream
 from bmb_stream.errors import ConfigError, ShardError, StorageUnavailable
+from bmb_stream.evaluation.continual import KEYS as CONTINUAL_KEYS
+from bmb_stream.evaluation.continual import continual_metrics
 from bmb_stream.evaluation.evaluator import Evaluator
 from bmb_stream.evaluation.monitor import StreamMonitor
 from bmb_stream.redaction import redact_text
@@ -91,6 +93,7 @@ class StreamRun(Run):
         self.position = {"experience": 0, "batches": 0}
         self.skipped = SkippedShards()
         self.unlabeled_seen = np.zeros(num_classes, dtype=np.int64)  # true classes of the stream so far, where known
+        self.initial_acc = None  # per-class test accuracy before training (forward transfer's baseline)
         self.untrained = 0  # batches read but not trained on: a rank's share longer than another's
 
     def total_steps(self) -> int | None:
@@ -101,7 +104,7 @@ class StreamRun(Run):
         return {"untrained_batches": self.untrained, "labeled_pool": self.pool.state_dict(),
                 "monitor": self.monitor.state_dict(),
                 "evaluator": self.evaluator.state_dict(),
-                "unlabeled_seen": torch.from_numpy(self.unlabeled_seen),
+                "unlabeled_seen": torch.from_numpy(self.unlabeled_seen), "initial_class_acc": self.initial_acc,
                 "skipped": self.skipped.entries, "position": dict(self.position)}
 
     def load_state(self, state: dict) -> None:
@@ -117,6 +120,7 @@ class StreamRun(Run):
                                   f"many; a checkpoint at an experience boundary resumes on any number")
             self.position["batches"] = rank_batches[distributed.rank()]
         self.unlabeled_seen = state["unlabeled_seen"].numpy().copy()
+        self.initial_acc = state.get("initial_class_acc")  # absent in checkpoints written before forward transfer
         self.skipped = SkippedShards(state.get("skipped", []))
         self.untrained = int(state.get("untrained_batches", 0))
 
@@ -144,6 +148,10 @@ class StreamRun(Run):
                 old.unlink()
 
     def train(self, stop: StopFlag) -> None:
+        if self.learner.step == 0 and self.source.histograms is not None and self.initial_acc is None:
+            # the initial model's accuracy on each experience's prior: the baseline of forward transfer
+            initial = self.evaluator.evaluate_models({"model": self.learner.evaluated_model()})
+            self.initial_acc = initial["model"]["per_class_acc"]
         for k in range(self.position["experience"], len(self.source.experiences)):
             replay = self.position["batches"] if k == self.position["experience"] else 0
             progress = self.train_experience(k, replay, stop)
@@ -221,7 +229,7 @@ class StreamRun(Run):
             truth = distributed.gather_rows(torch.where(ub["cls"] >= 0, ub["cls"], ub["gt"]))  # -1: class unknown
             np.add.at(self.unlabeled_seen, truth[truth >= 0].numpy(), 1)
             terms = learner.train_step(Batch(x_l, y_l, ub["u_weak"], ub["u_strong1"], ub["u_strong2"]))
-            self.monitor.observe(learner.last_extras, truth)
+            self.monitor.observe(learner.last_extras, truth, first_read_of=k if ub["pass"] == 0 else None)
             self.trained(len(x_l) + len(ub["u_weak"]), t)
             if learner.step % self.cfg.train.log_every == 0:
                 self.bar.set_postfix({"exp": f"{k + 1}/{len(self.source.experiences)}", "loss": f"{terms['loss']:.3g}",
@@ -271,15 +279,22 @@ class StreamRun(Run):
                 after={**self.monitor.report(self.learner.algorithm.bank), "labeled_pool": len(self.pool.labels),
                        "skipped_shards": len(self.skipped.entries), "untrained_batches": self.untrained,
                        "rss_mb": psutil.Process().memory_info().rss / 2**20},
-                trained_segments=trained)
+                trained_segments=trained, extra=lambda record: self.continual(k, record))
             if record is not None:  # rank 0 reports
                 self.report(k, record)
         self.checkpoint(k + 1, 0)
 
+    def continual(self, k: int, record: dict) -> dict:
+        """The continual-learning metrics after experience k (evaluation/continual.py), and the prequential
+        accuracy of each experience so far (None where its images' classes are unknown)."""
+        rows = [r["per_class_acc"] for r in self.history] + [record["per_class_acc"]]
+        trained = [r["experience"] for r in self.history] + [k]
+        metrics = continual_metrics(rows, trained, self.source.histograms, self.initial_acc)
+        return {**metrics, "prequential_accuracy": self.monitor.prequential(k + 1)}
+
     def report(self, k: int, record: dict) -> None:
         """An evaluation's scalars into TensorBoard and its line into the log."""
-        self.evaluator.log_scalars({"forgetting": record.get("forgetting"), "bank_purity": record.get("bank_purity")},
-                                   self.learner.step)
+        self.evaluator.log_scalars({"bank_purity": record.get("bank_purity")}, self.learner.step)
         purity = record.get("bank_purity")
         self.bar.write(f"experience {k}: balanced acc {record['balanced_acc']:.4f} (raw {record['raw_balanced_acc']:.4f})"
                        + (f", bank purity {purity:.2f}" if purity is not None else ""))
@@ -292,11 +307,17 @@ class StreamRun(Run):
     def finish_summary(self, summary: dict) -> None:
         summary["experiences"] = len(self.source.experiences)
         summary["evaluations"] = len(self.history)
+        last = self.history[-1]
+        # the continual-learning metrics after the last experience; the class x evaluation accuracies, and the
+        # experience each row of the accuracy matrices was evaluated after
+        summary.update({key: last.get(key) for key in (*CONTINUAL_KEYS, "prequential_accuracy", "stream_forgetting")})
+        summary["class_accuracy_matrix"] = [r["per_class_acc"] for r in self.history]
+        summary["evaluated_after_experience"] = [r["experience"] for r in self.history]
         summary["skipped_shards"] = self.skipped.entries
         summary["untrained_batches"] = self.untrained
 
     def plot_options(self) -> dict:
-        return {"class_names": self.source.class_names, "x_key": "samples_seen"}
+        return {"class_names": self.source.class_names, "x_key": "samples_seen", "priors": self.source.histograms}
 
 
 def run_stream(cfg, command: list[str] | None = None) -> dict:

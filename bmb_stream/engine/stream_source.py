@@ -41,6 +41,8 @@ class StreamSource:
     class_names: list[str]
     segments: list[list[int]] | None = None  # classes introduced by each segment
     segment_start: list[int] = field(default_factory=list)  # the experience that introduced each segment
+    # each experience's class histogram (its shards', from the manifest; None where unknown): its prior
+    histograms: list[np.ndarray] | None = None
     shard_sizes: dict[str, int] = field(default_factory=dict)  # samples per shard file, where a manifest says
     # the test set's samples (key -> image digests), which the stream's readers refuse as they read: the
     # stream is too big to read first
@@ -80,6 +82,14 @@ def _manifest_of(urls: list[str], num_classes: int) -> Manifest | None:
     if manifest is not None:
         manifest.check_classes(num_classes)
     return manifest
+
+
+def _histograms(manifest: Manifest | None, experiences: list[list[str]]) -> list[np.ndarray] | None:
+    """Each experience's class histogram, the sum of its shards' (None unless the manifest has every shard's)."""
+    hist = manifest.histograms() if manifest is not None else {}
+    if not all(_name(url) in hist for shards in experiences for url in shards):
+        return None
+    return [np.sum([hist[_name(url)] for url in shards], axis=0) for shards in experiences]
 
 
 def _segments(manifest: Manifest | None, experiences: list[list[str]]) -> tuple[list[list[int]] | None, list[int]]:
@@ -233,4 +243,4 @@ def prepare_stream(cfg) -> StreamSource:
         warn_without_manifest(urls)
     segments, starts = _segments(manifest, experiences)
     return StreamSource(experiences, (labeled_images, labeled_classes), (test_images, test_classes), names, segments,
-                        starts, manifest.shard_sizes() if manifest else {}, test)
+                        starts, _histograms(manifest, experiences), manifest.shard_sizes() if manifest else {}, test)

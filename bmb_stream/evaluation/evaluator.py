@@ -1,5 +1,6 @@
 """Balanced accuracy and friends: per-class, balanced and top-1 accuracy, test loss, many/medium/few
-groups and, in a stream that introduces classes over time, forgetting per segment of classes.
+groups and, in a stream that introduces classes over time, forgetting per segment of classes
+(`stream_forgetting`; the continual-learning metrics of every stream are evaluation/continual.py's).
 
 The test set is read (decoded and transformed) once, when the evaluator is built, and kept as tensors
 (uint8 images, which the models normalise) if it fits in CACHE_BYTES; an evaluation is then one pass over those tensors that runs every model
@@ -23,6 +24,7 @@ import csv
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -38,10 +40,14 @@ with warnings.catch_warnings():
     from avalanche.evaluation.metrics import Accuracy, Forgetting, LossMetric
 
 CACHE_BYTES = 2 * 2**30  # a larger test set (ImageNet-size images) is read again at every evaluation
+# the continual-learning metrics of stream mode (evaluation/continual.py) are the last seven; a list-valued
+# one (prequential accuracy per experience) is written as its latest value
+CONTINUAL_SCALARS = ("forgetting", "stream_forgetting", "average_accuracy", "bwt", "fwt", "prior_accuracy",
+                     "prequential_accuracy")
 CSV_COLUMNS = ("step", "top1_acc", "balanced_acc", "raw_top1_acc", "raw_balanced_acc", "test_loss",
-               "many_acc", "medium_acc", "few_acc", "forgetting", "plain_balanced_acc")
+               "many_acc", "medium_acc", "few_acc", "forgetting", "plain_balanced_acc", *CONTINUAL_SCALARS[1:])
 TENSORBOARD_SCALARS = ("top1_acc", "balanced_acc", "raw_top1_acc", "raw_balanced_acc", "test_loss",
-                       "plain_balanced_acc")
+                       "plain_balanced_acc", *CONTINUAL_SCALARS)
 
 
 def shot_groups(labeled_per_class, many_threshold: int = 100, few_threshold: int = 20) -> dict[str, list[int]]:
@@ -57,8 +63,31 @@ def group_accuracy(per_class: list[float], classes: list[int]) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
+def _scalar(value):
+    """A record's value as one number: a list's latest entry that is one (None: none)."""
+    if isinstance(value, list):
+        return next((v for v in reversed(value) if isinstance(v, (int, float))), None)
+    return value
+
+
 def _shown(value: float | None) -> str:
+    value = _scalar(value)
     return "" if value is None else f"{value:.4f}"
+
+
+def _csv_with_header(path: Path) -> int:
+    """Make `path` a CSV with CSV_COLUMNS as its header, keeping an older run's rows under the columns they
+    have (a column added since stays empty in them); returns how many rows it holds."""
+    with open(path, encoding="utf-8", newline="") as f:
+        rows = list(csv.reader(f))
+    if rows and tuple(rows[0]) == CSV_COLUMNS:
+        return len(rows) - 1
+    old = [dict(zip(rows[0], row)) for row in rows[1:]] if rows else []
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(CSV_COLUMNS)
+        writer.writerows([[row.get(c, "") for c in CSV_COLUMNS] for row in old])
+    return len(old)
 
 
 def in_order(dataset, batch_size: int) -> DataLoader:
@@ -160,10 +189,8 @@ class Evaluator:
         self.log_path, self.csv_path = run_dir / "log.txt", run_dir / "csv" / "eval_results.csv"
         self.csv_path.parent.mkdir(parents=True, exist_ok=True)
         self.log_path.touch()
-        rows = self.csv_path.read_text().splitlines() if self.csv_path.exists() else []
-        if not rows:
-            self.csv_path.write_text(",".join(CSV_COLUMNS) + "\n")
-        self.evaluations = max(len(rows) - 1, 0)  # a resumed run goes on counting its evaluations
+        self.csv_path.touch()
+        self.evaluations = _csv_with_header(self.csv_path)  # a resumed run goes on counting its evaluations
         self._writer = SummaryWriter(str(run_dir / "tensorboard"))
 
     def batches(self):
@@ -201,15 +228,16 @@ class Evaluator:
         values = [result.get(i) for i in range(len(accs))]
         known = [v for v in values if v is not None]
         return {"segment_acc": accs, "segment_forgetting": values,
-                "forgetting": float(np.mean(known)) if known else None}
+                "stream_forgetting": float(np.mean(known)) if known else None}
 
     def evaluate(self, model, raw_model=None, trained_segments: list[int] | None = None,
-                 step: int | None = None) -> dict:
+                 step: int | None = None, extra: Callable[[dict], dict] | None = None) -> dict:
         """Evaluate `model` (the EMA model where there is one) and `raw_model` (the raw weights;
         None: the same model); where `model` also gives its logits without the algorithm's test-time
         rule, they are reported as plain_balanced_acc and plain_top1_acc. `trained_segments` (stream
         mode): the class segments trained so far. `step`: the training step the logs file it under
-        (None: the evaluation's index)."""
+        (None: the evaluation's index). `extra`: what the record adds, from the record (stream mode's
+        continual-learning metrics), logged with it."""
         if self.log:
             self._open_logs()
         models = {"model": model} if raw_model is None else {"model": model, "raw": raw_model}
@@ -232,6 +260,8 @@ class Evaluator:
         if "model_plain" in results:
             plain = results["model_plain"]
             record |= {"plain_balanced_acc": plain["balanced_acc"], "plain_top1_acc": plain["top1_acc"]}
+        if extra is not None:
+            record |= extra(record)
         self._write(record, self.evaluations if step is None else step)
         return record
 
@@ -254,6 +284,7 @@ class Evaluator:
             return
         self._open_logs()
         for name, value in values.items():
+            value = _scalar(value)
             if isinstance(value, (int, float)):
                 self._writer.add_scalar(name, value, step)
 

@@ -1,4 +1,5 @@
-"""Plots of a run: per-class accuracy, bank composition and class weights over time."""
+"""Plots of a run: per-class accuracy, bank composition and class weights over time; in stream mode
+the class x experience accuracy beside the stream's prior, and prequential and test accuracy."""
 
 from __future__ import annotations
 
@@ -40,8 +41,45 @@ def _lines(ax, x, series: np.ndarray, names: list[str]) -> None:
         ax.legend(fontsize=6, ncol=2)
 
 
-def write_plots(history: list[dict], out_dir: str | Path, class_names: list[str], x_key: str = "step") -> list[Path]:
-    """Write the run's plots (PNG) and return their paths; classes are ordered head to tail."""
+def continual_plots(history: list[dict], out: Path, priors: list) -> list[Path]:
+    """The class x evaluation accuracy heatmap beside the class x experience prior (each experience's
+    share of its images per class), and the prequential accuracy per experience beside the test set's
+    balanced accuracy after it, over the stream's samples."""
+    accuracy = np.asarray([r["per_class_acc"] for r in history], dtype=float).T
+    prior = np.asarray(priors, dtype=float)
+    prior = (prior / np.clip(prior.sum(axis=1, keepdims=True), 1, None)).T
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [len(history), len(priors)]})
+    image = ax1.imshow(accuracy, aspect="auto", vmin=0, vmax=1, cmap="viridis", interpolation="nearest")
+    ax1.set(xlabel="evaluation after experience", ylabel="class", title="test accuracy per class",
+            xticks=range(len(history)), xticklabels=[r["experience"] for r in history])
+    fig.colorbar(image, ax=ax1)
+    image = ax2.imshow(prior, aspect="auto", cmap="magma", interpolation="nearest")
+    ax2.set(xlabel="experience", ylabel="class", title="the stream's prior")
+    fig.colorbar(image, ax=ax2)
+    fig.tight_layout()
+    written = [out / "accuracy_matrix.png"]
+    save_figure(fig, written[-1])
+    prequential = history[-1].get("prequential_accuracy") or []
+    if any(p is not None for p in prequential):
+        by_experience = {r["experience"]: r for r in history}
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot([r["samples_seen"] for r in history], [r["balanced_acc"] for r in history], "o-",
+                label="test, balanced (after the experience)")
+        seen = [(by_experience[k]["samples_seen"], p) for k, p in enumerate(prequential)
+                if p is not None and k in by_experience]
+        ax.plot(*zip(*seen), "s-", label="prequential (its images, before training on them)")
+        ax.set(xlabel="samples seen", ylabel="accuracy", ylim=(0, 1), title="accuracy over the stream")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        written.append(out / "prequential.png")
+        save_figure(fig, written[-1])
+    return written
+
+
+def write_plots(history: list[dict], out_dir: str | Path, class_names: list[str], x_key: str = "step",
+                priors: list | None = None) -> list[Path]:
+    """Write the run's plots (PNG) and return their paths; classes are ordered head to tail. `priors`
+    (stream mode): each experience's class histogram."""
     out = Path(out_dir)
     if not history:
         return []
@@ -67,4 +105,6 @@ def write_plots(history: list[dict], out_dir: str | Path, class_names: list[str]
         fig.tight_layout()
         written.append(out / f"{key}.png")
         save_figure(fig, written[-1])
+    if priors is not None and "experience" in history[-1]:
+        written += continual_plots(history, out, priors)
     return written
