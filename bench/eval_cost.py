@@ -4,9 +4,12 @@ An evaluation (`Evaluator.evaluate(ema_model, raw_model)`: both models over the 
 counts, loss, logs) against the same two models' forward passes over the same decoded test tensors
 (uint8, which each model normalises first) and nothing else. Two test sets: Fashion-MNIST's 10,000 test images (the default job's, small CNN)
 and an ImageNet-size one (JPEGs of 500x375 made here, resized to 256 and centre-cropped to 224,
-ResNet-50). Medians of alternating rounds; also the one-time cost of reading the test set.
+ResNet-50). Medians of alternating rounds; also the one-time cost of reading the test set. Then the
+same evaluation with stream mode's continual-learning metrics (evaluation/continual.py) computed from a
+history of --history earlier evaluations over as many experiences, and, alone, those metrics at
+ImageNet-LT's scale (1,000 classes, 200 evaluations of 200 experiences).
 
-    python bench/eval_cost.py [--rounds 3] [--imagenet-images 128] [--threads N]
+    python bench/eval_cost.py [--rounds 3] [--imagenet-images 128] [--history 20] [--threads N]
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ warnings.filterwarnings("ignore", message="no QP solver found")
 from bmb_stream.config import compose, typed  # noqa: E402
 from bmb_stream.datasets import build_split  # noqa: E402
 from bmb_stream.datasets.transforms import DeviceNormalize, build_views  # noqa: E402
+from bmb_stream.evaluation.continual import continual_metrics  # noqa: E402
 from bmb_stream.evaluation.evaluator import Evaluator  # noqa: E402
 from bmb_stream.models import build_model  # noqa: E402
 from bmb_stream.models.heads import Predictor  # noqa: E402
@@ -59,7 +63,18 @@ def bmb_test_logits(model, x):
     return {"rule": model.head_bal(features), "plain": model.head_std(features)}
 
 
-def measure(name: str, test_set, model_name: str, classes: int, rounds: int, batch_size: int, mean, std) -> str:
+def continual_extra(classes: int, history: int):
+    """Stream mode's metrics after `history` earlier evaluations of as many experiences (random accuracies
+    and priors: the cost depends on the sizes only)."""
+    rng = np.random.default_rng(0)
+    rows = rng.random((history, classes)).tolist()
+    priors = rng.integers(0, 50, (history + 1, classes))
+    initial = rng.random(classes).tolist()
+    return lambda record: continual_metrics(rows + [record["per_class_acc"]], list(range(history + 1)), priors, initial)
+
+
+def measure(name: str, test_set, model_name: str, classes: int, rounds: int, batch_size: int, mean, std,
+            history: int) -> str:
     # the test set is decoded once into uint8; the models normalise it, as the learner's do
     ema, online = (Predictor(build_model(model_name, classes), bmb_test_logits, DeviceNormalize(mean, std)).eval()
                    for _ in range(2))
@@ -67,15 +82,20 @@ def measure(name: str, test_set, model_name: str, classes: int, rounds: int, bat
         t = time.perf_counter()
         evaluator = Evaluator(test_set, classes, [100] * classes, run_dir, torch.device("cpu"), batch_size=batch_size)
         read_s = time.perf_counter() - t
-        full, bare = [], []
-        for _ in range(rounds):  # alternating, so that a change in the machine's load hits both
+        full, bare, continual = [], [], []
+        extra = continual_extra(classes, history)
+        for _ in range(rounds):  # alternating, so that a change in the machine's load hits all three
             t = time.perf_counter()
             evaluator.evaluate(ema, online)
             full.append(time.perf_counter() - t)
             bare.append(bare_forward(evaluator, (ema, online)))
+            t = time.perf_counter()
+            evaluator.evaluate(ema, online, extra=extra)
+            continual.append(time.perf_counter() - t)
         evaluator.close()
-    f, b = statistics.median(full), statistics.median(bare)
-    return (f"| {name} | {len(test_set):,} | {model_name} | {read_s:.1f} | {f:.2f} | {b:.2f} | {f / b:.2f} |")
+    f, b, c = statistics.median(full), statistics.median(bare), statistics.median(continual)
+    return (f"| {name} | {len(test_set):,} | {model_name} | {read_s:.1f} | {f:.2f} | {b:.2f} | {f / b:.2f} "
+            f"| {c:.2f} | {c / f:.2f} |")
 
 
 def main() -> None:
@@ -83,6 +103,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--imagenet-images", type=int, default=128)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--history", type=int, default=20, help="earlier evaluations (and experiences) of the stream")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -90,12 +111,22 @@ def main() -> None:
     cfg = typed(compose(["mode=offline", "experiment=fmnist_lt_r100"]))
     fmnist = build_split(cfg.dataset, check_images=False, progress=False).test
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU; medians of {args.rounds} rounds")
-    print("| test set | images | model | read once (s) | evaluation (s) | bare forward (s) | ratio |")
-    print("|---|---|---|---|---|---|---|")
-    print(measure("Fashion-MNIST", fmnist, "small_cnn", 10, args.rounds, 256, cfg.dataset.mean, cfg.dataset.std),
-          flush=True)
+    print(f"| test set | images | model | read once (s) | evaluation (s) | bare forward (s) | ratio "
+          f"| with continual metrics, {args.history} earlier (s) | ratio to evaluation |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    print(measure("Fashion-MNIST", fmnist, "small_cnn", 10, args.rounds, 256, cfg.dataset.mean, cfg.dataset.std,
+                  args.history), flush=True)
     print(measure("ImageNet-size JPEGs", jpeg_test_set(args.imagenet_images), "resnet50", 10, args.rounds, 64,
-                  (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), flush=True)
+                  (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), args.history), flush=True)
+    extra = continual_extra(1000, 200)
+    record = {"per_class_acc": np.random.default_rng(1).random(1000).tolist()}
+    times = []
+    for _ in range(args.rounds):
+        t = time.perf_counter()
+        extra(record)
+        times.append(time.perf_counter() - t)
+    print(f"continual metrics alone at 1,000 classes, 200 evaluations of 200 experiences: "
+          f"{statistics.median(times):.3f} s an evaluation")
 
 
 if __name__ == "__main__":
