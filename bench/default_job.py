@@ -8,7 +8,7 @@ seeds; and the bank at the end (entries, classes, entries from labeled images, p
 pseudo-labeled ones).
 
     python bench/default_job.py [--seeds 0 1 2] [--variants default reference-bank supervised fixmatch abc cdmad bf16]
-                                [--out bench/results/default_job]
+                                [--out bench/results/default_job] [--set KEY=VALUE ...]
 
 Every seed trains on the same stream (the recipe's own seed fixes it; simulated once and cached); the run
 seed changes the initial weights, the shuffling and the augmentations. Runs under --out are reused
@@ -48,13 +48,15 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--out", default="bench/results/default_job")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="overrides added to every variant's (give another --out: finished runs are reused as they are)")
     args = ap.parse_args()
     rows: dict[str, list[dict]] = {v: [] for v in args.variants}
     for seed in args.seeds:
         for name in args.variants:
             run_dir = run_folder(args.out, name, seed)
             started = time.time()
-            train_unless_finished(run_dir, [f"seed={seed}", "progress=false", *VARIANTS[name]], run_stream)
+            train_unless_finished(run_dir, [f"seed={seed}", "progress=false", *VARIANTS[name], *args.set], run_stream)
             summary = json.loads((run_dir / "summary.json").read_text())
             records = [json.loads(line) for line in (run_dir / "eval.jsonl").read_text().splitlines()]
             counts = summary.get("bank_class_counts") or []  # no bank: supervised, FixMatch

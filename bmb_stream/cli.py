@@ -40,6 +40,15 @@ def print_headline(summary: dict, run_dir: str) -> None:
             purity = f", {s['bank_labeled']} from labeled images" + purity
         print(f"memory bank: {sum(counts)} of {s.get('bank_capacity') or '?'} entries, "
               f"{sum(c > 0 for c in counts)} of {len(counts)} classes{purity}; entries per class: {counts}")
+    continual = [("average accuracy", s.get("average_accuracy"), ""), ("BWT", s.get("bwt"), "+"),
+                 ("FWT", s.get("fwt"), "+"), ("forgetting", s.get("forgetting"), ""),
+                 ("accuracy under the last prior", s.get("prior_accuracy"), "")]
+    if any(v is not None for _, v, _ in continual):  # stream mode (docs/run-folder.md, continual-learning metrics)
+        prequential = [p for p in s.get("prequential_accuracy") or [] if p is not None]
+        shown = [f"{name} {100 * v:{sign}.1f}" for name, v, sign in continual if v is not None]
+        if prequential:
+            shown.append(f"prequential accuracy {100 * sum(prequential) / len(prequential):.1f} (mean over experiences)")
+        print("continual learning (%): " + ", ".join(shown))
     print(f"headline ({head['statistic']}): balanced accuracy {100 * head['balanced_acc']:.2f}%")
     print(f"run directory: {run_dir}")
 
