@@ -20,12 +20,17 @@ Compared at every step: the five loss terms, the weak views' pseudo-labels and c
 per-sample class weights (labeled and unlabeled), Nhat, the bank's candidates and probabilities, every
 parameter's gradient, and after the step the parameters, the batch-norm statistics and the EMA model.
 
---resync (the default) copies the authors' state into ours after each comparison, so that each step is
-compared from identical states and float round-off cannot accumulate; --free lets both codes run on,
-which shows how fast round-off grows through training.
+By default the authors' state is copied into ours after each comparison, so that each step is compared
+from identical states and float round-off cannot accumulate; --free lets both codes run on, which
+shows how fast round-off grows through training. From initial weights the balanced head is not 95%
+sure of an image for about 100 steps, so the bank stays nearly empty: --pretrain N trains ours alone
+first (with its own random choices), and the lockstep starts from that state, copied into their code
+(weights, statistics, EMA model, Adam's moments, Nhat, the bank); --bank-start N fills our bank first
+with N unlabeled images' features and true classes.
 
     python bench/lockstep_reference.py --reference PATH/ImbalancedSSL/BMB [--steps 200] [--tau 0.95]
-                                       [--free] [--seed 0] [--every 10] [--out FILE.jsonl] [--set KEY=VALUE ...]
+                                       [--pretrain 0] [--bank-start 0] [--free] [--seed 0] [--every 10]
+                                       [--out FILE.jsonl] [--set KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -140,7 +145,8 @@ class Recorder:
 
         def record(probs, *a, **k):
             self.step["put_probs"] = probs.clone()
-            return bernoulli(probs, *a, **k)
+            self.step["put_mask"] = bernoulli(probs, *a, **k)
+            return self.step["put_mask"]
 
         torch.bernoulli = record
         try:
@@ -257,7 +263,7 @@ def step_both(t, batch, y_u, them, learner, bank: ImposedBank) -> dict:
     rec = them.recorder
     rec.step = {}
     nhat_theirs = them.engine.pseudo_distribution_meters["select_pseudo_num_per_class_abc"].avg.clone()
-    them.engine.train_one_epoch_fix(epoch=0 if t == 0 else 1)  # epoch 0 resets their Nhat meters
+    them.engine.train_one_epoch_fix(epoch=1)  # not 0: epoch 0 resets their Nhat meters, which hold ours
     got = rec.step
     tcp = them.engine.tcp
     drawn_feats, drawn_labels, n_drawn = got["get"]
@@ -293,6 +299,8 @@ def step_both(t, batch, y_u, them, learner, bank: ImposedBank) -> dict:
             row["draw_probs"] = max_diff(seen["draw_probs"], torch.as_tensor(got["get_index"][-1][0]).float()
                                          / float(got["get_index"][-1][0].sum()))
     evictions = got.get("put_index", [])
+    row["admitted"] = int(got["put_mask"].sum()) if "put_mask" in got else 0
+    row["evicted"] = sum(len(idx) for _, idx in evictions)
     row["eviction_repeats"] = sum(len(idx) - len(torch.unique(idx)) for _, idx in evictions)
     row["grad"] = grad_diff(them.model, learner.model)
     row.update({f"model_{k}": v for k, v in state_diffs(them.model, learner.model).items()})
@@ -310,18 +318,33 @@ def resync(them, learner) -> None:
     learner.algorithm.estimate.steps = int(meter.count)
 
 
-def fill_banks(them, learner, bank: ImposedBank, images: torch.Tensor, labels: torch.Tensor) -> None:
-    """Both banks start from the same entries: these images' features under the initial weights (eval mode,
-    so that no batch-norm statistic moves), with their true classes."""
+def fill_bank(learner, bank: MemoryBank, images: torch.Tensor, labels: torch.Tensor) -> None:
+    """Our bank starts with these images' features under the initial weights (eval mode, so that no
+    batch-norm statistic moves), with their true classes."""
     model = learner.model
     model.eval()
     with torch.no_grad():
         feats = model(images)
     model.train()
     n = len(labels)
-    tcp = them.engine.tcp
-    tcp.feature_pool[:n], tcp.label_pool[:n], tcp.sample_num = feats, labels.float(), n
     bank.features[:n], bank.labels[:n], bank.fill = feats, labels, n
+
+
+def share_state(learner, bank: ImposedBank, them) -> None:
+    """The authors' code starts from our state: weights, batch-norm statistics, EMA model, Adam's
+    moments, Nhat and the bank's entries (copied into `bank`, which imposes their choices from now on)."""
+    copy_state(learner.model, them.model)
+    copy_state(learner.ema.module, them.ema_model)
+    copy_optimizer(learner.optimizer, them.optimizer, list(learner.model.parameters()), list(them.model.parameters()))
+    estimate = learner.algorithm.estimate
+    meter = them.engine.pseudo_distribution_meters["select_pseudo_num_per_class_abc"]
+    meter.sum, meter.count = estimate.total.float().clone(), estimate.steps
+    meter.avg = meter.sum / max(1, meter.count)
+    ours, n = learner.algorithm.bank, learner.algorithm.bank.fill
+    bank.features[:n], bank.labels[:n], bank.fill = ours.features[:n], ours.labels[:n], n
+    tcp = them.engine.tcp
+    tcp.feature_pool[:n], tcp.label_pool[:n], tcp.sample_num = ours.features[:n].clone(), ours.labels[:n].float(), n
+    learner.algorithm.bank = bank
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -329,7 +352,7 @@ def summarize(rows: list[dict]) -> dict:
     worst = {}
     for row in rows:
         for k, v in row.items():
-            if k in ("step", "bank", "drawn", "mask_rate", "candidates"):
+            if k in ("step", "bank", "drawn", "mask_rate", "candidates", "admitted", "evicted"):
                 continue
             for key, value in (v.items() if isinstance(v, dict) else [(k, v)]):
                 key = f"loss {key}" if isinstance(v, dict) else key
@@ -348,7 +371,9 @@ def main() -> None:
     ap.add_argument("--free", action="store_true", help="never copy the authors' state into ours")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--bank-start", type=int, default=0,
-                    help="start both banks with this many entries (unlabeled images' features and true classes)")
+                    help="start our bank with this many entries (unlabeled images' features and true classes)")
+    ap.add_argument("--pretrain", type=int, default=0,
+                    help="train ours alone this many steps first; the authors' code then starts from our state")
     ap.add_argument("--every", type=int, default=10, help="print a row every this many steps")
     ap.add_argument("--out", type=Path, default=Path("bench/results/lockstep.jsonl"))
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra overrides of our config")
@@ -359,23 +384,27 @@ def main() -> None:
     cfg = typed(compose([*OURS, f"seed={args.seed}", f"method.tau={args.tau}", *args.set]))
     split = build_split(cfg.dataset, seed=args.seed)
     learner = Learner(cfg, split.num_classes, split.labeled_per_class, torch.device("cpu"))
-    old = learner.algorithm.bank
-    bank = ImposedBank(old.capacity, old.features.shape[1], old.num_classes, beta_put=old.beta_put,
-                       beta_get=old.beta_get, count_floor=old.count_floor, count_rule=old.count_rule)
-    learner.algorithm.bank = bank
-    them = their_engine(ref, args.tau, list(split.labeled_per_class))
-    for model in (them.model, them.ema_model, learner.ema.module):
-        copy_state(learner.model, model)  # one set of initial weights for all four models
+    own = learner.algorithm.bank  # drawing its own random choices, until the lockstep begins
     labeled = endless_batches(split.labeled, 64, args.seed, 0)
     unlabeled = endless_batches(split.unlabeled, 64, args.seed + 1, 0)
     if args.bank_start:
         start = endless_batches(split.unlabeled, args.bank_start, args.seed + 2, 0)
         (images, _, _), classes = next(start)
-        fill_banks(them, learner, bank, learner.input(images), classes)
+        fill_bank(learner, own, learner.input(images), classes)
+    for t in range(args.pretrain):  # ours alone, so that the lockstep starts where every part of a step acts
+        x_l, y_l = next(labeled)
+        (u_w, u_s1, u_s2), _ = next(unlabeled)
+        learner.train_step(Batch(x_l, y_l, u_w, u_s1, u_s2))
+        if (t + 1) % 50 == 0:
+            print(f"pretraining ours: step {t + 1} of {args.pretrain}, bank {own.fill}", flush=True)
+    bank = ImposedBank(own.capacity, own.features.shape[1], own.num_classes, beta_put=own.beta_put,
+                       beta_get=own.beta_get, count_floor=own.count_floor, count_rule=own.count_rule)
+    them = their_engine(ref, args.tau, list(split.labeled_per_class))
+    share_state(learner, bank, them)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     print(f"lockstep, {'free' if args.free else 'resync'}, tau {args.tau}, seed {args.seed}, {args.steps} steps, "
-          f"banks starting with {args.bank_start} entries")
+          f"from our state after {args.pretrain} steps alone, the bank holding {bank.fill} entries")
     print(f"{'step':>5} {'max loss diff':>13} {'grad rel':>9} {'params':>9} {'bn rel':>9} {'ema':>9} "
           f"{'yhat!=':>6} {'bank':>5} {'drawn':>5} {'put p':>9} {'draw p':>9}")
     with open(args.out, "w") as log:
@@ -398,6 +427,9 @@ def main() -> None:
     print("worst over all steps:")
     for key, value in summarize(rows).items():
         print(f"  {key:<28} {value if isinstance(value, bool) else f'{value:.3g}'}")
+    exercised = {key: sum(r.get(key, 0) > 0 for r in rows) for key in ("candidates", "admitted", "evicted", "drawn")}
+    print("steps that exercised the bank: " + ", ".join(f"{n} with {key}" for key, n in exercised.items())
+          + f"; {sum(r.get('admitted', 0) for r in rows)} admissions, {sum(r.get('evicted', 0) for r in rows)} evictions")
     print(f"eviction draws that repeated a slot: {sum(r['eviction_repeats'] for r in rows)} "
           f"(theirs draws victims with replacement; ours without)")
 
