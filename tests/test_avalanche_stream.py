@@ -21,7 +21,7 @@ with warnings.catch_warnings():
     from avalanche.benchmarks import nc_benchmark
 
 
-def small_benchmark(root, per_class=40, test_per_class=20):
+def small_benchmark(root, per_class=24, test_per_class=10):
     """5 experiences of 2 classes each, gray float images in [0, 1] as Avalanche's tensor datasets give them."""
     train, test = load_fashion_mnist(root)
 
@@ -37,14 +37,14 @@ def small_benchmark(root, per_class=40, test_per_class=20):
                         seed=0, fixed_class_order=list(range(10)))
 
 
-def test_an_avalanche_benchmark_streams_end_to_end(fmnist_root, tmp_path):
+def test_an_avalanche_benchmark_streams_end_to_end(fmnist_root, tmp_path, capsys):
     manifest = write_avalanche_benchmark(small_benchmark(fmnist_root), tmp_path / "s", labeled_fraction=0.25)
     assert len(manifest["shards"]) == 5 and manifest["num_classes"] == 10
     # experience k holds classes 2k and 2k + 1; its first one's labeled images are the seed set
     assert [np.flatnonzero(s["class_histogram"]).tolist() for s in manifest["shards"]] == [[0, 1], [2, 3], [4, 5],
                                                                                           [6, 7], [8, 9]]
-    assert manifest["labeled_set"]["samples"] == 20 and manifest["shards"][0]["samples"] == 60
-    assert manifest["shards"][1]["labeled"] == 20 and manifest["test_set"]["samples"] == 200
+    assert manifest["labeled_set"]["samples"] == 12 and manifest["shards"][0]["samples"] == 36
+    assert manifest["shards"][1]["labeled"] == 12 and manifest["test_set"]["samples"] == 100
     with tarfile.open(tmp_path / "s" / "stream-000001.tar") as tar:
         kinds = {name.split(".", 1)[1] for name in tar.getnames()}
     assert kinds == {"png", "cls", "gt.cls", "json"}
@@ -59,6 +59,7 @@ def test_an_avalanche_benchmark_streams_end_to_end(fmnist_root, tmp_path):
     assert all(isinstance(p, float) for p in summary["prequential_accuracy"])
     assert (run_dir / "plots" / "accuracy_matrix.png").stat().st_size > 0
     assert (run_dir / "plots" / "prequential.png").stat().st_size > 0
+    assert "continual learning (%): average accuracy" in capsys.readouterr().out
 
 
 def test_images_of_every_kind_become_three_channel_uint8():
@@ -69,8 +70,11 @@ def test_images_of_every_kind_become_three_channel_uint8():
         as_uint8_image(torch.zeros(2, 4, 4))
 
 
-def test_refuses_a_folder_that_is_not_empty(fmnist_root, tmp_path):
+def test_refuses_a_folder_that_is_not_empty(tmp_path):
+    x, y = torch.rand(8, 1, 4, 4), torch.arange(8) % 2
+    data = TensorDataset(x, y)
+    data.targets = y
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(ConfigError, match="not empty"):
-        write_avalanche_benchmark(small_benchmark(fmnist_root, 4, 2), tmp_path)
+        write_avalanche_benchmark(nc_benchmark(data, data, n_experiences=2, task_labels=False, seed=0), tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
