@@ -41,6 +41,9 @@ BENCHMARKS = {
     "compare_methods": (["--per-class"], True),
     "stream_vs_offline": ([], True),
     "fidelity_wrn": (["--methods", "bmb", "--seeds", "0", "1", "2"], True),
+    "bank_worth": ([], True),
+    "continual_methods": ([], True),
+    # lockstep_reference.py is not here: it needs a checkout of the authors' repository (--reference)
 }
 
 
