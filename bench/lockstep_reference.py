@@ -26,7 +26,8 @@ shows how fast round-off grows through training. From initial weights the balanc
 sure of an image for about 100 steps, so the bank stays nearly empty: --pretrain N trains ours alone
 first (with its own random choices), and the lockstep starts from that state, copied into their code
 (weights, statistics, EMA model, Adam's moments, Nhat, the bank); --bank-start N fills our bank first
-with N unlabeled images' features and true classes.
+with N unlabeled images' features and true classes, as many of each class, so that every class is in
+the bank and admissions and evictions follow the rebalancing rule from the first step.
 
     python bench/lockstep_reference.py --reference PATH/ImbalancedSSL/BMB [--steps 200] [--tau 0.95]
                                        [--pretrain 0] [--bank-start 0] [--free] [--seed 0] [--every 10]
@@ -371,7 +372,7 @@ def main() -> None:
     ap.add_argument("--free", action="store_true", help="never copy the authors' state into ours")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--bank-start", type=int, default=0,
-                    help="start our bank with this many entries (unlabeled images' features and true classes)")
+                    help="start our bank with this many entries, as many per class (unlabeled images' features, true classes)")
     ap.add_argument("--pretrain", type=int, default=0,
                     help="train ours alone this many steps first; the authors' code then starts from our state")
     ap.add_argument("--every", type=int, default=10, help="print a row every this many steps")
@@ -387,10 +388,12 @@ def main() -> None:
     own = learner.algorithm.bank  # drawing its own random choices, until the lockstep begins
     labeled = endless_batches(split.labeled, 64, args.seed, 0)
     unlabeled = endless_batches(split.unlabeled, 64, args.seed + 1, 0)
-    if args.bank_start:
-        start = endless_batches(split.unlabeled, args.bank_start, args.seed + 2, 0)
-        (images, _, _), classes = next(start)
-        fill_bank(learner, own, learner.input(images), classes)
+    if args.bank_start:  # as many of each class, so that every class is in the bank and the gate is open
+        targets = np.asarray(split.unlabeled.targets)
+        per_class = args.bank_start // split.num_classes
+        picks = np.concatenate([np.flatnonzero(targets == c)[:per_class] for c in range(split.num_classes)])
+        images = torch.stack([split.unlabeled[int(i)][0][0] for i in picks])  # the weak views
+        fill_bank(learner, own, learner.input(images), torch.as_tensor(targets[picks]))
     for t in range(args.pretrain):  # ours alone, so that the lockstep starts where every part of a step acts
         x_l, y_l = next(labeled)
         (u_w, u_s1, u_s2), _ = next(unlabeled)
