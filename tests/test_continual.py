@@ -23,7 +23,8 @@ ONE_HOT = [np.eye(3, dtype=int)[j] * 100 for j in range(3)]
 
 def test_hand_computed_accuracy_matrix_transfer_and_forgetting():
     out = continual_metrics(ROWS, [0, 1, 2], ONE_HOT, INITIAL)
-    assert out["accuracy_matrix"] == ROWS
+    assert accuracy_matrix(ROWS, ONE_HOT) == ROWS
+    assert out["experience_accuracy"] == ROWS[-1]  # a record keeps its own row of the matrix
     assert out["average_accuracy"] == pytest.approx((0.5 + 0.6 + 0.9) / 3)
     # BWT (Lopez-Paz and Ranzato): mean over i < T of R[T, i] - R[i, i]
     assert out["bwt"] == pytest.approx(((0.5 - 0.9) + (0.6 - 0.8)) / 2)
@@ -55,7 +56,8 @@ def test_evaluations_every_second_experience_and_mixed_priors():
     out = continual_metrics(rows, [1, 3], histograms)
     expected = [[0.9 * 0.8 + 0.1 * 0.2, 0.5, 0.1 * 0.8 + 0.9 * 0.2, 0.2],
                 [0.9 * 0.4 + 0.1 * 0.9, 0.65, 0.1 * 0.4 + 0.9 * 0.9, 0.9]]
-    assert np.allclose(out["accuracy_matrix"], expected)
+    assert np.allclose(accuracy_matrix(rows, histograms), expected)
+    assert np.allclose(out["experience_accuracy"], expected[-1])
     # experiences 0 and 1 were first evaluated at evaluation 0; 2 and 3 only at the last one
     assert out["bwt"] == pytest.approx(((expected[1][0] - expected[0][0]) + (expected[1][1] - expected[0][1])) / 2)
     assert out["fwt"] is None  # no initial accuracy given

@@ -290,7 +290,8 @@ class StreamRun(Run):
         rows = [r["per_class_acc"] for r in self.history] + [record["per_class_acc"]]
         trained = [r["experience"] for r in self.history] + [k]
         metrics = continual_metrics(rows, trained, self.source.histograms, self.initial_acc)
-        return {**metrics, "prequential_accuracy": self.monitor.prequential(k + 1)}
+        since = trained[-2] + 1 if len(trained) > 1 else 0  # the experiences trained since the previous evaluation
+        return {**metrics, "prequential_accuracy": self.monitor.prequential(range(since, k + 1))}
 
     def report(self, k: int, record: dict) -> None:
         """An evaluation's scalars into TensorBoard and its line into the log."""
@@ -310,8 +311,11 @@ class StreamRun(Run):
         last = self.history[-1]
         # the continual-learning metrics after the last experience; the class x evaluation accuracies, and the
         # experience each row of the accuracy matrices was evaluated after
-        summary.update({key: last.get(key) for key in (*CONTINUAL_KEYS, "prequential_accuracy", "stream_forgetting")})
+        summary.update({key: last.get(key) for key in (*CONTINUAL_KEYS, "stream_forgetting")})
+        summary["accuracy_matrix"] = [r.get("experience_accuracy") for r in self.history]
         summary["class_accuracy_matrix"] = [r["per_class_acc"] for r in self.history]
+        # per experience, where the records give it over the experiences since the previous evaluation
+        summary["prequential_accuracy"] = [self.monitor.prequential([k]) for k in range(last["experience"] + 1)]
         summary["evaluated_after_experience"] = [r["experience"] for r in self.history]
         summary["skipped_shards"] = self.skipped.entries
         summary["untrained_batches"] = self.untrained

@@ -30,7 +30,9 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="no QP solver found")
     from avalanche.evaluation.metrics import BWT, ForwardTransfer
 
-KEYS = ("accuracy_matrix", "average_accuracy", "bwt", "fwt", "forgetting_per_class", "forgetting", "prior_accuracy")
+# what an evaluation record keeps: its own row of the accuracy matrix (`experience_accuracy`), so that a
+# long stream's records stay the size of one row; summary.json assembles the matrix from them
+KEYS = ("experience_accuracy", "average_accuracy", "bwt", "fwt", "forgetting_per_class", "forgetting", "prior_accuracy")
 
 
 def prior_weighted(per_class_acc, histogram) -> float | None:
@@ -96,7 +98,7 @@ def continual_metrics(rows: list[list[float]], trained: list[int], histograms: l
                     fwt.update_previous(j, matrix[r][j])
     since = trained[last - 1] + 1 if last > 0 else 0  # the experiences shown since the previous evaluation
     shown = np.sum([histograms[j] for j in range(since, trained[last] + 1)], axis=0)
-    out.update({"accuracy_matrix": matrix,
+    out.update({"experience_accuracy": matrix[last],
                 "average_accuracy": _mean(matrix[last][j] for j in range(trained[last] + 1)),
                 "bwt": _mean(bwt.result().values()), "fwt": _mean(fwt.result().values()),
                 "prior_accuracy": prior_weighted(rows[last], shown)})

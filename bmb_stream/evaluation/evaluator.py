@@ -40,8 +40,7 @@ with warnings.catch_warnings():
     from avalanche.evaluation.metrics import Accuracy, Forgetting, LossMetric
 
 CACHE_BYTES = 2 * 2**30  # a larger test set (ImageNet-size images) is read again at every evaluation
-# the continual-learning metrics of stream mode (evaluation/continual.py) are the last seven; a list-valued
-# one (prequential accuracy per experience) is written as its latest value
+# the continual-learning metrics of stream mode (evaluation/continual.py)
 CONTINUAL_SCALARS = ("forgetting", "stream_forgetting", "average_accuracy", "bwt", "fwt", "prior_accuracy",
                      "prequential_accuracy")
 CSV_COLUMNS = ("step", "top1_acc", "balanced_acc", "raw_top1_acc", "raw_balanced_acc", "test_loss",
@@ -63,15 +62,7 @@ def group_accuracy(per_class: list[float], classes: list[int]) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
-def _scalar(value):
-    """A record's value as one number: a list's latest entry that is one (None: none)."""
-    if isinstance(value, list):
-        return next((v for v in reversed(value) if isinstance(v, (int, float))), None)
-    return value
-
-
 def _shown(value: float | None) -> str:
-    value = _scalar(value)
     return "" if value is None else f"{value:.4f}"
 
 
@@ -284,7 +275,6 @@ class Evaluator:
             return
         self._open_logs()
         for name, value in values.items():
-            value = _scalar(value)
             if isinstance(value, (int, float)):
                 self._writer.add_scalar(name, value, step)
 

@@ -45,10 +45,10 @@ class StreamMonitor:
             slots, origin = extras["bank_write"]  # origin: unlabeled sample index, -1 for a labeled image
             self.bank_truth[slots] = torch.where(origin >= 0, truth[origin.clamp_min(0)], LABELED)
 
-    def prequential(self, experiences: int) -> list[float | None]:
-        """Each of the first `experiences` experiences' prequential accuracy (None: no image of known class)."""
-        counts = [self.first_reads.get(k, [0, 0]) for k in range(experiences)]
-        return [right / known if known else None for right, known in counts]
+    def prequential(self, experiences) -> float | None:
+        """The prequential accuracy over these experiences' images together (None: no image of known class)."""
+        right, known = (sum(self.first_reads.get(k, [0, 0])[i] for k in experiences) for i in (0, 1))
+        return right / known if known else None
 
     def report(self, bank=None) -> dict:
         if self.present.sum() == 0:

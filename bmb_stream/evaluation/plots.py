@@ -43,8 +43,8 @@ def _lines(ax, x, series: np.ndarray, names: list[str]) -> None:
 
 def continual_plots(history: list[dict], out: Path, priors: list) -> list[Path]:
     """The class x evaluation accuracy heatmap beside the class x experience prior (each experience's
-    share of its images per class), and the prequential accuracy per experience beside the test set's
-    balanced accuracy after it, over the stream's samples."""
+    share of its images per class), and the prequential accuracy of the experiences before each
+    evaluation beside the test set's balanced accuracy after them, over the stream's samples."""
     accuracy = np.asarray([r["per_class_acc"] for r in history], dtype=float).T
     prior = np.asarray(priors, dtype=float)
     prior = (prior / np.clip(prior.sum(axis=1, keepdims=True), 1, None)).T
@@ -59,15 +59,13 @@ def continual_plots(history: list[dict], out: Path, priors: list) -> list[Path]:
     fig.tight_layout()
     written = [out / "accuracy_matrix.png"]
     save_figure(fig, written[-1])
-    prequential = history[-1].get("prequential_accuracy") or []
-    if any(p is not None for p in prequential):
-        by_experience = {r["experience"]: r for r in history}
+    prequential = [(r["samples_seen"], r["prequential_accuracy"]) for r in history
+                   if r.get("prequential_accuracy") is not None]
+    if prequential:
         fig, ax = plt.subplots(figsize=(6, 4))
         ax.plot([r["samples_seen"] for r in history], [r["balanced_acc"] for r in history], "o-",
                 label="test, balanced (after the experience)")
-        seen = [(by_experience[k]["samples_seen"], p) for k, p in enumerate(prequential)
-                if p is not None and k in by_experience]
-        ax.plot(*zip(*seen), "s-", label="prequential (its images, before training on them)")
+        ax.plot(*zip(*prequential), "s-", label="prequential (its images, before training on them)")
         ax.set(xlabel="samples seen", ylabel="accuracy", ylim=(0, 1), title="accuracy over the stream")
         ax.legend(fontsize=7)
         fig.tight_layout()
