@@ -222,7 +222,10 @@ def long_stream(root, out):
 
 def first_shard_in(folder: Path):
     def first_shard_written() -> bool:
-        return bool(list(folder.rglob("stream-000000.tar")))
+        try:
+            return any(folder.rglob("stream-000000.tar"))
+        except OSError:  # a folder renamed or removed while it is walked: not yet
+            return False
     return first_shard_written
 
 
