@@ -238,12 +238,15 @@ def test_ctrl_c_while_writing_leaves_nothing_behind(fmnist, tmp_path, capsys):
         os.kill(os.getpid(), signal.SIGINT)
 
     thread = threading.Thread(target=interrupt, daemon=True)
+    # Python's own Ctrl-C, whatever an earlier test in this process left installed
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     thread.start()
     try:
         assert main(long_stream(fmnist, out)) == 130
     finally:
         done.set()
         thread.join()
+        signal.signal(signal.SIGINT, previous)
     assert error_line(capsys, 130) == "bmb-stream: interrupted"
     assert list(tmp_path.iterdir()) == []
 
