@@ -477,3 +477,29 @@ def test_an_unfinished_stream_folder_is_refused(tmp_path, capsys):
     line, _ = run([f"stream.urls={folder}", f"run.dir={tmp_path / 'run'}"], capsys, 2)
     assert "holds an unfinished output of bmb-stream simulate or shards" in line and "run that command again" in line
     assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_a_read_finalized_after_its_run_leaves_the_handler_in_place():
+    """A stream generator suspended in an interruptible wait and finalized after its run put its own
+    SIGINT handler back must not put the ended run's handler back (Ctrl-C would then be swallowed)."""
+    import signal
+
+    from bmb_stream.engine.stops import interruptible_wait
+
+    def run_handler(signum, frame):
+        pass
+
+    def reads():
+        with interruptible_wait():
+            yield
+
+    before = signal.signal(signal.SIGINT, run_handler)  # a run starts
+    try:
+        suspended = reads()
+        next(suspended)
+        assert signal.getsignal(signal.SIGINT) is not run_handler  # the wait's own handler
+        signal.signal(signal.SIGINT, before)  # the run ends and puts back what it found
+        suspended.close()  # the generator is finalized late
+        assert signal.getsignal(signal.SIGINT) is before
+    finally:
+        signal.signal(signal.SIGINT, before)

@@ -97,5 +97,9 @@ def interruptible_wait():
         yield
     finally:
         waiting[0] = False
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
+        # a generator suspended in the wait may be finalized late, by the garbage collector, after its run
+        # put its own handlers back: then the handler in place is not ours, and stays
+        if threading.current_thread() is threading.main_thread():
+            for sig, handler in handlers.items():
+                if signal.getsignal(sig) is interrupt:
+                    signal.signal(sig, handler)
