@@ -1,7 +1,7 @@
 """What one evaluation costs against the bare forward passes it needs, side by side in one run.
 
 An evaluation (`Evaluator.evaluate(ema_model, raw_model)`: both models over the test set, per-class
-counts, loss, logs) against the same two models' forward passes over the same decoded test tensors
+counts, loss; then the record into the run's logs, `RunLoggers.evaluation`) against the same two models' forward passes over the same decoded test tensors
 (uint8, which each model normalises first) and nothing else. Two test sets: Fashion-MNIST's 10,000 test images (the default job's, small CNN)
 and an ImageNet-size one (JPEGs of 500x375 made here, resized to 256 and centre-cropped to 224,
 ResNet-50). Medians of alternating rounds; also the one-time cost of reading the test set. Then the
@@ -30,6 +30,7 @@ warnings.filterwarnings("ignore", message="no QP solver found")
 from bmb_stream.config import compose, typed  # noqa: E402
 from bmb_stream.datasets import build_split  # noqa: E402
 from bmb_stream.datasets.transforms import DeviceNormalize, build_views  # noqa: E402
+from bmb_stream.engine.loggers import RunLoggers  # noqa: E402
 from bmb_stream.evaluation.continual import continual_metrics  # noqa: E402
 from bmb_stream.evaluation.evaluator import Evaluator  # noqa: E402
 from bmb_stream.models import build_model  # noqa: E402
@@ -80,19 +81,23 @@ def measure(name: str, test_set, model_name: str, classes: int, rounds: int, bat
                    for _ in range(2))
     with tempfile.TemporaryDirectory() as run_dir:
         t = time.perf_counter()
-        evaluator = Evaluator(test_set, classes, [100] * classes, run_dir, torch.device("cpu"), batch_size=batch_size)
+        evaluator = Evaluator(test_set, classes, [100] * classes, torch.device("cpu"), batch_size=batch_size)
         read_s = time.perf_counter() - t
+        loggers = RunLoggers(run_dir)
         full, bare, continual = [], [], []
         extra = continual_extra(classes, history)
+
+        def evaluation(with_continual: bool) -> float:
+            t = time.perf_counter()
+            record = evaluator.evaluate(ema, online)
+            loggers.evaluation(record | (extra(record) if with_continual else {}))
+            return time.perf_counter() - t
+
         for _ in range(rounds):  # alternating, so that a change in the machine's load hits all three
-            t = time.perf_counter()
-            evaluator.evaluate(ema, online)
-            full.append(time.perf_counter() - t)
+            full.append(evaluation(with_continual=False))
             bare.append(bare_forward(evaluator, (ema, online)))
-            t = time.perf_counter()
-            evaluator.evaluate(ema, online, extra=extra)
-            continual.append(time.perf_counter() - t)
-        evaluator.close()
+            continual.append(evaluation(with_continual=True))
+        loggers.close()
     f, b, c = statistics.median(full), statistics.median(bare), statistics.median(continual)
     return (f"| {name} | {len(test_set):,} | {model_name} | {read_s:.1f} | {f:.2f} | {b:.2f} | {f / b:.2f} "
             f"| {c:.2f} | {c / f:.2f} |")

@@ -27,6 +27,7 @@ BENCHMARKS = {
     "bank_scale": ([], False),
     "checkpoint_cost": ([], False),
     "eval_cost": ([], False),
+    "step_logging": ([], False),
     "augment_speed": ([], False),
     "s3_throughput": ([], False),
     "dist_scaling": ([], False),

@@ -46,8 +46,10 @@ def _hydra_compose(config_name: str, overrides: list[str]) -> DictConfig:
         raise ConfigError(redact_message(hydra_message(e, overrides), overrides)) from None
 
 
-def compose(overrides: list[str]) -> DictConfig:
-    """The configuration for these Hydra overrides, validated, with run.dir filled in."""
+def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """The configuration for these Hydra overrides (the command line's KEY=VALUE; none: the default job),
+    validated, with run.dir filled in."""
+    overrides = list(overrides)
     _refuse_loose_booleans(overrides)
     cfg = _hydra_compose("config", overrides)
     try:
@@ -75,7 +77,12 @@ def typed(cfg: DictConfig | schema.Config) -> schema.Config:
 def stored_config(path: str | Path) -> schema.Config:
     """A run folder's config.yaml as the schema's objects: each group on the option schema that declares
     every key it holds, the closest such one; keys that a later version added take their defaults."""
-    stored = OmegaConf.load(path)
+    return config_from_stored(OmegaConf.load(path), str(path))
+
+
+def config_from_stored(stored: DictConfig, source: str) -> schema.Config:
+    """`stored_config` of a config already read (`source`: where from, for messages)."""
+    path = source
     cfg = OmegaConf.merge(OmegaConf.structured(schema.Config),
                           {k: v for k, v in stored.items() if k not in schema.OPTION_SCHEMAS})
     for group, options in schema.OPTION_SCHEMAS.items():

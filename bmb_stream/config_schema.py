@@ -49,6 +49,7 @@ SCHEDULES = ("constant", "cosine", "fixmatch_cosine")
 SHARD_ERRORS = ("fail", "skip")
 RATIO_ROUNDINGS = ("ceil", "round")
 RANDAUGMENT_KINDS = ("reference", "torchvision")
+WANDB_MODES = ("online", "offline", "disabled")
 STATISTICS = ("final", "best", "mean_last_20", "median_last_20")  # what a run reports over its evaluations
 
 
@@ -74,7 +75,7 @@ class Train:
     amp: bool = False  # bfloat16 autocast (GPU or CPU)
     channels_last: bool = False  # NHWC memory format for the model and its inputs
     compile: bool = False  # torch.compile the backbone (the first steps compile it: minutes for ResNet-50)
-    log_every: int = key(POSITIVE, 10)  # steps between progress-bar updates
+    log_every: int = key(POSITIVE, 10)  # steps between log points: step scalars (steps.jsonl, TensorBoard, W&B), progress
 
 
 @dataclass
@@ -144,6 +145,18 @@ class Eval:
 
 
 @dataclass
+class Wandb:
+    """Weights & Biases (pip install 'bmb-stream[wandb]'): the same scalars as TensorBoard."""
+    enabled: bool = False
+    project: str = "bmb-stream"
+    entity: str | None = None  # null: your default entity
+    name: str | None = None  # null: the run folder's name
+    group: str | None = None  # e.g. one sweep's runs
+    tags: list[str] = field(default_factory=list)
+    mode: str = key(choice(*WANDB_MODES), "online")  # offline: kept under <run.dir>/wandb for `wandb sync`
+
+
+@dataclass
 class Config:
     seed: int = key(integer(0, bits=63), 0)  # what torch's generators take, with room for seed + step
     device: str = key(device(), "auto")  # auto | cpu | cuda
@@ -158,6 +171,7 @@ class Config:
     stream: Stream = field(default_factory=Stream)
     storage: Storage = field(default_factory=Storage)
     eval: Eval = field(default_factory=Eval)
+    wandb: Wandb = field(default_factory=Wandb)
     method: Any = MISSING  # the groups: typed by the chosen option's schema (OPTION_SCHEMAS below)
     model: Any = MISSING
     dataset: Any = MISSING

@@ -95,11 +95,13 @@ def shards_command(args: list[str]) -> int:
 
 def summarize_command(args: list[str]) -> int:
     """Runs compared: mean, std and n of every summary statistic per group of runs (the keys that differ),
-    printed and written as runs_summary.md and runs_summary.csv."""
+    printed and written as runs_summary.md and runs_summary.csv, and each group's balanced accuracy over
+    training (mean and band over its runs) as runs_curves.png."""
     import os
     from pathlib import Path
 
-    from bmb_stream.evaluation.run_groups import csv_table, find_runs, group_runs, markdown_table, text_table
+    from bmb_stream.evaluation.plots import group_curves
+    from bmb_stream.evaluation.run_groups import csv_table, find_runs, group_runs, histories, markdown_table, text_table
     from bmb_stream.storage.atomic import write_text
 
     # a job's folder may hold "=" (seed=0,method=bmb): only out= is an option
@@ -119,7 +121,8 @@ def summarize_command(args: list[str]) -> int:
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "runs_summary.md", markdown_table(groups))
     write_text(out / "runs_summary.csv", csv_table(groups))
-    print(f"tables: {out / 'runs_summary.md'}, {out / 'runs_summary.csv'}")
+    group_curves({g.name: histories(g) for g in groups}, out / "runs_curves.png")
+    print(f"tables: {out / 'runs_summary.md'}, {out / 'runs_summary.csv'}; curves: {out / 'runs_curves.png'}")
     return 0
 
 

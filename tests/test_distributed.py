@@ -86,8 +86,8 @@ def evaluate_alone(overrides: list[str], checkpoint: Path, tmp_path: Path) -> di
     split = build_split(cfg.dataset, seed=cfg.seed, progress=False)
     learner = Learner(cfg, split.num_classes, split.labeled_per_class, torch.device("cpu"))
     learner.load_state_dict(torch.load(checkpoint, weights_only=True)["learner"])
-    evaluator = Evaluator(split.test, split.num_classes, split.labeled_per_class, tmp_path, torch.device("cpu"),
-                          batch_size=cfg.eval.batch_size, log=False)
+    evaluator = Evaluator(split.test, split.num_classes, split.labeled_per_class, torch.device("cpu"),
+                          batch_size=cfg.eval.batch_size)
     return evaluator.evaluate(learner.evaluated_model(), learner.raw_model())
 
 

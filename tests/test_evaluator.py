@@ -48,14 +48,13 @@ class Table(nn.Module):
 
 def make(tmp_path, targets=TARGETS, **kw):
     kw = {"num_classes": 4, "labeled_per_class": [200, 50, 10, 5], "batch_size": 4, **kw}
-    return Evaluator(Samples(targets), run_dir=tmp_path, device=CPU, **kw)
+    return Evaluator(Samples(targets), device=CPU, **kw)
 
 
 def test_per_class_balanced_and_groups_on_known_predictions(tmp_path):
     ev = make(tmp_path)
     model = Table(PREDICTED)
     r = ev.evaluate(model)
-    ev.close()
     assert r["per_class_acc"][:3] == pytest.approx([3 / 4, 1 / 2, 1 / 3]) and math.isnan(r["per_class_acc"][3])
     assert r["balanced_acc"] == pytest.approx((3 / 4 + 1 / 2 + 1 / 3) / 3)  # the absent class left out
     assert r["top1_acc"] == pytest.approx(5 / 9)
@@ -71,7 +70,6 @@ def test_the_raw_model_gives_the_raw_values(tmp_path):
     ev = make(tmp_path)
     r = ev.evaluate(Table(PREDICTED), Table(TARGETS))
     both = ev.evaluate_models({"ema": Table(PREDICTED), "raw": Table(TARGETS)})
-    ev.close()
     assert r["raw_top1_acc"] == 1.0 and r["raw_balanced_acc"] == 1.0
     assert r["top1_acc"] == pytest.approx(5 / 9)
     assert both["raw"]["top1_acc"] == 1.0 and both["ema"]["balanced_acc"] == r["balanced_acc"]
@@ -91,11 +89,9 @@ def test_forgetting_per_segment_and_its_state(tmp_path):
     assert second["segment_acc"] == [0.5, 0.75]
     assert second["segment_forgetting"] == [0.5, 0.0] and second["stream_forgetting"] == pytest.approx(0.25)
     state = ev.state_dict()
-    ev.close()
     resumed = make(tmp_path, targets, **kw)
     resumed.load_state_dict(state)
     third = resumed.evaluate(Table([0, 0, 1, 1, 0, 0, 0, 0, 4], 5), trained_segments=[0, 1])
-    resumed.close()
     assert third["segment_forgetting"] == [0.0, 0.75] and third["stream_forgetting"] == pytest.approx(0.375)
 
 
@@ -103,7 +99,6 @@ def test_test_set_is_read_once(tmp_path):
     ev = make(tmp_path)
     for _ in range(2):
         ev.evaluate(Table(PREDICTED), Table(TARGETS))
-    ev.close()
     assert ev.dataset.reads == len(TARGETS)
 
 
@@ -111,7 +106,6 @@ def test_large_test_set_is_read_at_every_evaluation(tmp_path, monkeypatch):
     monkeypatch.setattr(evaluator_module, "CACHE_BYTES", 0)
     ev = make(tmp_path)
     results = [ev.evaluate(Table(PREDICTED)) for _ in range(2)]
-    ev.close()
     assert ev.cache is None and ev.dataset.reads == 4 + 2 * len(TARGETS)  # the first batch told the size
     assert results[1]["top1_acc"] == pytest.approx(5 / 9)
 
@@ -122,40 +116,6 @@ def test_models_modes_are_restored(tmp_path):
     training.train()
     training.dropout.eval()
     ev.evaluate(training, evaluating)
-    ev.close()
     assert training.modes and not any(training.modes) and not any(evaluating.modes)
     assert training.training and not training.dropout.training
     assert not evaluating.training and not evaluating.dropout.training
-
-
-def test_run_directory_files(tmp_path):
-    ev = make(tmp_path)
-    ev.evaluate(Table(PREDICTED), step=50)
-    ev.evaluate_models({"other": Table(TARGETS)})  # not logged
-    ev.log_scalars({"forgetting": 0.5, "bank_purity": None}, 7)
-    ev.close()
-    resumed = make(tmp_path)
-    resumed.evaluate(Table(TARGETS))  # no step given: the evaluation's index, counted on after a resume
-    resumed.close()
-    rows = (tmp_path / "csv" / "eval_results.csv").read_text().splitlines()
-    assert rows[0].startswith("step,top1_acc,balanced_acc") and len(rows) == 3
-    assert rows[1].startswith("50,0.5556,") and rows[2].startswith("1,1.0000,")
-    lines = (tmp_path / "log.txt").read_text().splitlines()
-    assert len(lines) == 2 and lines[0].startswith("step 50: top1_acc 0.5556") and lines[1].startswith("step 1: top1_acc 1.0000")
-    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
-
-
-def test_an_older_runs_csv_gains_the_new_columns_and_keeps_its_rows(tmp_path):
-    from bmb_stream.evaluation.evaluator import CSV_COLUMNS
-
-    (tmp_path / "csv").mkdir()
-    old = "step,top1_acc,balanced_acc\n10,0.5000,0.4000\n"
-    (tmp_path / "csv" / "eval_results.csv").write_text(old)
-    ev = make(tmp_path)
-    ev.evaluate(Table(PREDICTED), step=20)
-    ev.close()
-    lines = (tmp_path / "csv" / "eval_results.csv").read_text().splitlines()
-    assert lines[0] == ",".join(CSV_COLUMNS) and len(lines) == 3
-    first = dict(zip(CSV_COLUMNS, lines[1].split(",")))
-    assert (first["step"], first["top1_acc"], first["balanced_acc"], first["bwt"]) == ("10", "0.5000", "0.4000", "")
-    assert lines[2].startswith("20,") and ev.evaluations == 2

@@ -3,6 +3,8 @@
 import csv
 import re
 
+import pytest
+
 from bmb_stream.cli import main
 from tests.helpers import error_line
 from tests.test_faults_data import folder_args, image_folder
@@ -20,6 +22,7 @@ def test_a_sweep_runs_every_job_and_summarize_averages_each_group(tmp_path, caps
     assert all((sweep / job / "summary.json").is_file() for job in jobs)
     assert "sweep job 4/4" in out and re.search(r"method=fixmatch +final", out)  # the closing table, by method
     rows = list(csv.DictReader((sweep / "runs_summary.csv").open()))
+    assert (sweep / "runs_curves.png").stat().st_size > 0
     assert {r["group"] for r in rows} == {"method=fixmatch", "method=supervised"} and {r["n"] for r in rows} == {"2"}
 
     (tmp_path / "stopped").mkdir()
@@ -29,6 +32,7 @@ def test_a_sweep_runs_every_job_and_summarize_averages_each_group(tmp_path, caps
     out = capsys.readouterr().out
     assert f"not finished, not averaged: {tmp_path / 'stopped'}" in out and re.search(r"all runs +final", out)
     assert "| all runs | mean_last_20 |" in (tmp_path / "tables" / "runs_summary.md").read_text()
+    assert (tmp_path / "tables" / "runs_curves.png").is_file()
 
 
 def test_a_failed_job_is_reported_and_the_sweep_goes_on(tmp_path, capsys):
@@ -50,3 +54,17 @@ def test_a_bad_value_in_any_job_stops_the_sweep_before_it_starts(tmp_path, capsy
     assert "-m sweeps several values of a key" in error_line(capsys)
     assert main(["seed=0,1"]) == 2
     assert "add -m to run one job per value" in error_line(capsys)
+
+
+def test_mean_band_over_runs_at_the_steps_every_run_evaluated(tmp_path):
+    from bmb_stream.evaluation.plots import group_curves, mean_band
+
+    runs = [[{"step": 10, "balanced_acc": 0.2}, {"step": 20, "balanced_acc": 0.4}, {"step": 30, "balanced_acc": 0.9}],
+            [{"step": 10, "balanced_acc": 0.4}, {"step": 20, "balanced_acc": 0.6}]]  # stopped before step 30
+    x_key, x, mean, std = mean_band(runs, "balanced_acc")
+    assert (x_key, x) == ("step", [10, 20])
+    assert mean.tolist() == pytest.approx([0.3, 0.5]) and std.tolist() == pytest.approx([0.1414214, 0.1414214])
+    stream = [[{"experience": 0, "step": 5, "samples_seen": 320, "balanced_acc": 0.5}]]
+    x_key, x, mean, std = mean_band(stream, "balanced_acc")
+    assert (x_key, x, mean.tolist(), std.tolist()) == ("samples_seen", [320], [0.5], [0.0])
+    assert group_curves({"a": runs, "b": stream}, tmp_path / "curves.png").stat().st_size > 0

@@ -148,7 +148,7 @@ def bmb_step(model, batch: Batch, ctx: StepContext) -> StepOutput:
     class-weighted labeled CE, class-weighted soft pseudo-labels, and the memory bank's CE."""
     cfg = ctx.cfg
     f_l, f_w, f_s = forward_all(model, batch)
-    loss_l_std, loss_u_std, _, _ = fixmatch_losses(model.head_std, f_l, batch.y_labeled, f_w, f_s, cfg.tau)
+    loss_l_std, loss_u_std, _, mask_std = fixmatch_losses(model.head_std, f_l, batch.y_labeled, f_w, f_s, cfg.tau)
     loss_l_bal = labeled_loss(model.head_bal(f_l), batch.y_labeled, ctx.labeled_weights)
     p_bal, yhat_bal, mask_bal = pseudo_labels(model.head_bal(f_w), cfg.tau)
     strong_logits_bal = model.head_bal(f_s)
@@ -171,6 +171,7 @@ def bmb_step(model, batch: Batch, ctx: StepContext) -> StepOutput:
             + active(ctx.step, cfg.bank_warmup if cfg.bank_warmup is not None else cfg.warmup) * cfg.lambda_mb * loss_mb)
     terms = {"loss_l": loss_l_std.detach(), "loss_l_bal": loss_l_bal.detach(), "loss_u": loss_u_std.detach(),
              "loss_u_bal": loss_u_bal.detach(), "loss_mb": loss_mb.detach(), "mask": mask_bal.float().mean(),
+             "mask_std": mask_std.float().mean(),
              "bank_in": torch.tensor(float(len(extras.get("bank_write", ((),))[0])))}
     return StepOutput(loss, terms, extras={**extras, "confident_counts": counts})
 

@@ -21,10 +21,9 @@ class OfflineRun(Run):
         cfg = self.cfg
         self.split = split = build_split(cfg.dataset, seed=self.seed, progress=cfg.progress and distributed.is_main())
         self.learner = Learner(cfg, split.num_classes, split.labeled_per_class, self.device)
-        self.evaluator = Evaluator(split.test, split.num_classes, split.labeled_per_class, self.run_dir.path,
-                                   self.device, batch_size=cfg.eval.batch_size,
-                                   many_threshold=cfg.dataset.many_threshold,
-                                   few_threshold=cfg.dataset.few_threshold, log=distributed.is_main())
+        self.evaluator = Evaluator(split.test, split.num_classes, split.labeled_per_class, self.device,
+                                   batch_size=cfg.eval.batch_size, many_threshold=cfg.dataset.many_threshold,
+                                   few_threshold=cfg.dataset.few_threshold)
         # the protocols' unlabeled images have known classes: pseudo-label precision and bank purity
         bank = self.learner.algorithm.bank
         self.monitor = StreamMonitor(split.num_classes, bank.capacity if bank is not None else 0)
@@ -49,14 +48,12 @@ class OfflineRun(Run):
                 if stop.stopping(e):
                     break
                 raise
+            fetched = time.time()
             batch = Batch(x_l, y_l, *(unlabeled_views or ()))
             terms = learner.train_step(batch)
             if y_u is not None:  # read by monitoring only, never by a training step
                 self.monitor.observe(learner.last_extras, distributed.gather_rows(y_u))
-            self.trained(len(x_l) + (len(batch.u_weak) if batch.u_weak is not None else 0), t)
-            if learner.step % train.log_every == 0 or learner.step == steps:
-                shown = {k: f"{terms[k]:.3g}" for k in ("loss", "loss_u", "loss_mb", "mask") if k in terms}
-                self.bar.set_postfix(shown | {"img/s": f"{self.images_per_s():.0f}"})
+            self.trained(len(x_l) + (len(batch.u_weak) if batch.u_weak is not None else 0), t, terms, fetched - t)
             if learner.step % train.eval_every == 0 or learner.step == steps:
                 record = self.evaluate(after=self.monitor.report(learner.algorithm.bank))
                 self.monitor.reset_counts()  # precision and recall over each evaluation period
@@ -77,7 +74,7 @@ class OfflineRun(Run):
     def summary_data(self) -> dict:
         split = self.split
         return {"labeled_per_class": split.labeled_per_class, "unlabeled_per_class": split.unlabeled_per_class,
-                "test_per_class": split.test_per_class}
+                "test_per_class": split.test_per_class, "class_names": list(split.class_names)}
 
     def plot_options(self) -> dict:
         return {"class_names": self.split.class_names}

@@ -17,7 +17,6 @@ from typing import Callable
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from tqdm import tqdm
 
 from bmb_stream import distributed
 from bmb_stream.config import typed
@@ -26,11 +25,14 @@ from bmb_stream.distributed import resolve_device
 from bmb_stream.engine.batches import per_rank_batches
 from bmb_stream.engine.checkpoint import CHECKPOINT_FORMAT, check_layout, load_checkpoint, save_atomic
 from bmb_stream.engine.learner import Learner
+from bmb_stream.engine.loggers import RunLoggers, StepScalars
+from bmb_stream.engine.progress import Bar, PlainLines, progress
 from bmb_stream.engine.provenance import provenance
 from bmb_stream.engine.run_dir import RunDir
 from bmb_stream.engine.stops import StopFlag
 from bmb_stream.errors import CheckpointError, ConfigError
 from bmb_stream.evaluation.evaluator import Evaluator
+from bmb_stream.evaluation.monitor import StreamMonitor
 from bmb_stream.evaluation.plots import write_plots
 from bmb_stream.evaluation.summary import summarize
 from bmb_stream.redaction import redacted
@@ -39,6 +41,7 @@ from bmb_stream.redaction import redacted
 class Run(abc.ABC):
     learner: Learner
     evaluator: Evaluator
+    monitor: StreamMonitor  # what the unlabeled images' known classes tell (pseudo-label accuracy, bank purity)
 
     def __init__(self, cfg: DictConfig | Config, command: list[str] | None = None):
         self.cfg = cfg = typed(cfg)
@@ -49,12 +52,16 @@ class Run(abc.ABC):
         self.batch_labeled, self.batch_unlabeled = per_rank_batches(cfg.train)
         cfg.run.dir = distributed.from_main(cfg.run.dir)  # a default run.dir's timestamp is rank 0's
         self.run_dir = open_run_dir(cfg)  # before any data is read: a bad run.dir or resume ends the run at once
+        self.loggers = RunLoggers(self.run_dir.path, enabled=distributed.is_main(), wandb_cfg=cfg.wandb,
+                                  config=OmegaConf.to_container(redacted(cfg), resolve=True) if cfg.wandb.enabled else None)
+        self.step_scalars = StepScalars()
         self.seed = cfg.seed
         torch.manual_seed(distributed.rank_seed(self.seed))
         self.history: list[dict] = []
         self.train_time, self.train_images = 0.0, 0
         self.start_wall = time.time()
-        self.bar: tqdm | None = None
+        self.bar: Bar | PlainLines | None = None
+        self.where = ""  # where in its data the run is, shown beside the progress (stream mode: the experience)
         # called with the run after every training step (monitoring, benchmarks); a hook never changes training
         self.step_hooks: list[Callable[[Run], None]] = []
 
@@ -111,8 +118,9 @@ class Run(abc.ABC):
         self.run_dir.add_provenance(self.provenance)
         self.run_dir.rewrite_evals(self.history)
         self.start_wall = time.time() - (self.history[-1]["wall_s"] if self.history else 0.0)
-        self.bar = tqdm(total=self.total_steps(), initial=self.learner.step, desc=f"{self.cfg.method.name} {self.cfg.mode}",
-                        unit="step", dynamic_ncols=True, disable=not (self.cfg.progress and distributed.is_main()))
+        self.loggers.resume_at(self.learner.step)
+        self.bar = progress(self.total_steps(), self.learner.step, f"{self.cfg.method.name} {self.cfg.mode}",
+                            enabled=self.cfg.progress, disable=not distributed.is_main())
         with StopFlag() as stop:
             self.train(stop)
         self.close()
@@ -163,36 +171,55 @@ class Run(abc.ABC):
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-        self.evaluator.close()
+        self.loggers.close()
 
-    def trained(self, images: int, started: float) -> None:
-        """Count one training step's images (this rank's; all ranks train on as many) and time, and
-        advance the bar."""
-        self.train_time += time.time() - started
-        self.train_images += images * distributed.world_size()
+    def trained(self, images: int, started: float, terms: dict, waited_s: float = 0.0) -> None:
+        """Count one training step's images (this rank's; all ranks train on as many), time (`started`: when
+        it asked for its batch; `waited_s`: how long it waited for it) and loss terms, and advance the bar;
+        every train.log_every steps, log the step scalars."""
+        seconds = time.time() - started
+        self.train_time += seconds
+        images *= distributed.world_size()
+        self.train_images += images
+        self.step_scalars.add(terms, images, seconds, waited_s)
         self.bar.update(1)
         if self.learner.step % self.cfg.train.log_every == 0:
             self.learner.check_finite()
+            self.log_step(terms["lr"])
         for hook in self.step_hooks:
             hook(self)
+
+    def log_step(self, lr: float) -> None:
+        """The scalars of the steps since the last log point into the loggers and beside the progress."""
+        scalars = {**self.step_scalars.read(), "lr": lr,
+                   **self.monitor.step_scalars(self.learner.algorithm.bank)}
+        if self.device.type == "cuda":  # the peak since the last log point
+            scalars["gpu_mem_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self.loggers.steps(scalars, self.learner.step)
+        self.bar.show(scalars, self.where)
 
     def images_per_s(self) -> float:
         return self.train_images / max(self.train_time, 1e-9)
 
-    def evaluate(self, before: dict | None = None, after: dict | None = None, **kw) -> dict | None:
-        """Evaluate the EMA model and the raw weights; append the record to the history and eval.jsonl.
+    def evaluate(self, before: dict | None = None, after: dict | None = None,
+                 extra: Callable[[dict], dict] | None = None, **kw) -> dict | None:
+        """Evaluate the EMA model and the raw weights; append the record to the history and eval.jsonl, and
+        log it. `extra`: what the record adds, computed from it (stream mode's continual-learning metrics).
         In a data-parallel run each rank evaluates its part of the test set and gets the whole set's
         numbers; rank 0 writes them and gets the record to report, the others get None."""
         learner = self.learner
         learner.check_finite(weights=True)
         was_training = learner.model.training
         raw = learner.raw_model() if learner.ema is not None else None
-        results = self.evaluator.evaluate(learner.evaluated_model(), raw, step=learner.step, **kw)
+        results = self.evaluator.evaluate(learner.evaluated_model(), raw, **kw)
         learner.model.train(was_training)
         record = {**(before or {}), "step": learner.step, "samples_seen": learner.samples_seen, **results,
-                  **learner.algorithm.record(), **(after or {}), "wall_s": time.time() - self.start_wall}
+                  **learner.algorithm.record(), **(after or {})}
+        record |= (extra(record) if extra is not None else {}) | {"wall_s": time.time() - self.start_wall}
         self.history.append(record)
         self.run_dir.append_eval(record)
+        self.loggers.evaluation(record, learner.step)
         return record if distributed.is_main() else None
 
     def build_summary(self) -> dict:

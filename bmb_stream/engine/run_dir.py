@@ -22,11 +22,11 @@ from bmb_stream.storage.locks import FolderLock
 RESUMABLE_CHANGES = ("resume", "progress", "run.dir", "run.allow_nonempty", "device", "train.num_workers", "train.log_every",
                      "train.steps", "train.eval_every", "stream.num_workers", "stream.cache_dir",
                      "stream.keep_checkpoints", "stream.on_shard_error", "stream.max_experiences",
-                     "stream.eval_every", "eval.batch_size", "eval.headline", "storage.")
+                     "stream.eval_every", "eval.batch_size", "eval.headline", "storage.", "wandb.")
 RESULT_FILES = ("eval.jsonl", "summary.json", "checkpoints/last.pt")  # what a run has that is worth keeping
 # what a run writes at the top of its folder (the loggers' log.txt, csv/ and tensorboard/ included)
 RUN_FILES = ("config.yaml", "provenance.json", "eval.jsonl", "summary.json", "log.txt", "csv", "tensorboard",
-             "checkpoints", "plots")
+             "steps.jsonl", "wandb", "checkpoints", "plots")
 
 
 def results_of(path: Path) -> list[str]:

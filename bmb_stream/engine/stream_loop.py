@@ -86,10 +86,9 @@ class StreamRun(Run):
         self.views = build_views(cfg.dataset.image_size, cfg.dataset.mean, resize=True,
                                  randaugment=cfg.dataset.randaugment)
         test_set = EncodedImages(source.test[0], source.test[1], self.views["test"])  # the evaluator reads it once
-        self.evaluator = Evaluator(test_set, num_classes, self.labeled_per_class, self.run_dir.path, self.device,
+        self.evaluator = Evaluator(test_set, num_classes, self.labeled_per_class, self.device,
                                    batch_size=cfg.eval.batch_size, many_threshold=cfg.dataset.many_threshold,
-                                   few_threshold=cfg.dataset.few_threshold,
-                                   segments=source.segments, log=distributed.is_main())
+                                   few_threshold=cfg.dataset.few_threshold, segments=source.segments)
         self.position = {"experience": 0, "batches": 0}
         self.skipped = SkippedShards()
         self.unlabeled_seen = np.zeros(num_classes, dtype=np.int64)  # true classes of the stream so far, where known
@@ -200,7 +199,9 @@ class StreamRun(Run):
         self.skipped.start_experience()
         progress = ExperienceProgress()
         trainable = self.trainable_batches(k, replay, labeled_batches, progress)
+        self.where = f"{k + 1}/{len(self.source.experiences)}"
         while True:
+            asked = time.time()
             got, outage, dying = None, None, False
             try:
                 got = next(trainable, None)
@@ -230,10 +231,7 @@ class StreamRun(Run):
             np.add.at(self.unlabeled_seen, truth[truth >= 0].numpy(), 1)
             terms = learner.train_step(Batch(x_l, y_l, ub["u_weak"], ub["u_strong1"], ub["u_strong2"]))
             self.monitor.observe(learner.last_extras, truth, first_read_of=k if ub["pass"] == 0 else None)
-            self.trained(len(x_l) + len(ub["u_weak"]), t)
-            if learner.step % self.cfg.train.log_every == 0:
-                self.bar.set_postfix({"exp": f"{k + 1}/{len(self.source.experiences)}", "loss": f"{terms['loss']:.3g}",
-                                      "img/s": f"{self.images_per_s():.0f}"})
+            self.trained(len(x_l) + len(ub["u_weak"]), asked, terms, waited_s=t - asked)
             if stop.should_stop():
                 progress.position = progress.consumed
                 return progress
@@ -294,8 +292,7 @@ class StreamRun(Run):
         return {**metrics, "prequential_accuracy": self.monitor.prequential(range(since, k + 1))}
 
     def report(self, k: int, record: dict) -> None:
-        """An evaluation's scalars into TensorBoard and its line into the log."""
-        self.evaluator.log_scalars({"bank_purity": record.get("bank_purity")}, self.learner.step)
+        """An evaluation's line."""
         purity = record.get("bank_purity")
         self.bar.write(f"experience {k}: balanced acc {record['balanced_acc']:.4f} (raw {record['raw_balanced_acc']:.4f})"
                        + (f", bank purity {purity:.2f}" if purity is not None else ""))
@@ -303,7 +300,7 @@ class StreamRun(Run):
     def summary_data(self) -> dict:
         return {"labeled_per_class": self.labeled_per_class, "unlabeled_per_class": self.unlabeled_seen.tolist(),
                 "test_per_class": np.bincount(self.source.test[1], minlength=self.num_classes).tolist(),
-                "labeled_pool_per_class": self.pool.class_counts()}
+                "labeled_pool_per_class": self.pool.class_counts(), "class_names": list(self.source.class_names)}
 
     def finish_summary(self, summary: dict) -> None:
         summary["experiences"] = len(self.source.experiences)

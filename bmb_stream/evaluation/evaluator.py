@@ -11,7 +11,7 @@ per segment is Avalanche's `Forgetting`: accuracy on the segment's classes at th
 it was trained on, minus accuracy now. With segments, only test images of their classes count, as in
 a test stream of one experience per segment.
 
-Each evaluation appends a line to log.txt, a row to csv/eval_results.csv and scalars to tensorboard/.
+The run writes each evaluation's record through its loggers (engine/loggers.py).
 
 In a data-parallel run every rank reads and evaluates its own contiguous part of the test set; the
 per-class counts, and the sample-weighted accuracy and loss, are summed over the ranks, so every rank
@@ -20,18 +20,14 @@ gets the numbers of the whole test set, and rank 0 alone writes them.
 
 from __future__ import annotations
 
-import csv
 import warnings
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Subset
-from torch.utils.tensorboard import SummaryWriter
 
 from bmb_stream import distributed
 
@@ -40,13 +36,6 @@ with warnings.catch_warnings():
     from avalanche.evaluation.metrics import Accuracy, Forgetting, LossMetric
 
 CACHE_BYTES = 2 * 2**30  # a larger test set (ImageNet-size images) is read again at every evaluation
-# the continual-learning metrics of stream mode (evaluation/continual.py)
-CONTINUAL_SCALARS = ("forgetting", "stream_forgetting", "average_accuracy", "bwt", "fwt", "prior_accuracy",
-                     "prequential_accuracy")
-CSV_COLUMNS = ("step", "top1_acc", "balanced_acc", "raw_top1_acc", "raw_balanced_acc", "test_loss",
-               "many_acc", "medium_acc", "few_acc", "forgetting", "plain_balanced_acc", *CONTINUAL_SCALARS[1:])
-TENSORBOARD_SCALARS = ("top1_acc", "balanced_acc", "raw_top1_acc", "raw_balanced_acc", "test_loss",
-                       "plain_balanced_acc", *CONTINUAL_SCALARS)
 
 
 def shot_groups(labeled_per_class, many_threshold: int = 100, few_threshold: int = 20) -> dict[str, list[int]]:
@@ -60,25 +49,6 @@ def shot_groups(labeled_per_class, many_threshold: int = 100, few_threshold: int
 def group_accuracy(per_class: list[float], classes: list[int]) -> float | None:
     vals = [per_class[c] for c in classes if not np.isnan(per_class[c])]
     return float(np.mean(vals)) if vals else None
-
-
-def _shown(value: float | None) -> str:
-    return "" if value is None else f"{value:.4f}"
-
-
-def _csv_with_header(path: Path) -> int:
-    """Make `path` a CSV with CSV_COLUMNS as its header, keeping an older run's rows under the columns they
-    have (a column added since stays empty in them); returns how many rows it holds."""
-    with open(path, encoding="utf-8", newline="") as f:
-        rows = list(csv.reader(f))
-    if rows and tuple(rows[0]) == CSV_COLUMNS:
-        return len(rows) - 1
-    old = [dict(zip(rows[0], row)) for row in rows[1:]] if rows else []
-    with open(path, "w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(CSV_COLUMNS)
-        writer.writerows([[row.get(c, "") for c in CSV_COLUMNS] for row in old])
-    return len(old)
 
 
 def in_order(dataset, batch_size: int) -> DataLoader:
@@ -154,10 +124,9 @@ class Tally:
 
 
 class Evaluator:
-    def __init__(self, test_dataset, num_classes: int, labeled_per_class: list[int], run_dir: str | Path,
-                 device: torch.device, batch_size: int = 256, many_threshold: int = 100, few_threshold: int = 20,
-                 segments: list[list[int]] | None = None, log: bool = True):
-        """`log`: write log.txt, csv/ and tensorboard/ (rank 0 of a data-parallel run; the others only count)."""
+    def __init__(self, test_dataset, num_classes: int, labeled_per_class: list[int], device: torch.device,
+                 batch_size: int = 256, many_threshold: int = 100, few_threshold: int = 20,
+                 segments: list[list[int]] | None = None):
         self.num_classes, self.batch_size, self.device = num_classes, batch_size, torch.device(device)
         self.groups = shot_groups(labeled_per_class, many_threshold, few_threshold)
         self.segments = segments if segments and len(segments) > 1 else None
@@ -169,20 +138,6 @@ class Evaluator:
         if self.cache is not None and self.device.type == "cuda":
             self.cache = tuple(t.pin_memory() for t in self.cache)
         self.forgetting = Forgetting()
-        self.log, self.evaluations = log, 0
-        self.run_dir, self._writer = Path(run_dir), None  # the logs open at the first write: a run refused
-        # before it evaluates (a checkpoint that cannot be resumed) leaves the folder as it was
-
-    def _open_logs(self) -> None:
-        if self._writer is not None:
-            return
-        run_dir = self.run_dir
-        self.log_path, self.csv_path = run_dir / "log.txt", run_dir / "csv" / "eval_results.csv"
-        self.csv_path.parent.mkdir(parents=True, exist_ok=True)
-        self.log_path.touch()
-        self.csv_path.touch()
-        self.evaluations = _csv_with_header(self.csv_path)  # a resumed run goes on counting its evaluations
-        self._writer = SummaryWriter(str(run_dir / "tensorboard"))
 
     def batches(self):
         """(images, labels) batches of the test set, on the device."""
@@ -221,16 +176,11 @@ class Evaluator:
         return {"segment_acc": accs, "segment_forgetting": values,
                 "stream_forgetting": float(np.mean(known)) if known else None}
 
-    def evaluate(self, model, raw_model=None, trained_segments: list[int] | None = None,
-                 step: int | None = None, extra: Callable[[dict], dict] | None = None) -> dict:
+    def evaluate(self, model, raw_model=None, trained_segments: list[int] | None = None) -> dict:
         """Evaluate `model` (the EMA model where there is one) and `raw_model` (the raw weights;
         None: the same model); where `model` also gives its logits without the algorithm's test-time
         rule, they are reported as plain_balanced_acc and plain_top1_acc. `trained_segments` (stream
-        mode): the class segments trained so far. `step`: the training step the logs file it under
-        (None: the evaluation's index). `extra`: what the record adds, from the record (stream mode's
-        continual-learning metrics), logged with it."""
-        if self.log:
-            self._open_logs()
+        mode): the class segments trained so far."""
         models = {"model": model} if raw_model is None else {"model": model, "raw": raw_model}
         results = self.evaluate_models(models)
         main, raw = results["model"], results.get("raw", results["model"])
@@ -251,32 +201,7 @@ class Evaluator:
         if "model_plain" in results:
             plain = results["model_plain"]
             record |= {"plain_balanced_acc": plain["balanced_acc"], "plain_top1_acc": plain["top1_acc"]}
-        if extra is not None:
-            record |= extra(record)
-        self._write(record, self.evaluations if step is None else step)
         return record
-
-    def _write(self, record: dict, n: int) -> None:
-        """One evaluation into log.txt, csv/eval_results.csv and TensorBoard, at step `n`."""
-        if not self.log:
-            return
-        values = [_shown(record.get(k)) for k in CSV_COLUMNS[1:]]
-        shown = ", ".join(f"{k} {v or '-'}" for k, v in zip(CSV_COLUMNS[1:], values))
-        with open(self.log_path, "a", encoding="utf-8") as f:
-            f.write(f"step {n}: {shown}\n")
-        with open(self.csv_path, "a", encoding="utf-8", newline="") as f:
-            csv.writer(f).writerow([n, *values])
-        self.log_scalars({k: record.get(k) for k in TENSORBOARD_SCALARS}, n)
-        self.evaluations += 1
-
-    def log_scalars(self, values: dict, step: int) -> None:
-        """Numeric values (forgetting, bank purity, ...) into the run's TensorBoard; others are skipped."""
-        if not self.log:
-            return
-        self._open_logs()
-        for name, value in values.items():
-            if isinstance(value, (int, float)):
-                self._writer.add_scalar(name, value, step)
 
     def state_dict(self) -> dict:
         return {"forgetting_initial": {int(k): float(v) for k, v in self.forgetting.initial.items()}}
@@ -284,8 +209,3 @@ class Evaluator:
     def load_state_dict(self, state: dict) -> None:
         for k, v in state["forgetting_initial"].items():
             self.forgetting.update_initial(int(k), float(v))
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.flush()
-            self._writer.close()

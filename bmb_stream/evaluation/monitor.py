@@ -18,6 +18,7 @@ class StreamMonitor:
         self.num_classes = num_classes
         self.bank_truth = torch.full((bank_capacity,), -1, dtype=torch.long)  # true class per slot (-1: unknown)
         self.first_reads: dict[int, list[int]] = {}  # experience -> [right, known] over its images' first reads
+        self.since_read = np.zeros(4, dtype=np.int64)  # since the last log point: right, known, confident right, confident
         self.reset_counts()
 
     def reset_counts(self) -> None:
@@ -41,6 +42,8 @@ class StreamMonitor:
             np.add.at(self.predicted, labels[sel].numpy(), 1)
             np.add.at(self.correct, labels[sel & (labels == truth)].numpy(), 1)
             np.add.at(self.present, truth[known].numpy(), 1)
+            right = labels == truth
+            self.since_read += [int((right & known).sum()), int(known.sum()), int((right & sel).sum()), int(sel.sum())]
         if "bank_write" in extras and len(self.bank_truth):
             slots, origin = extras["bank_write"]  # origin: unlabeled sample index, -1 for a labeled image
             self.bank_truth[slots] = torch.where(origin >= 0, truth[origin.clamp_min(0)], LABELED)
@@ -50,6 +53,23 @@ class StreamMonitor:
         right, known = (sum(self.first_reads.get(k, [0, 0])[i] for k in experiences) for i in (0, 1))
         return right / known if known else None
 
+    def step_scalars(self, bank=None) -> dict:
+        """For the step log, since its last call: the accuracy of the pseudo-labels (of all unlabeled images
+        of known class, and of the confident ones alone), and the bank's size and purity."""
+        right, known, confident_right, confident = self.since_read.tolist()
+        self.since_read[:] = 0
+        out = {"pseudo_label_acc": right / known if known else None,
+               "confident_pseudo_label_acc": confident_right / confident if confident else None}
+        if bank is not None:
+            out |= {"bank_size": bank.fill, "bank_purity": self.bank_purity(bank)}
+        return out
+
+    def bank_purity(self, bank) -> float | None:
+        """The fraction of the bank's pseudo-labeled entries of known class whose pseudo-label is right."""
+        truth = self.bank_truth[: bank.fill]
+        known = truth >= 0  # pseudo-labeled entries whose true class the stream carries
+        return float((truth[known] == bank.labels[: bank.fill][known]).float().mean()) if known.any() else None
+
     def report(self, bank=None) -> dict:
         if self.present.sum() == 0:
             return {}
@@ -58,10 +78,8 @@ class StreamMonitor:
             recall = np.where(self.present > 0, self.correct / self.present, np.nan)
         out = {"pseudo_label_precision": precision.tolist(), "pseudo_label_recall": recall.tolist()}
         if bank is not None and bank.fill:
-            truth = self.bank_truth[: bank.fill]
-            known = truth >= 0  # pseudo-labeled entries whose true class the stream carries
-            out["bank_purity"] = float((truth[known] == bank.labels[: bank.fill][known]).float().mean()) if known.any() else None
-            out["bank_labeled"] = int((truth == LABELED).sum())
+            out["bank_purity"] = self.bank_purity(bank)
+            out["bank_labeled"] = int((self.bank_truth[: bank.fill] == LABELED).sum())
         return out
 
     def state_dict(self) -> dict:

@@ -106,3 +106,37 @@ def write_plots(history: list[dict], out_dir: str | Path, class_names: list[str]
     if priors is not None and "experience" in history[-1]:
         written += continual_plots(history, out, priors)
     return written
+
+
+def mean_band(histories: list[list[dict]], key: str) -> tuple[str, list, np.ndarray, np.ndarray]:
+    """`key` over training across runs (seeds): (x key, the x values at which every run evaluated, the mean
+    over the runs, their sample standard deviation: 0 for one run). x is the samples seen in stream mode,
+    the step offline."""
+    x_key = "samples_seen" if histories and all("experience" in r for h in histories for r in h) else "step"
+    common = sorted(set.intersection(*({r[x_key] for r in h} for h in histories))) if histories else []
+    values = np.asarray([[next(r.get(key) for r in h if r[x_key] == x) for x in common] for h in histories],
+                        dtype=float).reshape(len(histories), len(common))
+    std = np.nanstd(values, axis=0, ddof=1) if len(histories) > 1 else np.zeros(len(common))
+    return x_key, common, np.nanmean(values, axis=0) if histories else values, std
+
+
+def group_curves(groups: dict[str, list[list[dict]]], path: str | Path) -> Path:
+    """Balanced accuracy over training per group of runs: the mean over its runs and a band of one standard
+    deviation (`mean_band`), for the evaluated (EMA) model and the raw weights. `groups`: name -> each
+    run's history (eval.jsonl)."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for name, histories in groups.items():
+        for ax, key in zip(axes, ("balanced_acc", "raw_balanced_acc")):
+            x_key, x, mean, std = mean_band(histories, key)
+            if not x:
+                continue
+            line, = ax.plot(x, mean, lw=1.5, label=f"{name} (n={len(histories)})")
+            ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2, lw=0)
+            ax.set(xlabel=x_key.replace("_", " "))
+    axes[0].set(ylabel="balanced accuracy", title="evaluated model (EMA), mean and 1 std over runs", ylim=(0, 1))
+    axes[1].set(title="raw weights")
+    if any(ax.get_legend_handles_labels()[0] for ax in axes):
+        axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, path)
+    return Path(path)

@@ -20,6 +20,7 @@ from bmb_stream.evaluation.summary import SCALARS
 # keys that differ between runs of one experiment: never a group's name
 NOT_THE_EXPERIMENT = ("seed", "run.dir", "resume", "progress", "device")
 NOT_THE_EXPERIMENT_ENDINGS = ("num_workers", "log_every", "cache_dir", "batch_size")
+NOT_THE_EXPERIMENT_GROUPS = ("storage.", "wandb.")
 SHOWN = (("balanced_acc", "balanced"), ("raw_balanced_acc", "raw"), ("plain_balanced_acc", "no rule"),
          ("many_acc", "many"), ("medium_acc", "medium"), ("few_acc", "few"))
 
@@ -62,7 +63,8 @@ def _flat(value, prefix: str = "") -> dict:
 
 
 def _is_experiment_key(key: str) -> bool:
-    return key not in NOT_THE_EXPERIMENT and not key.endswith(NOT_THE_EXPERIMENT_ENDINGS)
+    return (key not in NOT_THE_EXPERIMENT and not key.endswith(NOT_THE_EXPERIMENT_ENDINGS)
+            and not key.startswith(NOT_THE_EXPERIMENT_GROUPS))
 
 
 def _differing_keys(configs: list[dict]) -> list[str]:
@@ -99,6 +101,12 @@ def group_runs(runs: list[Path]) -> tuple[list[Group], list[Path]]:
         group.runs.append(run)
         group.summaries.append(json.loads((run / "summary.json").read_text()))
     return list(groups.values()), unfinished
+
+
+def histories(group: Group) -> list[list[dict]]:
+    """Each run's evaluations (eval.jsonl) of the group."""
+    return [[json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines() if line.strip()]
+            for run in group.runs]
 
 
 def _cell(value: tuple[float, float, int] | None) -> str:
