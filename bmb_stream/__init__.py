@@ -26,6 +26,7 @@ API = {
     "Learner": "bmb_stream.engine.learner",  # model, EMA model, optimizer, algorithm; train_step, state_dict
     "load_checkpoint": "bmb_stream.engine.checkpoint",
     "build_model": "bmb_stream.models",
+    "load_exported": "bmb_stream.models.exported",  # a model written by `bmb-stream export`, and its JSON
     "ALGORITHMS": "bmb_stream.algorithms",  # name -> algorithm class
     "BmbError": "bmb_stream.errors",  # every error bmb-stream raises for the user to fix
 }

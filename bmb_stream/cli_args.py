@@ -27,6 +27,9 @@ def usage() -> str:
     lines = ["usage: bmb-stream [--mode stream|offline] [--cfg job] [--config-dir DIR] [KEY=VALUE ...]",
              "       bmb-stream -m [KEY=A,B ...] [KEY=VALUE ...]      a sweep: one run per combination",
              "       bmb-stream summarize RUN_DIR... [out=DIR]",
+             "       bmb-stream export RUN_DIR out=FILE.pt [weights=ema|raw] [head=rule|std|bal] [checkpoint=last|best|PATH]",
+             "       bmb-stream eval FILE.pt [KEY=VALUE ...] [device=auto|cpu|cuda]",
+             "       bmb-stream predict FILE.pt IMAGE_OR_FOLDER_OR_SHARDS... out=FILE.csv [batch_size=N] [device=...]",
              "       bmb-stream --version",
              "       bmb-stream simulate RECIPE [out=DIR] [overwrite=true] [KEY=VALUE ...]",
              "       bmb-stream shards [dataset=NAME] [dataset.KEY=VALUE ...] out=DIR [max_samples=N] [max_bytes=N]",
@@ -63,7 +66,12 @@ def usage() -> str:
               "  out=s3://bucket/prefix uploads either one, shard by shard (AWS_* variables or storage.s3.*)",
               "  summarize  runs compared: mean, std and n of each statistic per group of runs (grouped by the",
               "             keys that differ, the seed aside); run folders or sweep folders; writes",
-              "             runs_summary.md and runs_summary.csv"]
+              "             runs_summary.md, runs_summary.csv and runs_curves.png",
+              "  export     a run's classifier as a plain PyTorch model (.pt or .safetensors) and its JSON:",
+              "             backbone + the head the algorithm evaluates, its test-time rule folded in",
+              "  eval       an exported model's accuracy on the test set of the run it came from; KEY=VALUE",
+              "             overrides of that run's config point it at another (dataset.root=..., stream.test_urls=...)",
+              "  predict    an exported model's class for every image of files, folders or shards, as a CSV"]
     lines += ["", "keys: what each accepts; its default in the schema (the chosen mode, method and experiment",
               "files may set another: --cfg job shows what a command runs); the modes that read it; in",
               "brackets, the options (for datasets, the dataset schemas) that declare it where not all do:"]

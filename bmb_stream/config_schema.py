@@ -142,6 +142,7 @@ class Storage:
 class Eval:
     batch_size: int = key(POSITIVE, 256)
     headline: str = key(choice(*STATISTICS), "mean_last_20")  # the statistic the run's closing table leads with
+    keep_best: bool = False  # keep checkpoints/best.pt: the checkpoint of the best evaluation (balanced accuracy)
 
 
 @dataclass
@@ -182,6 +183,8 @@ class Config:
 @dataclass
 class Model:
     name: str = MISSING
+    # a local state dict to start the backbone from (a run's export, torchvision's ResNet-50 weights, ...)
+    pretrained: str | None = None
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """The subcommands beside training: `simulate` (a stream from a recipe), `shards` (a dataset split as
-WebDataset shards) and `summarize` (runs compared)."""
+WebDataset shards), `summarize` (runs compared), `export` (a run's classifier as a plain PyTorch model),
+`eval` and `predict` (an exported model scored on a test set, or labeling images)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,18 @@ def _split_options(args: list[str], own: dict[str, str]) -> tuple[dict[str, str]
         if not _:
             raise ConfigError(f"{arg!r} is not a KEY=VALUE argument; see bmb-stream --help")
         if key in own:
+            options[key] = value
+        else:
+            rest.append(arg)
+    return options, rest
+
+
+def _own_options(args: list[str], own: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    """This subcommand's own KEY=VALUE options, and the other arguments in order (paths may hold "=")."""
+    options, rest = dict(own), []
+    for arg in args:
+        key, is_option, value = arg.partition("=")
+        if is_option and key in own:
             options[key] = value
         else:
             rest.append(arg)
@@ -126,4 +139,61 @@ def summarize_command(args: list[str]) -> int:
     return 0
 
 
-SUBCOMMANDS = {"simulate": simulate_command, "shards": shards_command, "summarize": summarize_command}
+def export_command(args: list[str]) -> int:
+    """A run's classifier as a plain PyTorch model and its JSON (models/exported.py)."""
+    from bmb_stream.models.exported import export_run, save_exported
+
+    options, rest = _own_options(args, {"out": "", "checkpoint": "last", "weights": "ema", "head": "rule"})
+    if len(rest) != 1 or not options["out"]:
+        raise ConfigError("export takes one run folder and out=FILE: bmb-stream export RUN_DIR out=model.pt "
+                          "[weights=ema|raw] [head=rule|std|bal] [checkpoint=last|best|PATH]")
+    model, meta = export_run(rest[0], options["checkpoint"], options["weights"], options["head"])
+    weights, described = save_exported(model, meta, options["out"])
+    print(f"{meta['algorithm']} {meta['model']['name']} ({meta['weights']} weights, head {meta['head']}, step "
+          f"{meta['source']['step']}): {weights}, {described}")
+    return 0
+
+
+def _device(options: dict):
+    from bmb_stream.distributed import resolve_device
+
+    if options["device"] not in ("auto", "cpu", "cuda") and not options["device"].startswith("cuda:"):
+        raise ConfigError(f"device={options['device']}: must be auto, cpu or cuda")
+    return resolve_device(options["device"])
+
+
+def eval_command(args: list[str]) -> int:
+    """An exported model's accuracy on the test set of the run it came from (or another, by overrides)."""
+    from bmb_stream.inference import evaluate_exported
+
+    options, rest = _own_options(args[1:], {"device": "auto"})
+    if not args or "=" in args[0]:
+        raise ConfigError("eval takes an exported model: bmb-stream eval model.pt [KEY=VALUE ...] (overrides of the "
+                          "run's config, e.g. dataset.root=... or stream.test_urls=...)")
+    record = evaluate_exported(args[0], rest, str(_device(options)))
+    columns = [("balanced_acc", "balanced"), ("top1_acc", "top-1"), ("many_acc", "many"), ("medium_acc", "medium"),
+               ("few_acc", "few")]
+    print(f"{'model':<16}" + "".join(f"{title:>10}" for _, title in columns))
+    print(f"{'exported':<16}" + "".join(f"{100 * record[k]:>10.1f}" if record.get(k) is not None else f"{'-':>10}"
+                                        for k, _ in columns))
+    print("per class: " + ", ".join(f"{100 * a:.1f}" if a == a else "-" for a in record["per_class_acc"]))
+    print(f"test loss {record['test_loss']:.4f}")
+    return 0
+
+
+def predict_command(args: list[str]) -> int:
+    """An exported model's prediction for every image of some files, folders or shards, as a CSV."""
+    from bmb_stream.inference import predict
+
+    options, rest = _own_options(args, {"out": "", "device": "auto", "batch_size": "256"})
+    if len(rest) < 2 or not options["out"]:
+        raise ConfigError("predict takes an exported model, images and out=CSV: bmb-stream predict model.pt "
+                          "IMAGE_OR_FOLDER_OR_SHARDS... out=predictions.csv")
+    n = predict(rest[0], rest[1:], options["out"], batch_size=_positive(options, "batch_size") or 256,
+                device=str(_device(options)))
+    print(f"{n} predictions: {options['out']}")
+    return 0
+
+
+SUBCOMMANDS = {"simulate": simulate_command, "shards": shards_command, "summarize": summarize_command,
+               "export": export_command, "eval": eval_command, "predict": predict_command}

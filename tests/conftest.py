@@ -41,6 +41,27 @@ def reference_run(fmnist_stream, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def offline_run(tmp_path_factory, fmnist_root):
+    """A short offline BMB run on the real Fashion-MNIST-LT, through the command line with stdout to a file
+    (as under Slurm: plain lines), step scalars every 5 steps, evaluations every 10, the best checkpoint
+    kept. Returns the run folder and what it printed."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    folder = tmp_path_factory.mktemp("offline")
+    run_dir, printed = folder / "run", folder / "printed.txt"
+    with open(printed, "w") as out:
+        proc = subprocess.run([sys.executable, "-m", "bmb_stream", "mode=offline", "experiment=demo", "method=bmb",
+                               "train.steps=30", "train.eval_every=10", "train.log_every=5", "eval.keep_best=true",
+                               "train.batch_labeled=32", "train.batch_unlabeled=32", "train.num_workers=1",
+                               f"run.dir={run_dir}"], stdout=out, stderr=subprocess.STDOUT,
+                              cwd=Path(__file__).resolve().parents[1], timeout=900)
+    assert proc.returncode == 0, printed.read_text()
+    return run_dir, printed.read_text()
+
+
+@pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     """A real S3 server (rclone serve s3, with authentication) on loopback, bucket `shards`."""
     from tests.s3_server import S3Server

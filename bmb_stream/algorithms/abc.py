@@ -24,6 +24,7 @@ Table 1): 81.1 bACC / 80.3 GM.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -102,3 +103,7 @@ class ABC(FixMatch):
     def test_logits(self, classifier, x: torch.Tensor) -> dict[str, torch.Tensor]:
         features = classifier(x)
         return {"rule": classifier.head_bal(features), "plain": classifier.head_std(features)}
+
+    @classmethod
+    def exported_head(cls, cfg, classifier, example):
+        return copy.deepcopy(classifier.head_bal)

@@ -13,6 +13,7 @@ all four chunks; pseudo-labels come from the detached weak view; unlabeled means
 from __future__ import annotations
 
 import abc
+import copy
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -98,6 +99,13 @@ class Algorithm(abc.ABC):
         """The logits evaluation reports, of normalised images (the classifier in eval mode), from one
         forward pass: `rule`, with the algorithm's test-time rule, and `plain`, without it (where it has one)."""
         return {"rule": classifier.head_std(classifier(x))}
+
+    @classmethod
+    def exported_head(cls, cfg, classifier, example: torch.Tensor) -> torch.nn.Linear:
+        """One linear head that gives, on the classifier's features, the logits of `test_logits`' `rule`:
+        the test-time rule folded into a plain model (`bmb-stream export`). `cfg`: the algorithm's config;
+        `example`: a normalised input batch (its shape, dtype and device); the classifier is in eval mode."""
+        return copy.deepcopy(classifier.head_std)
 
     def record(self) -> dict:
         """What each evaluation record adds about the algorithm's state."""

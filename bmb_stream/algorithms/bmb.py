@@ -7,6 +7,7 @@ The math is method/ (bank.py, weights.py, losses.py); this file holds BMB's conf
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -227,6 +228,10 @@ class BMB(FixMatch):
     def test_logits(self, classifier, x: torch.Tensor) -> dict[str, torch.Tensor]:
         features = classifier(x)
         return {"rule": classifier.head(self.cfg.eval_head)(features), "plain": classifier.head_std(features)}
+
+    @classmethod
+    def exported_head(cls, cfg, classifier, example):
+        return copy.deepcopy(classifier.head(cfg.eval_head))
 
     def record(self) -> dict:
         """The bank's composition and the unlabeled class weights."""

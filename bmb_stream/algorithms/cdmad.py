@@ -23,6 +23,7 @@ Published (Lee and Kim 2024, Table 1, FixMatch+CDMAD, CIFAR-10-LT gamma 100, N1 
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -104,3 +105,11 @@ class CDMAD(FixMatch):
         # in eval mode an image's logits do not depend on its batch: the bias image rides along
         logits = classifier.head_std(classifier(torch.cat([x, bias_image(x, self.cfg.bias_value)])))
         return {"rule": logits[:-1] - logits[-1], "plain": logits[:-1]}
+
+    @classmethod
+    @torch.no_grad()
+    def exported_head(cls, cfg, classifier, example):
+        # z(x) - z(bias) = W f(x) + b - (W f(bias) + b): the same head with the bias -W f(bias)
+        head = copy.deepcopy(classifier.head_std)
+        head.bias.copy_(-(head.weight @ classifier(bias_image(example, cfg.bias_value))[0]))
+        return head

@@ -4,6 +4,7 @@ is not a checkpoint of this layout is refused in one line."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import torch
@@ -24,6 +25,17 @@ def save_atomic(state: dict, path: str | Path) -> None:
             torch.save(state, f)
     except WriteFailed as e:
         raise CheckpointError(f"could not write checkpoint {path}: {e.reason}; the previous "
+                              f"checkpoint is intact (free some space, then resume=true)") from None
+
+
+def copy_atomic(source: str | Path, path: str | Path) -> None:
+    """A copy of the checkpoint `source` at `path`, whole or not at all."""
+    try:
+        with open(source, "rb") as src, atomic_write(path) as f:
+            shutil.copyfileobj(src, f, 2**24)
+    except (WriteFailed, OSError) as e:
+        reason = e.reason if isinstance(e, WriteFailed) else e.strerror or str(e)
+        raise CheckpointError(f"could not copy checkpoint {source} to {path}: {reason}; the run's own "
                               f"checkpoint is intact (free some space, then resume=true)") from None
 
 

@@ -18,6 +18,7 @@ from bmb_stream.datasets.transforms import DeviceNormalize
 from bmb_stream.engine.ema import ModelEMA
 from bmb_stream.errors import TrainingDiverged
 from bmb_stream.models import build_model
+from bmb_stream.models.exported import load_pretrained
 from bmb_stream.models.heads import Predictor
 
 
@@ -62,9 +63,14 @@ class Learner:
         self.cfg = cfg
         self.device = device
         self.num_classes = num_classes
-        model_options = {k: v for k, v in dataclasses.asdict(cfg.model).items() if k != "name"}
+        model_options = {k: v for k, v in dataclasses.asdict(cfg.model).items() if k not in ("name", "pretrained")}
         channels_last = cfg.train.channels_last
-        self.model = build_model(cfg.model.name, num_classes, **model_options).to(device)
+        self.model = build_model(cfg.model.name, num_classes, **model_options)
+        if cfg.model.pretrained:  # before the EMA copy, and before rank 0's weights are broadcast
+            loaded = load_pretrained(self.model, cfg.model.pretrained)
+            if distributed.is_main():
+                print(f"model.pretrained: {loaded}")
+        self.model.to(device)
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
         # the loaders' uint8 batches become normalised float inputs on the device

@@ -61,6 +61,7 @@ class OfflineRun(Run):
                     self.bar.write(f"step {learner.step}: balanced acc {record['balanced_acc']:.4f} "
                                    f"(raw weights {record['raw_balanced_acc']:.4f})")
                 self.save_checkpoint()
+                self.keep_if_best()
         if stop.should_stop():  # a signal (on any rank) during the last step, or a loader ended by one
             self.save_checkpoint()
 

@@ -23,7 +23,7 @@ from bmb_stream.config import typed
 from bmb_stream.config_schema import Config
 from bmb_stream.distributed import resolve_device
 from bmb_stream.engine.batches import per_rank_batches
-from bmb_stream.engine.checkpoint import CHECKPOINT_FORMAT, check_layout, load_checkpoint, save_atomic
+from bmb_stream.engine.checkpoint import CHECKPOINT_FORMAT, check_layout, copy_atomic, load_checkpoint, save_atomic
 from bmb_stream.engine.learner import Learner
 from bmb_stream.engine.loggers import RunLoggers, StepScalars
 from bmb_stream.engine.progress import Bar, PlainLines, progress
@@ -167,6 +167,15 @@ class Run(abc.ABC):
         if distributed.is_main():
             save_atomic(state, path or self.run_dir.last_checkpoint)
         distributed.barrier()
+
+    def keep_if_best(self) -> None:
+        """With eval.keep_best, after the checkpoint that follows an evaluation: where that evaluation is the
+        best so far (the evaluated model's balanced accuracy), checkpoints/best.pt becomes a copy of it."""
+        accuracies = [r["balanced_acc"] for r in self.history]
+        if not (self.cfg.eval.keep_best and distributed.is_main() and accuracies):
+            return
+        if len(accuracies) == 1 or accuracies[-1] > max(accuracies[:-1]):
+            copy_atomic(self.run_dir.last_checkpoint, self.run_dir.last_checkpoint.with_name("best.pt"))
 
     def close(self) -> None:
         if self.bar is not None:

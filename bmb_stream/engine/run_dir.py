@@ -22,7 +22,7 @@ from bmb_stream.storage.locks import FolderLock
 RESUMABLE_CHANGES = ("resume", "progress", "run.dir", "run.allow_nonempty", "device", "train.num_workers", "train.log_every",
                      "train.steps", "train.eval_every", "stream.num_workers", "stream.cache_dir",
                      "stream.keep_checkpoints", "stream.on_shard_error", "stream.max_experiences",
-                     "stream.eval_every", "eval.batch_size", "eval.headline", "storage.", "wandb.")
+                     "stream.eval_every", "eval.batch_size", "eval.headline", "eval.keep_best", "storage.", "wandb.")
 RESULT_FILES = ("eval.jsonl", "summary.json", "checkpoints/last.pt")  # what a run has that is worth keeping
 # what a run writes at the top of its folder (the loggers' log.txt, csv/ and tensorboard/ included)
 RUN_FILES = ("config.yaml", "provenance.json", "eval.jsonl", "summary.json", "log.txt", "csv", "tensorboard",
@@ -82,7 +82,7 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 # added to the schema goes here, so that runs begun before it resume)
 KEYS_ADDED_LATER = ("run.allow_nonempty", "train.channels_last", "train.compile", "train.amp", "method.bank.count_rule",
                     "method.weights.count_rule", "method.bank.labeled", "optim.wd_shrink", "dataset.ratio_rounding",
-                    "train.global_batch", "optim.wd_shrink_buffers")
+                    "train.global_batch", "optim.wd_shrink_buffers", "model.pretrained")
 
 
 def missing_keys(stored: dict, cfg) -> list[str]:

@@ -269,7 +269,8 @@ class StreamRun(Run):
         if untrained and distributed.is_main():
             self.bar.write(f"experience {k}: {untrained} batch(es) read but not trained on (the ranks' shares of its "
                            f"shards differ in length; shards of equal size avoid it)")
-        if (k + 1) % cfg.stream.eval_every == 0 or k == len(source.experiences) - 1:
+        evaluated = (k + 1) % cfg.stream.eval_every == 0 or k == len(source.experiences) - 1
+        if evaluated:
             self.skipped.share()
             trained = [i for i, start in enumerate(source.segment_start) if start <= k] if source.segments else None
             record = self.evaluate(
@@ -281,6 +282,8 @@ class StreamRun(Run):
             if record is not None:  # rank 0 reports
                 self.report(k, record)
         self.checkpoint(k + 1, 0)
+        if evaluated:
+            self.keep_if_best()
 
     def continual(self, k: int, record: dict) -> dict:
         """The continual-learning metrics after experience k (evaluation/continual.py), and the prequential
