@@ -33,6 +33,11 @@ def test_keep_best_keeps_the_checkpoint_of_the_best_evaluation(offline_run):
     assert best_acc == max(accuracies) and best["learner"]["step"] == 10 * (accuracies.index(best_acc) + 1)
     summary = json.loads((offline_run / "summary.json").read_text())
     assert summary["best"]["balanced_acc"] == best_acc
+    from bmb_stream.inference import evaluate_exported  # the best checkpoint, exported, scores what it scored
+
+    out = offline_run.parent / "best.pt"
+    assert main(["export", str(offline_run), "checkpoint=best", f"out={out}"]) == 0
+    assert evaluate_exported(out)["balanced_acc"] == best_acc
 
 
 def test_export_then_eval_reproduce_the_runs_last_evaluation(reference_run, tmp_path, capsys):
