@@ -141,7 +141,7 @@ def summarize_command(args: list[str]) -> int:
 
 def export_command(args: list[str]) -> int:
     """A run's classifier as a plain PyTorch model and its JSON (models/exported.py)."""
-    from bmb_stream.models.exported import export_run, save_exported
+    from bmb_stream.engine.export import export_run, save_exported
 
     options, rest = _own_options(args, {"out": "", "checkpoint": "last", "weights": "ema", "head": "rule"})
     if len(rest) != 1 or not options["out"]:

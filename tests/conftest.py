@@ -53,7 +53,7 @@ def offline_run(tmp_path_factory, fmnist_root):
     run_dir, printed = folder / "run", folder / "printed.txt"
     with open(printed, "w") as out:
         proc = subprocess.run([sys.executable, "-m", "bmb_stream", "mode=offline", "experiment=demo", "method=bmb",
-                               "train.steps=30", "train.eval_every=10", "train.log_every=5", "eval.keep_best=true",
+                               "train.steps=20", "train.eval_every=10", "train.log_every=5", "eval.keep_best=true",
                                "train.batch_labeled=32", "train.batch_unlabeled=32", "train.num_workers=1",
                                f"run.dir={run_dir}"], stdout=out, stderr=subprocess.STDOUT,
                               cwd=Path(__file__).resolve().parents[1], timeout=900)

@@ -311,8 +311,8 @@ def test_a_run_stopped_after_skipped_shards_resumes_as_if_never_stopped(tmp_path
     # 8 batches of 4 per pass of experience 0: the missing shard, s1, s2 (its bad sample), s3 (cut short), s4
     trained = StreamRun.trained
 
-    def stop_after(self, images, started):
-        trained(self, images, started)
+    def stop_after(self, *args, **kw):
+        trained(self, *args, **kw)
         if self.learner.step == stop_at:
             signal.raise_signal(signal.SIGTERM)  # the StopFlag's handler: the step ends, then a checkpoint
 

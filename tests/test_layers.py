@@ -19,7 +19,7 @@ LAYERS = [  # bottom first
     {"shards"},
     {"simulation"},
     {"engine"},
-    {"cli", "cli_args", "subcommands", "sweep", "__main__"},
+    {"cli", "cli_args", "subcommands", "sweep", "inference", "__main__"},
 ]
 
 
