@@ -3,20 +3,18 @@ of what running it needs."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
-from torch import nn
 
 from bmb_stream.algorithms import ALGORITHMS
 from bmb_stream.config import stored_config
 from bmb_stream.engine.checkpoint import check_layout, load_checkpoint
 from bmb_stream.errors import ConfigError, DataNotFound
 from bmb_stream.models.exported import FORMAT, HEADS, WEIGHTS, ExportedClassifier, meta_path
-from bmb_stream.models.registry import build_model
+from bmb_stream.models.registry import build_model, model_options
 from bmb_stream.redaction import redacted
 from bmb_stream.storage.atomic import atomic_write, write_text
 
@@ -50,24 +48,23 @@ def export_run(run_dir: str | Path, checkpoint: str = "last", weights: str = "em
         raise ConfigError(f"{path} has no EMA model (the run had train.ema_decay=0): export weights=raw")
     weights_state = learner["ema"]["module"] if weights == "ema" else learner["model"]
     num_classes = weights_state["head_std.weight"].shape[0]
-    options = {k: v for k, v in dataclasses.asdict(cfg.model).items() if k not in ("name", "pretrained")}
+    options = model_options(cfg.model)
     classifier = build_model(cfg.model.name, num_classes, **options)
     classifier.load_state_dict(weights_state)
     classifier.eval()
     channels, size = len(cfg.dataset.mean), cfg.dataset.image_size
-    example = torch.zeros(1, channels, size if size <= 64 else 224, size if size <= 64 else 224)
+    input_size = size if size <= 64 else 224  # the test view: large images are centre-cropped to 224
+    example = torch.zeros(1, channels, input_size, input_size)
     algorithm = ALGORITHMS[cfg.method.name]
     chosen = algorithm.exported_head(cfg.method, classifier, example) if head == "rule" else classifier.head(head)
-    model = ExportedClassifier(classifier.backbone, nn.Linear(classifier.feature_dim, num_classes), cfg.dataset.mean,
-                               cfg.dataset.std)
-    model.head.load_state_dict(chosen.state_dict())
+    model = ExportedClassifier(classifier.backbone, chosen, cfg.dataset.mean, cfg.dataset.std)
     summary_path = run_dir / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     names = summary.get("data", {}).get("class_names") or [str(c) for c in range(num_classes)]
     meta = {
         "format": FORMAT, "model": {"name": cfg.model.name, "options": options}, "num_classes": num_classes,
         "class_names": names, "channels": channels, "mean": list(cfg.dataset.mean), "std": list(cfg.dataset.std),
-        "input_size": example.shape[-1],
+        "input_size": input_size,
         "preprocessing": ("decode as RGB, resize the shorter side to 256, centre-crop 224" if size > 64 else
                           f"decode as RGB, resize to {size}x{size}") + "; a uint8 (0-255) or float (0-1) tensor, N x C x H x W",
         "algorithm": cfg.method.name, "head": head if head != "rule" else f"rule: {algorithm.test_rule or 'the standard head'}",

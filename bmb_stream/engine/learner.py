@@ -4,7 +4,6 @@ data parallelism, random state, step counter) and the algorithm (bmb_stream/algo
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import random
 from contextlib import nullcontext
@@ -20,6 +19,7 @@ from bmb_stream.errors import TrainingDiverged
 from bmb_stream.models import build_model
 from bmb_stream.models.exported import load_pretrained
 from bmb_stream.models.heads import Predictor
+from bmb_stream.models.registry import model_options
 
 
 def lr_factor(step: int, total_steps: int, schedule: str) -> float:
@@ -63,9 +63,8 @@ class Learner:
         self.cfg = cfg
         self.device = device
         self.num_classes = num_classes
-        model_options = {k: v for k, v in dataclasses.asdict(cfg.model).items() if k not in ("name", "pretrained")}
         channels_last = cfg.train.channels_last
-        self.model = build_model(cfg.model.name, num_classes, **model_options)
+        self.model = build_model(cfg.model.name, num_classes, **model_options(cfg.model))
         if cfg.model.pretrained:  # before the EMA copy, and before rank 0's weights are broadcast
             loaded = load_pretrained(self.model, cfg.model.pretrained)
             if distributed.is_main():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 from torch import nn
@@ -27,6 +28,12 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "resnet50": _resnet50,
     "small_cnn": lambda width=16, **kw: SmallCNN(width=width),
 }
+
+
+def model_options(model_cfg) -> dict:
+    """The backbone's options of a `model` config (its schema's dataclass): all but the name and where the
+    weights start from."""
+    return {k: v for k, v in dataclasses.asdict(model_cfg).items() if k not in ("name", "pretrained")}
 
 
 def build_model(name: str, num_classes: int, **options) -> TwoHeadClassifier:
