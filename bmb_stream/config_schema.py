@@ -49,6 +49,7 @@ SCHEDULES = ("constant", "cosine", "fixmatch_cosine")
 SHARD_ERRORS = ("fail", "skip")
 RATIO_ROUNDINGS = ("ceil", "round")
 RANDAUGMENT_KINDS = ("reference", "torchvision")
+AUGMENT_PLACES = ("loader", "device")
 WANDB_MODES = ("online", "offline", "disabled")
 STATISTICS = ("final", "best", "mean_last_20", "median_last_20")  # what a run reports over its evaluations
 
@@ -212,6 +213,9 @@ class Dataset:
     std: list[float] = key(pixel_fractions(open_low=True))  # images are divided by it; at most 0.5 for [0, 1] values
     # the strong view's RandAugment: reference (the BMB code's, before the crop) | torchvision
     randaugment: str = key(choice(*RANDAUGMENT_KINDS), "torchvision")
+    # where the strong views' RandAugment and Cutout run: loader (the workers, on PIL images) | device (on the
+    # collated batch, where the model runs; the workers then only decode, resize, crop and flip)
+    augment_on: str = key(choice(*AUGMENT_PLACES), "loader")
     many_threshold: int = key(COUNT, 100)  # classes with more labeled images are many-shot
     few_threshold: int = key(COUNT, 20)  # classes with fewer are few-shot (medium between)
 

@@ -39,7 +39,7 @@ class ImageSubset(Dataset):
         j = int(self.indices[i])
         if isinstance(self.pool.images, torch.Tensor):
             return Image.fromarray(self.pool.images[j].permute(1, 2, 0).numpy())
-        return sources.open_image(self.pool.images[j])
+        return sources.open_image(self.pool.images[j], getattr(self.transform, "decode_shorter_side", None))
 
     def __getitem__(self, i: int):
         return self.transform(self.image(i)), int(self.targets[i])
@@ -170,7 +170,7 @@ def build_split(cfg: DatasetConfig, seed: int = 0, check_images: bool = True,
         s.check_images(progress)
     num_classes = cfg.num_classes
     views = build_views(cfg.image_size, cfg.mean, resize=isinstance(s.train.images, list),
-                        randaugment=cfg.randaugment)
+                        randaugment=cfg.randaugment, augment_on=cfg.augment_on)
     return SplitData(
         labeled=ImageSubset(s.train, s.labeled, views["weak"]),
         unlabeled=ImageSubset(s.train, s.unlabeled, views["unlabeled"]),

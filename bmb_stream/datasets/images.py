@@ -8,6 +8,7 @@ never reach PIL's rarely used ones."""
 from __future__ import annotations
 
 import io
+import math
 import re
 import warnings
 from pathlib import Path
@@ -41,14 +42,21 @@ def too_big(size: str) -> UnusableImage:
                          "a decompression bomb?", too_big=True)
 
 
-def decode_rgb(source: bytes | str | Path) -> Image.Image:
-    """Encoded bytes or an image file -> an RGB image; raises UnusableImage with the reason."""
+def decode_rgb(source: bytes | str | Path, shorter_side: int | None = None) -> Image.Image:
+    """Encoded bytes or an image file -> an RGB image; raises UnusableImage with the reason.
+
+    `shorter_side`: what the image's first transform resizes its shorter side to. A JPEG at least twice
+    that is decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling: PIL's draft mode), the largest
+    reduction that keeps its shorter side at `shorter_side` or more; the resize then starts from fewer pixels."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own, lower limit follows
             with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source, formats=IMAGE_FORMATS) as img:
                 if img.width * img.height > MAX_IMAGE_PIXELS:
                     raise too_big(f"{img.width}x{img.height} pixels")
+                if shorter_side and img.format == "JPEG" and min(img.size) >= 2 * shorter_side:
+                    scale = shorter_side / min(img.size)
+                    img.draft("RGB", (math.ceil(img.width * scale), math.ceil(img.height * scale)))
                 return img.convert("RGB")
     except UnusableImage:
         raise

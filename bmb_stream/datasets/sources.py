@@ -92,10 +92,11 @@ def check_image_files(pool: ImagePool, indices: np.ndarray | None = None, progre
     raise error(f"image {path}: {why}{more}: replace it, or remove it from {pool.source or 'the dataset'}")
 
 
-def open_image(path: str) -> Image.Image:
-    """The decoded RGB image; a file that went bad after the split was checked is named too."""
+def open_image(path: str, shorter_side: int | None = None) -> Image.Image:
+    """The decoded RGB image (`shorter_side`: decode_rgb's); a file that went bad after the split was
+    checked is named too."""
     try:
-        return decode_rgb(path)
+        return decode_rgb(path, shorter_side)
     except UnusableImage as e:
         raise BadData(f"cannot decode image {path}: {e.reason}: replace it or remove it") from None
 

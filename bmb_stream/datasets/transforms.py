@@ -24,7 +24,8 @@ import torch
 from torch import nn
 from torchvision.transforms import v2
 
-from bmb_stream.config_schema import RANDAUGMENT_KINDS
+from bmb_stream.config_schema import AUGMENT_PLACES, RANDAUGMENT_KINDS
+from bmb_stream.datasets.device_augment import StrongAugment
 from bmb_stream.datasets.randaugment import ReferenceRandAugment
 
 
@@ -72,17 +73,20 @@ class DeviceNormalize:
         return x.contiguous(memory_format=self.memory_format)
 
 
-def _shared(image_size: int, large: bool, resize: bool) -> list:
-    """The deterministic first step of every training view: resize 256 (large images), fit (image folders)."""
+def _shared(image_size: int, large: bool, resize: bool, on_tensors: bool = False) -> list:
+    """The deterministic first step of every training view: resize 256 (large images), fit (image folders).
+    `on_tensors`: to a uint8 tensor first, and resized there (torch's uint8 antialiased kernel, about 4x
+    faster than PIL's), so that the crops and flips after it are tensor slices."""
+    first = [v2.PILToTensor()] if on_tensors else []
     if large:
-        return [v2.Resize(256, antialias=True)]
-    return [v2.Resize((image_size, image_size), antialias=True)] if resize else []
+        return first + [v2.Resize(256, antialias=True)]
+    return first + ([v2.Resize((image_size, image_size), antialias=True)] if resize else [])
 
 
-def _geometric(image_size: int, large: bool) -> list:
+def _geometric(image_size: int, large: bool, padding_mode: str = "reflect") -> list:
     if large:
         return [v2.RandomCrop(224), v2.RandomHorizontalFlip()]
-    return [v2.RandomCrop(image_size, padding=image_size // 8, padding_mode="reflect"), v2.RandomHorizontalFlip()]
+    return [v2.RandomCrop(image_size, padding=image_size // 8, padding_mode=padding_mode), v2.RandomHorizontalFlip()]
 
 
 def _reference_strong(image_size: int, large: bool, ops: int, magnitude: int) -> list:
@@ -93,43 +97,71 @@ def _reference_strong(image_size: int, large: bool, ops: int, magnitude: int) ->
             v2.RandomHorizontalFlip()]
 
 
+class View(v2.Compose):
+    """A view, and what its decoder may skip: `decode_shorter_side`, the shorter side its first step
+    resizes to (None: no resize), down to which a JPEG may be decoded at 1/2, 1/4 or 1/8 scale."""
+
+    def __init__(self, transforms: list, decode_shorter_side: int | None = None):
+        super().__init__(transforms)
+        self.decode_shorter_side = decode_shorter_side
+
+
 def build_views(image_size: int, mean, randaugment_ops: int = 3, randaugment_magnitude: int = 4,
                 cutout: bool | None = None, resize: bool = False,
-                randaugment: str = "torchvision") -> dict:
+                randaugment: str = "torchvision", augment_on: str = "loader") -> dict:
     """The `weak`, `strong` and `test` transforms for one dataset (uint8 tensors out), and `unlabeled`:
     (weak, strong, strong) of one image, resized once.
 
     `mean`: the dataset's, which Cutout fills in. `resize` fits small images of any size to image_size
     first (image folders); in-memory arrays already have the right size and skip it. `randaugment`
     chooses the strong view (module docstring); the weak and test views are the same for both.
+    `augment_on="device"`: the training views are made on uint8 tensors and the strong views stop after
+    the crop and flip; `device_strong_augment` finishes them on the collated batch.
     """
     if randaugment not in RANDAUGMENT_KINDS:
         raise ValueError(f"randaugment={randaugment!r}: expected one of {', '.join(RANDAUGMENT_KINDS)}")
+    if augment_on not in AUGMENT_PLACES:
+        raise ValueError(f"augment_on={augment_on!r}: expected one of {', '.join(AUGMENT_PLACES)}")
     large = image_size > 64
     cutout = (not large) if cutout is None else cutout
-    shared = _shared(image_size, large, resize)
-    weak = _geometric(image_size, large) + [v2.PILToTensor()]
-    if randaugment == "reference":
-        strong = _reference_strong(image_size, large, randaugment_ops, randaugment_magnitude)
+    draft = 256 if large else None
+    on_device = augment_on == "device"
+    shared = _shared(image_size, large, resize, on_tensors=on_device)
+    to_tensor = [] if on_device else [v2.PILToTensor()]
+    weak = _geometric(image_size, large) + to_tensor
+    if on_device:  # the zero padding of the reference's crop; its RandAugment comes after it, on the device
+        strong = _geometric(image_size, large, "constant" if randaugment == "reference" else "reflect")
+    elif randaugment == "reference":
+        strong = _reference_strong(image_size, large, randaugment_ops, randaugment_magnitude) + to_tensor
     else:
         strong = _geometric(image_size, large) + [
-            v2.RandAugment(num_ops=randaugment_ops, magnitude=randaugment_magnitude, num_magnitude_bins=31)]
-    strong.append(v2.PILToTensor())
-    if cutout:
+            v2.RandAugment(num_ops=randaugment_ops, magnitude=randaugment_magnitude, num_magnitude_bins=31)] + to_tensor
+    if cutout and not on_device:
         strong.append(Cutout(image_size // 2, mean_fill(mean)))
     test = [v2.Resize(256, antialias=True), v2.CenterCrop(224)] if large else _shared(image_size, large, resize)
-    return {"weak": v2.Compose(shared + weak), "strong": v2.Compose(shared + strong),
-            "test": v2.Compose(test + [v2.PILToTensor()]),
+    return {"weak": View(shared + weak, draft), "strong": View(shared + strong, draft),
+            "test": View(test + [v2.PILToTensor()], draft),
             "unlabeled": MultiView(v2.Compose(weak), v2.Compose(strong), v2.Compose(strong),
-                                   shared=v2.Compose(shared) if shared else None)}
+                                   shared=v2.Compose(shared) if shared else None, decode_shorter_side=draft)}
+
+
+def device_strong_augment(image_size: int, mean, randaugment: str = "torchvision", randaugment_ops: int = 3,
+                          randaugment_magnitude: int = 4, cutout: bool | None = None) -> StrongAugment:
+    """What `build_views(augment_on="device")` leaves out of the strong views: RandAugment and Cutout, per
+    image, on batches on the training device."""
+    large = image_size > 64
+    cutout = (not large) if cutout is None else cutout
+    return StrongAugment(randaugment, randaugment_ops, randaugment_magnitude,
+                         cutout_size=image_size // 2 if cutout else None, cutout_fill=mean_fill(mean))
 
 
 class MultiView:
     """Applies several transforms to one image (after `shared`, once) and returns the views as a tuple."""
 
-    def __init__(self, *transforms, shared=None):
+    def __init__(self, *transforms, shared=None, decode_shorter_side: int | None = None):
         self.transforms = transforms
         self.shared = shared
+        self.decode_shorter_side = decode_shorter_side  # as View's
 
     def __call__(self, img):
         if self.shared is not None:

@@ -13,7 +13,7 @@ import torch
 from bmb_stream import distributed
 from bmb_stream.algorithms import Batch, Setup, build_algorithm
 from bmb_stream.config_schema import OPTIMIZERS, SCHEDULES, Config, Optim
-from bmb_stream.datasets.transforms import DeviceNormalize
+from bmb_stream.datasets.transforms import DeviceNormalize, device_strong_augment
 from bmb_stream.engine.ema import ModelEMA
 from bmb_stream.errors import TrainingDiverged
 from bmb_stream.models import build_model
@@ -74,6 +74,9 @@ class Learner:
             self.model.to(memory_format=torch.channels_last)
         # the loaders' uint8 batches become normalised float inputs on the device
         self.input = DeviceNormalize(cfg.dataset.mean, cfg.dataset.std, device, channels_last)
+        # dataset.augment_on=device: the strong views come cropped and flipped; RandAugment and Cutout run here
+        self.strong_augment = (device_strong_augment(cfg.dataset.image_size, cfg.dataset.mean, cfg.dataset.randaugment)
+                               if cfg.dataset.augment_on == "device" else None)
         # what a step trains through; in a data-parallel run it starts every rank from rank 0's weights
         self.parallel_model = distributed.data_parallel(self.model, device)
         self.ema = ModelEMA(self.model, cfg.train.ema_decay, cfg.train.ema_warmup) if cfg.train.ema_decay > 0 else None
@@ -99,8 +102,12 @@ class Learner:
         return self.algorithm.needs_unlabeled
 
     def on_device(self, batch: Batch) -> Batch:
-        """The batch as a step takes it: images normalised on the device, labels there too."""
-        views = (batch.u_weak, batch.u_strong1, batch.u_strong2)
+        """The batch as a step takes it: images normalised on the device, labels there too; with
+        dataset.augment_on=device, the strong views' RandAugment and Cutout applied there first."""
+        strong = (batch.u_strong1, batch.u_strong2)
+        if self.strong_augment is not None and batch.u_strong1 is not None and batch.u_strong1.dtype == torch.uint8:
+            strong = tuple(self.strong_augment(v.to(self.device, non_blocking=True)) for v in strong)
+        views = (batch.u_weak, *strong)
         return Batch(self.input(batch.x_labeled), batch.y_labeled.to(self.device, non_blocking=True),
                      *(self.input(v) if v is not None else None for v in views))
 

@@ -82,7 +82,8 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 # added to the schema goes here, so that runs begun before it resume)
 KEYS_ADDED_LATER = ("run.allow_nonempty", "train.channels_last", "train.compile", "train.amp", "method.bank.count_rule",
                     "method.weights.count_rule", "method.bank.labeled", "optim.wd_shrink", "dataset.ratio_rounding",
-                    "train.global_batch", "optim.wd_shrink_buffers", "model.pretrained")
+                    "train.global_batch", "optim.wd_shrink_buffers", "model.pretrained",
+                    "dataset.augment_on")
 
 
 def missing_keys(stored: dict, cfg) -> list[str]:

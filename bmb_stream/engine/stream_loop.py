@@ -84,7 +84,7 @@ class StreamRun(Run):
         self.on_shard_error = handler_for(cfg.stream.on_shard_error)  # in the readers, and for short shards
         self.monitor = StreamMonitor(num_classes, self.learner.algorithm.bank.capacity if self.learner.algorithm.bank is not None else 0)
         self.views = build_views(cfg.dataset.image_size, cfg.dataset.mean, resize=True,
-                                 randaugment=cfg.dataset.randaugment)
+                                 randaugment=cfg.dataset.randaugment, augment_on=cfg.dataset.augment_on)
         test_set = EncodedImages(source.test[0], source.test[1], self.views["test"])  # the evaluator reads it once
         self.evaluator = Evaluator(test_set, num_classes, self.labeled_per_class, self.device,
                                    batch_size=cfg.eval.batch_size, many_threshold=cfg.dataset.many_threshold,

@@ -36,10 +36,11 @@ from bmb_stream.storage.object_store import open_url
 
 WANTED_SUFFIXES = tuple(f".{k}" for k in IMAGE_EXTENSIONS) + (".cls", ".gt.cls", ".json")
 MAX_MEMBER_BYTES = 64 << 20  # one tar member (an image, a label, metadata): 64 MB, beyond any real image file
-def decode_image(data: bytes, where: str = "") -> Image.Image:
-    """Encoded bytes -> an RGB image, the size checked from the header before any pixel is decoded."""
+def decode_image(data: bytes, where: str = "", shorter_side: int | None = None) -> Image.Image:
+    """Encoded bytes -> an RGB image, the size checked from the header before any pixel is decoded
+    (`shorter_side`: decode_rgb's, a view's `decode_shorter_side`)."""
     try:
-        return decode_rgb(data)
+        return decode_rgb(data, shorter_side)
     except UnusableImage as e:
         where = where or "a sample"
         raise SampleError(f"the image of {where} is {e.reason}" if e.too_big
@@ -325,7 +326,8 @@ def make_unlabeled_batches(urls: list[str], views: Callable, batch_size: int,
     test_samples = test_samples or {}
 
     def to_views(s: dict) -> dict:
-        weak, strong1, strong2 = views(decode_image(s["image"], f"sample {s['key']} in {s['url']}"))
+        image = decode_image(s["image"], f"sample {s['key']} in {s['url']}", getattr(views, "decode_shorter_side", None))
+        weak, strong1, strong2 = views(image)
         return {"views": (weak, strong1, strong2), "cls": s["cls"], "gt": s["gt"], "url": s["url"],
                 "image": s["image"] if s["cls"] >= 0 else None}
 
@@ -381,4 +383,5 @@ class EncodedImages(Dataset):
         return len(self.images)
 
     def __getitem__(self, i: int):
-        return self.transform(decode_image(self.images[i])), int(self.targets[i])
+        image = decode_image(self.images[i], shorter_side=getattr(self.transform, "decode_shorter_side", None))
+        return self.transform(image), int(self.targets[i])
