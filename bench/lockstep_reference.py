@@ -186,7 +186,9 @@ class ImposedBank(MemoryBank):
         return self.outcome["drawn"]
 
 
-def their_engine(ref, tau: float, labeled_per_class: list[int]):
+def their_engine(ref, tau: float, labeled_per_class: list[int], record: bool = True):
+    """The authors' training engine at the fidelity settings, fed through two `Feeder`s; with `record`,
+    what each step computes is kept in `.recorder.step`."""
     argv, sys.argv = sys.argv, ["ABCfix.py", *REFERENCE_ARGS, "--tau", str(tau)]
     try:
         args = ref.get_args()
@@ -203,8 +205,11 @@ def their_engine(ref, tau: float, labeled_per_class: list[int]):
         args=args, labeled_loader=labeled, unlabeled_loader=unlabeled, model=nn.DataParallel(model),
         optimizer=optimizer, ema_optimizer=ema, semi_loss=None, sample_num_per_class={"labeled": labeled_per_class},
         num_class=10)
+    if not record:
+        engine.semi_loss = ref.misc.SemiLoss()
     return types.SimpleNamespace(model=model, ema_model=ema_model, optimizer=optimizer, engine=engine,
-                                 labeled=labeled, unlabeled=unlabeled, recorder=Recorder(ref, engine))
+                                 labeled=labeled, unlabeled=unlabeled,
+                                 recorder=Recorder(ref, engine) if record else None)
 
 
 def copy_state(src: nn.Module, dst: nn.Module) -> None:
