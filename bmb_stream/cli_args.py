@@ -62,7 +62,7 @@ def usage() -> str:
               "             list_dir=... set the dataset's folders",
               "  shards     write a configured dataset split (labeled, unlabeled, test) as WebDataset shards;",
               "             shard_multiple=N: each set's shard count a multiple of N (ranks x workers), equal",
-              "             shards; shorter_side=N: larger images stored downscaled (256 for ImageNet)",
+              "             shards; shorter_side=N: larger images stored downscaled (default 256; 0 keeps originals)",
               "  out=s3://bucket/prefix uploads either one, shard by shard (AWS_* variables or storage.s3.*)",
               "  summarize  runs compared: mean, std and n of each statistic per group of runs (grouped by the",
               "             keys that differ, the seed aside); run folders or sweep folders; writes",

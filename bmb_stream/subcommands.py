@@ -87,21 +87,25 @@ def shards_command(args: list[str]) -> int:
 
     options, rest = _split_options(args, {"out": "", "overwrite": "false", "max_samples": "10000", "max_bytes": "",
                                           "workers": "0", "hide_labels": "false", "progress": "true",
-                                          "shard_multiple": "1", "shorter_side": ""})
+                                          "shard_multiple": "1", "shorter_side": "256"})
     if not options["out"]:
         raise ConfigError("shards needs out=DIR")
     cfg = typed(compose([for_hydra(a) for a in rest]))
     _use_storage(cfg)
     workers = options["workers"]
+    # larger images stored at the size the training views first resize to; 0 keeps the original bytes
+    shorter_side = None if options["shorter_side"] == "0" else _positive(options, "shorter_side")
     if not workers.isdigit():
         raise ConfigError(f"workers={workers}: must be an integer >= 0 (0: one per core)")
     manifest = export_split(cfg.dataset, options["out"], seed=cfg.seed, max_samples=_positive(options, "max_samples"),
                             max_bytes=_positive(options, "max_bytes"), workers=int(workers),
                             overwrite=_flag(options, "overwrite"), keep_hidden_labels=not _flag(options, "hide_labels"),
                             progress=_flag(options, "progress"), shard_multiple=_positive(options, "shard_multiple"),
-                            shorter_side=_positive(options, "shorter_side"))
+                            shorter_side=shorter_side)
     for key in ("labeled_set", "unlabeled_set", "test_set"):
         print(f"{key}: {manifest[key]['samples']} images in {len(manifest[key]['files'])} shards")
+    print(f"images larger than {shorter_side} px on their shorter side stored at {shorter_side} px "
+          f"(shorter_side=0 keeps the originals)" if shorter_side else "images stored as they were (shorter_side=0)")
     print(f"shards: {options['out']}")
     return 0
 

@@ -237,3 +237,31 @@ def test_shorter_side_stores_large_images_downscaled_and_keeps_small_ones(tmp_pa
     assert encode_image(pool, 0) == ("jpg", (tmp_path / "large.jpg").read_bytes())  # without it: the file's bytes
     tensors = ImagePool(torch.zeros(1, 3, 28, 28, dtype=torch.uint8), np.zeros(1, dtype=np.int64))
     assert Image.open(io.BytesIO(encode_image(tensors, 0, shorter_side=256)[1])).size == (28, 28)
+
+
+def test_shards_store_large_images_at_256_by_default_and_say_so(tmp_path, capsys):
+    """`bmb-stream shards` downscales by default (shorter_side=256); shorter_side=0 keeps the files' bytes."""
+    import webdataset as wds
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 6), ("test", 2)):
+        for c in ("a", "b"):
+            (tmp_path / "data" / split / c).mkdir(parents=True)
+            for i in range(count):
+                Image.fromarray(rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)).save(
+                    tmp_path / "data" / split / c / f"{i}.jpg")
+    args = ["shards", "mode=offline", "dataset=imagefolder_lt", f"dataset.root={tmp_path / 'data'}",
+            "dataset.num_classes=2", "dataset.n1=2", "dataset.m1=2", "dataset.gamma_l=1", "dataset.gamma_u=1",
+            "progress=false"]
+
+    def sizes(out):
+        manifest = json.loads((out / "manifest.json").read_text())
+        tar = out / manifest["test_set"]["files"][0]
+        return manifest["shorter_side"], {Image.open(io.BytesIO(s["jpg"])).size for s in wds.WebDataset(str(tar))}
+
+    assert main([*args, f"out={tmp_path / 'default'}"]) == 0
+    assert "larger than 256 px on their shorter side stored at 256 px (shorter_side=0 keeps" in capsys.readouterr().out
+    assert sizes(tmp_path / "default") == (256, {(341, 256)})
+    assert main([*args, f"out={tmp_path / 'kept'}", "shorter_side=0"]) == 0
+    assert "images stored as they were" in capsys.readouterr().out
+    assert sizes(tmp_path / "kept") == (None, {(400, 300)})
