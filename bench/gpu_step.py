@@ -1,8 +1,12 @@
 """The BMB training step on a GPU: ResNet-50 (224 px) and WRN-28-2 (32 px) at 64 labeled + 3 x 64
 unlabeled images, in fp32, bf16 autocast, bf16 + channels_last and bf16 + channels_last +
-torch.compile of the backbone, side by side in one run; and the CPU input pipeline's images/s (JPEG
-decode + the weak and two strong views, in DataLoader workers on every core) against what each
-configuration consumes. Prints the device name. Under 5 minutes on one GPU.
+torch.compile of the backbone, side by side in one run; and the CPU input pipeline at 224 px: the
+DataLoader workers' CPU time per unlabeled image (decode + the weak and two strong views) and per labeled
+image (decode + the weak view), hence the cores that feed 1,000 unlabeled images/s of training, for
+photo-like JPEGs at ImageNet's sizes (bench/photos.py) stored as they are and at 256 px, with the strong
+views' RandAugment in the workers (dataset.augment_on=loader) or on the device (augment_on=device), and
+noise JPEGs of 500x375 as before; then the device-side RandAugment's own time per image. Prints the
+device name. Under 5 minutes on one GPU.
 
     python bench/gpu_step.py [--steps 20] [--models resnet50 wrn28_2] [--device cuda]
     python bench/gpu_step.py --device cpu --steps 5 --models wrn28_2   # the same variants on the CPU (bf16 by CPU autocast)
@@ -95,29 +99,94 @@ def step_ms(model: str, variant: str, device: torch.device, steps: int) -> tuple
     return statistics.median(times[-steps:]) * 1e3, host_syncs(learner, batch)
 
 
-def pipeline_images_per_s(size: int, n: int, workers: int, view: str, shorter_side: int | None = None) -> float:
-    """JPEGs of 500x375 (or stored at `shorter_side`, as `shards shorter_side=256` writes them) decoded and
-    turned into uint8 views in DataLoader workers: `unlabeled` (the weak and two strong views of one
-    resize) or `weak` (a labeled image)."""
-    from bmb_stream.datasets.transforms import build_views
-    from bmb_stream.shards.reading import EncodedImages
+def encoded_images(kind: str, n: int, shorter_side: int | None) -> list[bytes]:
+    """`n` JPEGs (64 distinct ones, repeated): `photos` (photo-like, at ImageNet's sizes: bench/photos.py) or
+    `noise` (uniform noise of 500x375, what this benchmark used before), stored at `shorter_side` as
+    `shards shorter_side=256` writes them (None: the originals)."""
+    from photos import jpeg_bytes, photo_like
+
     from bmb_stream.shards.writing import downscaled
 
-    rng = np.random.default_rng(0)
-    encoded = []
-    for _ in range(64):
-        img = Image.fromarray(rng.integers(0, 256, (375, 500, 3), dtype=np.uint8))
-        img = (downscaled(img, shorter_side) if shorter_side else None) or img
-        buf = io.BytesIO()
-        img.save(buf, format="JPEG", quality=90)
-        encoded.append(buf.getvalue())
-    views = build_views(size, [0.5] * 3, resize=True)
-    dataset = EncodedImages([encoded[i % 64] for i in range(n)], np.zeros(n, dtype=np.int64), views[view])
-    loader = torch.utils.data.DataLoader(dataset, batch_size=64, num_workers=workers)
-    t = time.perf_counter()
+    if kind == "photos":
+        images = photo_like(64, seed=0)
+    else:
+        rng = np.random.default_rng(0)
+        images = [Image.fromarray(rng.integers(0, 256, (375, 500, 3), dtype=np.uint8)) for _ in range(64)]
+    encoded = [jpeg_bytes((downscaled(img, shorter_side) if shorter_side else None) or img) for img in images]
+    return [encoded[i % 64] for i in range(n)]
+
+
+def worker_cpu_ms(encoded: list[bytes], view, workers: int) -> float:
+    """CPU milliseconds the DataLoader workers spend per image (decode, view, collation, the queue),
+    from the workers' own resource usage once they have exited."""
+    import resource
+
+    from bmb_stream.shards.reading import EncodedImages
+
+    def children_cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return usage.ru_utime + usage.ru_stime
+
+    before = children_cpu()
+    loader = torch.utils.data.DataLoader(EncodedImages(encoded, np.zeros(len(encoded), dtype=np.int64), view),
+                                         batch_size=64, num_workers=workers)
     for _ in loader:
         pass
-    return n / (time.perf_counter() - t)
+    del loader  # the workers exit and are waited for: their usage is counted from here
+    return (children_cpu() - before) / len(encoded) * 1e3
+
+
+def device_augment_ms(device: torch.device, kind: str = "torchvision", repeats: int = 5) -> float:
+    """Milliseconds per 224-px image of the device-side RandAugment (dataset.augment_on=device), median
+    over batches of 64; on the CPU with one thread, so that it reads as one core's time."""
+    from bmb_stream.datasets.transforms import device_strong_augment
+
+    augment = device_strong_augment(224, [0.5] * 3, kind)
+    threads = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    x = torch.randint(0, 256, (64, 3, 224, 224), dtype=torch.uint8, device=device)
+    times = []
+    for _ in range(repeats + 1):
+        sync(device)
+        t = time.perf_counter()
+        augment(x)
+        sync(device)
+        times.append(time.perf_counter() - t)
+    torch.set_num_threads(threads)
+    return statistics.median(times[1:]) / 64 * 1e3
+
+
+PIPELINES = [  # (images, stored at, strong views' augmentation)
+    ("noise", None, "loader"), ("photos", None, "loader"), ("photos", 256, "loader"),
+    ("photos", None, "device"), ("photos", 256, "device")]
+
+
+def print_pipeline(args, workers: int, device: torch.device, fastest: dict) -> None:
+    """Per row: the loader workers' CPU ms per unlabeled image (the weak and two strong views of one decode)
+    and per labeled image (the weak view; a step takes as many labeled as unlabeled images), hence the
+    cores that feed 1,000 unlabeled images/s of training: 1,000 x (unlabeled + labeled) ms / 1,000."""
+    from bmb_stream.datasets.transforms import build_views
+
+    print(f"input pipeline at 224 px: the loader workers' CPU time per image ({workers} workers, "
+          f"{args.pipeline_images} images a row)")
+    print(f"{'images':<8} {'stored at':<10} {'strong views':<13} {'unlabeled ms':>12} {'labeled ms':>10} "
+          f"{'cores per 1,000 unlabeled/s':>28}")
+    for images, stored, place in PIPELINES:
+        encoded = encoded_images(images, args.pipeline_images, stored)
+        views = build_views(224, [0.5] * 3, augment_on=place)
+        unlabeled = worker_cpu_ms(encoded, views["unlabeled"], workers)
+        labeled = worker_cpu_ms(encoded, views["weak"], workers)
+        original = "500x375" if images == "noise" else "originals"
+        print(f"{images:<8} {f'{stored} px' if stored else original:<10} {'on ' + place:<13} {unlabeled:>12.2f} "
+              f"{labeled:>10.2f} {unlabeled + labeled:>28.1f}")
+    augment = device_augment_ms(device)
+    where = "one CPU core" if device.type == "cpu" else torch.cuda.get_device_name(device)
+    print(f"device-side RandAugment (torchvision's table, 224 px, batches of 64) on {where}: {augment:.2f} ms per "
+          f"strong view, {2 * augment:.2f} ms per unlabeled image (two strong views)")
+    if "resnet50" in fastest:
+        step_ms = fastest["resnet50"]
+        print(f"its share of the fastest ResNet-50 step above: {128 * augment / (step_ms + 128 * augment):.1%}")
 
 
 def main() -> None:
@@ -152,21 +221,9 @@ def main() -> None:
             fastest[model] = min(fastest.get(model, ms), ms)
             print(f"{model:<9} {variant:<31} {ms:>8.1f} {64 / ms * 1e3:>19.0f} {base / ms:>7.2f} "
                   f"{'-' if syncs is None else syncs:>10}")
-    for model in args.models:
-        size = SETTINGS[model][1]
-        for stored in (None, 256) if size > 64 else (None,):
-            per_core = {view: pipeline_images_per_s(size, args.pipeline_images, workers, view, stored) / workers
-                        for view in ("unlabeled", "weak")}
-            # a step takes 64 unlabeled images (3 views of each) and 64 labeled ones (the weak view): per 1,000
-            # unlabeled images/s of training, 1,000 / unlabeled rate + 1,000 / weak rate cores
-            per_thousand = 1e3 * (1 / per_core["unlabeled"] + 1 / per_core["weak"])
-            need = (f"the fastest step above needs {per_thousand * 64 / fastest[model]:.1f} such cores"
-                    if model in fastest else f"{per_thousand:.1f} cores per 1,000 unlabeled images/s of training")
-            jpeg = "JPEG 500x375" + (f" stored at {stored} px" if stored else "")
-            print(f"input pipeline for {model} ({size} px, {jpeg}, uint8 views, {workers} workers): per core "
-                  f"{per_core['unlabeled']:.0f} unlabeled images/s (weak + 2 strong views), {per_core['weak']:.0f} "
-                  f"labeled images/s (weak view); {need}")
-
+    if "resnet50" in args.models:
+        print_pipeline(args, workers, device if device.type == "cpu" or torch.cuda.is_available()
+                       else torch.device("cpu"), fastest)
 
 if __name__ == "__main__":
     main()
