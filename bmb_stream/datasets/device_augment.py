@@ -6,8 +6,8 @@ own ops and signs, as on the CPU path; the batch is then grouped by what its ima
 runs once per group (at most 2 calls per op and position: its two signs).
 
 The draws come from torch's global CPU generator, in the training process: a checkpoint already holds
-its state (the learner's `rng`), so a resumed run draws the same ops; the indices of each group travel to
-the device without a synchronisation.
+its state (the learner's `rng`), so a resumed run draws the same ops; the indices of each group are made on
+the host and copied to the device from pinned memory.
 
 The two op tables (`dataset.randaugment`):
 - `torchvision`: torchvision's v2.RandAugment, its op table and its own tensor kernels
@@ -34,6 +34,10 @@ from bmb_stream.datasets.randaugment import CUTOUT_FILL, REFERENCE_OPS
 
 
 def _on(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """A host tensor on x's device; to a GPU from pinned memory, so that the copy need not wait for the
+    work queued before it."""
+    if x.device.type == "cuda":
+        index = index.pin_memory()
     return index.to(x.device, non_blocking=True)
 
 

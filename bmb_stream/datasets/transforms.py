@@ -16,6 +16,12 @@ Two strong views (`randaugment`, the config key `dataset.randaugment`):
 
 The views of an unlabeled image (`unlabeled`: weak, strong, strong) share their first, deterministic
 step: the resize of large images (and the fit of image folders) is done once for the three.
+
+`augment_on="device"` (the config key `dataset.augment_on`): the training views are made on uint8
+tensors (resized with torch's kernel, then crops and flips), the strong views stop after the crop and
+flip, and `device_strong_augment` (bmb_stream/datasets/device_augment.py) finishes them on the collated
+batch. Every view names the shorter side its first step resizes to (`decode_shorter_side`), so that
+the decoder may decode a large JPEG at a reduced scale.
 """
 
 from __future__ import annotations
