@@ -13,12 +13,12 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from bmb_stream.algorithms import Batch
-from bmb_stream.config import compose, typed
 from bmb_stream.datasets import randaugment as reference
 from bmb_stream.datasets.device_augment import REFERENCE_TENSOR_OPS, StrongAugment
 from bmb_stream.datasets.transforms import build_views, device_strong_augment
 from bmb_stream.engine import checkpoint
 from bmb_stream.engine.learner import Learner
+from tests.test_learner import LABELED, tiny_cfg
 
 MEAN = [0.49, 0.48, 0.45]
 
@@ -203,19 +203,12 @@ def uint8_batch(seed: int) -> Batch:
     return Batch(images(), torch.randint(0, 10, (4,), generator=g), images(), images(), images())
 
 
-def device_cfg():
-    return typed(compose(["mode=offline", "model.width=4", "train.batch_labeled=4", "train.batch_unlabeled=4",
-                          "method.tau=0.1", "method.bank.capacity=16", "method.bank.draw=8", "dataset.augment_on=device"]))
-
-
 def test_a_resumed_learner_draws_the_same_device_augmentations(tmp_path):
     """The draws come from the global generator, which the checkpoint holds: a learner loaded from a
     checkpoint goes on with the same losses as the one that wrote it; one whose generator is then
     reseeded does not (the strong views, and so loss_u, change)."""
-    labeled = [1500, 899, 539, 323, 193, 116, 69, 41, 25, 15]
-
     def learner():
-        return Learner(device_cfg(), 10, labeled, torch.device("cpu"))
+        return Learner(tiny_cfg("dataset.augment_on=device"), 10, LABELED, torch.device("cpu"))
 
     def go_on(learner):
         return [{k: float(v) for k, v in learner.train_step(uint8_batch(s)).items()} for s in range(4, 7)]
